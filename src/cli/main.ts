@@ -1,0 +1,58 @@
+// `vdisk <command> [options]`: dispatch to the command table; map VdiskError codes to exit codes and
+// print errors as qemu-img does (`vdisk: <message>`), never a stack trace for a user error.
+
+import { isVdiskError } from '../engine/errors.ts';
+import type { CliIo } from './command.ts';
+import { commands } from './commands/index.ts';
+
+export function usage(): string {
+  const lines = ['vdisk - virtual disk image tool (qemu-img compatible)', '', 'usage: vdisk <command> [options]', '', 'Commands:'];
+  for (const command of commands) lines.push(`  ${command.synopsis}`);
+  lines.push('', "Run 'vdisk <command> --help' for a command's options.");
+  return `${lines.join('\n')}\n`;
+}
+
+/** Runs one CLI invocation; returns the exit code (1 for errors, as qemu-img's error_exit). */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    io.stdout(usage());
+    return name ? 0 : 1;
+  }
+  if (name === '--version' || name === '-V') {
+    io.stdout('vdisk version 0.1.0 (qemu-img 7.2 compatible)\n');
+    return 0;
+  }
+  const command = commands.find((candidate) => candidate.name === name);
+  if (!command) {
+    io.stderr(`vdisk: Command not found: ${name}\n`);
+    return 1;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (err) {
+    if (isVdiskError(err) || (err instanceof Error && err.name === 'CliUsageError')) {
+      io.stderr(`vdisk: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+const isMain = process.argv[1] !== undefined && /(?:vdisk(?:\.mjs)?|main\.ts)$/.test(process.argv[1]);
+if (isMain) {
+  const io: CliIo = {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+    isTty: Boolean(process.stderr.isTTY),
+  };
+  runCli(process.argv.slice(2), io).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`vdisk: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,93 @@
+// The contract between the generic engine and one format: a FormatDriver record, as QEMU's BlockDriver
+// table is. A missing callback means "not supported"; the generic layer says so with UnsupportedError.
+// Capabilities are data so docs/formats.md and the CLI's help are generated from the registry.
+
+import type { BlockDevice } from '../block-device.ts';
+import type { HostFile } from '../io/host-file.ts';
+
+export interface FormatCapabilities {
+  create: boolean;
+  write: boolean;
+  backing: boolean;
+  internalSnapshots: boolean;
+  check: boolean;
+  compression: readonly string[];
+  encryption: readonly string[];
+  resize: 'none' | 'grow' | 'grow-shrink';
+}
+
+/** One `-o name=value` option a driver accepts, as qemu-img's QemuOptsList entries are. */
+export interface CreateOptionSpec {
+  name: string;
+  type: 'size' | 'number' | 'bool' | 'string' | 'enum';
+  help: string;
+  values?: readonly string[];
+  default?: string | number | boolean;
+}
+
+/** Opens another image by name for a backing chain: resolution, escape checks and loops live in open.ts. */
+export type OpenBackingFn = (reference: string, format: string | undefined) => Promise<BlockDevice>;
+
+export interface OpenContext {
+  /** Path as the user or the parent image named it (for messages and relative backing names). */
+  path: string;
+  file: HostFile;
+  readOnly: boolean;
+  /** Open the named backing file; undefined when the caller asked for no backing (qemu's -U/backing=null). */
+  openBacking: OpenBackingFn | undefined;
+  /** Format options from --image-opts / -o style settings (e.g. key-secret); driver-specific. */
+  options: Record<string, string>;
+}
+
+export interface CreateContext {
+  path: string;
+  /** Already created (empty) file, opened read-write. The driver writes headers and sizes it. */
+  file: HostFile;
+  sizeBytes: number;
+  /** Parsed `-o` options, keys in qemu spelling (cluster_size, compat, ...), values as strings. */
+  options: Record<string, string>;
+  backingFile?: string;
+  backingFormat?: string;
+  /** Opens the backing file to learn its size when `sizeBytes` was not given. */
+  openBacking: OpenBackingFn | undefined;
+}
+
+/** One problem `check` found, as zod issues are: codes, not wording; the CLI renders qemu-img's text. */
+export interface CheckIssue {
+  code: 'leak' | 'corruption' | 'check-error';
+  message: string;
+  offsetBytes?: number;
+  lengthBytes?: number;
+  fixable: boolean;
+}
+
+export interface CheckReport {
+  issues: CheckIssue[];
+  leaks: number;
+  corruptions: number;
+  checkErrors: number;
+  leaksFixed: number;
+  corruptionsFixed: number;
+  /** qemu's "image-end-offset" */
+  imageEndOffsetBytes?: number;
+  totalClusters?: number;
+  allocatedClusters?: number;
+  fragmentedClusters?: number;
+  compressedClusters?: number;
+}
+
+export type RepairMode = 'none' | 'leaks' | 'all';
+
+export interface FormatDriver {
+  /** qemu's name for the format (`qcow2`, `vpc`, `vmdk`, ...). */
+  name: string;
+  description: string;
+  /** 0-100 from the first bytes of the file (at least 512 when the file has them) and its name; never throws. */
+  probe(head: Uint8Array, fileName: string): number;
+  capabilities: FormatCapabilities;
+  createOptions: readonly CreateOptionSpec[];
+  open(context: OpenContext): Promise<BlockDevice>;
+  create?(context: CreateContext): Promise<void>;
+  /** Checks (and with `repair` mends) the metadata of a file of this format. */
+  check?(context: OpenContext, repair: RepairMode): Promise<CheckReport>;
+}

@@ -1,0 +1,37 @@
+// The one place that says which formats exist and what each can do. docs/formats.md is generated
+// from this table (scripts/generate-docs.ts) and a test fails when it is stale.
+// Each format's driver record is the only export of its file or folder; add it here, once.
+
+import { UnsupportedError } from '../errors.ts';
+import type { FormatDriver } from './driver.ts';
+
+export const formatRegistry: readonly FormatDriver[] = [
+  // (drivers are listed here, raw last: it is the probe of last resort)
+];
+
+/** The driver for a qemu format name (`-f`/`-O`); throws UnsupportedError naming the known ones. */
+export function findDriver(name: string): FormatDriver {
+  const driver = formatRegistry.find((candidate) => candidate.name === name);
+  if (!driver) {
+    throw new UnsupportedError({
+      format: name,
+      feature: 'format',
+      message: `Unknown file format '${name}' (known: ${formatRegistry.map((d) => d.name).join(', ')})`,
+    });
+  }
+  return driver;
+}
+
+/** The driver whose probe scores highest on the file's first bytes; raw scores 1, so it wins only alone. */
+export function probeDriver(head: Uint8Array, fileName: string): FormatDriver | undefined {
+  let best: FormatDriver | undefined;
+  let bestScore = 0;
+  for (const driver of formatRegistry) {
+    const score = driver.probe(head, fileName);
+    if (score > bestScore) {
+      best = driver;
+      bestScore = score;
+    }
+  }
+  return best;
+}

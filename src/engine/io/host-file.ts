@@ -1,0 +1,144 @@
+// Positional I/O on one host file: the only place the engine touches node:fs for image bytes.
+// Every format driver reads and writes its file through a HostFile, so tests can substitute a
+// failing or crash-simulating implementation (see test/unit/engine/io/) without touching drivers.
+
+import { constants as fsConstants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+import { ImageIoError, NotFoundError, PermissionError } from '../errors.ts';
+
+/** Where the file system can say which ranges hold data, a driver asks instead of reading zeros. */
+export interface HostFile {
+  readonly path: string;
+  readonly isReadOnly: boolean;
+  /** Reads up to `buffer.length` bytes at `offsetBytes`; returns the count read (short only at EOF). */
+  read(offsetBytes: number, buffer: Uint8Array): Promise<number>;
+  /** Writes all of `data` at `offsetBytes`, extending the file if needed. */
+  write(offsetBytes: number, data: Uint8Array): Promise<void>;
+  sizeBytes(): Promise<number>;
+  truncate(sizeBytes: number): Promise<void>;
+  /** Makes every completed write durable (fdatasync). */
+  sync(): Promise<void>;
+  /** Deallocates a range so it reads as zeros; false when the file system can't. */
+  punchHole?(offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /** Allocates a range without writing it (fallocate mode 0); false when the file system can't. */
+  allocate?(offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /** SEEK_DATA: the first offset >= `offsetBytes` that holds data, or null when none does before EOF. */
+  seekData?(offsetBytes: number): Promise<number | null>;
+  /** SEEK_HOLE: the first offset >= `offsetBytes` in a hole (EOF counts as a hole). */
+  seekHole?(offsetBytes: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+export interface OpenHostFileOptions {
+  readOnly: boolean;
+  /** Create the file (failing if it exists unless `truncate`). */
+  create?: boolean;
+  truncate?: boolean;
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : undefined;
+}
+
+/** HostFile on a node:fs FileHandle. Optional native extras (seek, punch) are attached by io/native.ts. */
+export class NodeHostFile implements HostFile {
+  readonly path: string;
+  readonly isReadOnly: boolean;
+  readonly handle: FileHandle;
+
+  private constructor(path: string, handle: FileHandle, isReadOnly: boolean) {
+    this.path = path;
+    this.handle = handle;
+    this.isReadOnly = isReadOnly;
+  }
+
+  /** Opens `path`; throws NotFoundError, PermissionError or ImageIoError. */
+  static async open(path: string, options: OpenHostFileOptions): Promise<NodeHostFile> {
+    let flags: number;
+    if (options.readOnly) flags = fsConstants.O_RDONLY;
+    else if (options.create) flags = fsConstants.O_RDWR | fsConstants.O_CREAT | (options.truncate ? fsConstants.O_TRUNC : fsConstants.O_EXCL);
+    else flags = fsConstants.O_RDWR;
+    try {
+      const handle = await open(path, flags, 0o644);
+      return new NodeHostFile(path, handle, options.readOnly);
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'ENOENT') throw new NotFoundError({ file: path, cause: err });
+      if (errno === 'EACCES' || errno === 'EROFS' || errno === 'EPERM') {
+        throw new PermissionError({ file: path, message: `cannot open ${options.readOnly ? 'for reading' : 'for writing'} (${errno})`, cause: err });
+      }
+      if (errno === 'EEXIST') throw new ImageIoError({ file: path, errno, message: 'File exists', cause: err });
+      throw new ImageIoError({ file: path, errno, message: `open failed (${errno ?? 'unknown'})`, cause: err });
+    }
+  }
+
+  async read(offsetBytes: number, buffer: Uint8Array): Promise<number> {
+    let done = 0;
+    try {
+      while (done < buffer.length) {
+        const { bytesRead } = await this.handle.read(buffer, done, buffer.length - done, offsetBytes + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (err) {
+      const errno = errnoOf(err);
+      throw new ImageIoError({ file: this.path, offsetBytes, lengthBytes: buffer.length, errno, message: `read of ${buffer.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`, cause: err });
+    }
+    return done;
+  }
+
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (this.isReadOnly) throw new PermissionError({ file: this.path, message: 'file is open read-only' });
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.handle.write(data, done, data.length - done, offsetBytes + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      const errno = errnoOf(err);
+      throw new ImageIoError({ file: this.path, offsetBytes, lengthBytes: data.length, errno, message: `write of ${data.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`, cause: err });
+    }
+  }
+
+  async sizeBytes(): Promise<number> {
+    const stat = await this.handle.stat();
+    return stat.size;
+  }
+
+  /** Bytes the file occupies on disk (st_blocks * 512): qemu-img's `actual-size`. */
+  async allocatedBytes(): Promise<number> {
+    const stat = await this.handle.stat();
+    return stat.blocks * 512;
+  }
+
+  async truncate(sizeBytes: number): Promise<void> {
+    try {
+      await this.handle.truncate(sizeBytes);
+    } catch (err) {
+      const errno = errnoOf(err);
+      throw new ImageIoError({ file: this.path, offsetBytes: sizeBytes, errno, message: `truncate to ${sizeBytes} bytes failed (${errno ?? 'unknown'})`, cause: err });
+    }
+  }
+
+  async sync(): Promise<void> {
+    if (this.isReadOnly) return;
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      const errno = errnoOf(err);
+      throw new ImageIoError({ file: this.path, errno, message: `fdatasync failed (${errno ?? 'unknown'})`, cause: err });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/** Reads exactly `lengthBytes` at `offsetBytes`, zero-filling past EOF (holes and short tails read as zeros). */
+export async function readZeroFilled(file: HostFile, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  const buffer = Buffer.alloc(lengthBytes);
+  await file.read(offsetBytes, buffer);
+  return buffer;
+}
