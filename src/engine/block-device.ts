@@ -63,6 +63,16 @@ export interface SnapshotInfo {
   icount?: number;
 }
 
+export interface SnapshotOperations {
+  list(): Promise<SnapshotInfo[]>;
+  create(name: string): Promise<SnapshotInfo>;
+  /** Reverts the active state to the snapshot's (qemu-img snapshot -a). */
+  apply(nameOrId: string): Promise<void>;
+  delete(nameOrId: string): Promise<void>;
+  /** A read-only device showing the snapshot's content (convert -l, serve -l). */
+  open(nameOrId: string): Promise<BlockDevice>;
+}
+
 export interface BlockDevice {
   /** Guest-visible size in bytes. */
   readonly sizeBytes: number;
@@ -87,6 +97,17 @@ export interface BlockDevice {
    */
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
   info(): Promise<ImageInfo>;
+
+  // Optional abilities: absent means the format can't (the generic layer raises UnsupportedError).
+
+  /** Size of a compressed write unit (the cluster size); present iff writeCompressed is. */
+  readonly compressedWriteUnitBytes?: number;
+  /** Writes one whole, aligned unit compressed (qemu's bdrv_pwrite_compressed); the last may be short. */
+  writeCompressed?(offsetBytes: number, data: Uint8Array): Promise<void>;
+  /** Changes the guest size; shrinking refuses to cut allocated data unless `allowDataLoss`. */
+  resize?(sizeBytes: number, options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean }): Promise<void>;
+  /** Internal snapshots (qcow2). */
+  readonly snapshots?: SnapshotOperations;
   /** Flushes (unless read-only), closes the file(s) and the backing chain. */
   close(): Promise<void>;
 }

@@ -76,6 +76,22 @@ export interface CheckReport {
   compressedClusters?: number;
 }
 
+/** qemu-img measure's answer, in bytes. */
+export interface MeasureResult {
+  requiredBytes: number;
+  fullyAllocatedBytes: number;
+  bitmapsBytes?: number;
+}
+
+export interface MeasureInput {
+  /** Guest size of the image to be made. */
+  sizeBytes: number;
+  /** The image that would be converted (its allocation decides `requiredBytes`); absent with --size. */
+  source?: BlockDevice;
+  /** Parsed `-o` options for the target. */
+  options: Record<string, string>;
+}
+
 export type RepairMode = 'none' | 'leaks' | 'all';
 
 export interface FormatDriver {
@@ -88,6 +104,8 @@ export interface FormatDriver {
   createOptions: readonly CreateOptionSpec[];
   open(context: OpenContext): Promise<BlockDevice>;
   create?(context: CreateContext): Promise<void>;
+  /** Host bytes an image of this format needs for `input` (qemu-img measure). */
+  measure?(input: MeasureInput): Promise<MeasureResult>;
   /** Checks (and with `repair` mends) the metadata of a file of this format. */
   check?(context: OpenContext, repair: RepairMode): Promise<CheckReport>;
 }
