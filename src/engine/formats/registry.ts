@@ -4,9 +4,11 @@
 
 import { UnsupportedError } from '../errors.ts';
 import type { FormatDriver } from './driver.ts';
+import { rawDriver } from './raw.ts';
 
 export const formatRegistry: readonly FormatDriver[] = [
   // (drivers are listed here, raw last: it is the probe of last resort)
+  rawDriver,
 ];
 
 /** The driver for a qemu format name (`-f`/`-O`); throws UnsupportedError naming the known ones. */

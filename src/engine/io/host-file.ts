@@ -5,6 +5,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { ImageIoError, NotFoundError, PermissionError } from '../errors.ts';
+import { NativeCallError, nativeFileOps } from './native.ts';
 
 /** Where the file system can say which ranges hold data, a driver asks instead of reading zeros. */
 export interface HostFile {
@@ -26,6 +27,10 @@ export interface HostFile {
   seekData?(offsetBytes: number): Promise<number | null>;
   /** SEEK_HOLE: the first offset >= `offsetBytes` in a hole (EOF counts as a hole). */
   seekHole?(offsetBytes: number): Promise<number>;
+  /** Zeroes a range keeping it allocated (FALLOC_FL_ZERO_RANGE); false when the file system can't. */
+  zeroRange?(offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /** Bytes the file occupies on disk (st_blocks * 512): qemu-img's `actual-size`. */
+  allocatedBytes?(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -40,23 +45,63 @@ function errnoOf(err: unknown): string | undefined {
   return typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : undefined;
 }
 
-/** HostFile on a node:fs FileHandle. Optional native extras (seek, punch) are attached by io/native.ts. */
+/** HostFile on a node:fs FileHandle. The optional native extras (seek, punch) are present only where io/native.ts loads. */
 export class NodeHostFile implements HostFile {
   readonly path: string;
   readonly isReadOnly: boolean;
   readonly handle: FileHandle;
+  readonly seekData?: (offsetBytes: number) => Promise<number | null>;
+  readonly seekHole?: (offsetBytes: number) => Promise<number>;
+  readonly punchHole?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
+  readonly zeroRange?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
+  readonly allocate?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
 
   private constructor(path: string, handle: FileHandle, isReadOnly: boolean) {
     this.path = path;
     this.handle = handle;
     this.isReadOnly = isReadOnly;
+    const native = nativeFileOps();
+    if (!native) return;
+    // The calls are synchronous: lseek and fallocate on a local file return in microseconds, and
+    // positional reads and writes elsewhere do not depend on the file position lseek moves.
+    const fd = handle.fd;
+    const seekFailed = (err: unknown, offsetBytes: number): ImageIoError =>
+      new ImageIoError({
+        file: path,
+        offsetBytes,
+        errno: err instanceof NativeCallError ? String(err.errnoNumber) : undefined,
+        message: `lseek at offset ${offsetBytes} failed`,
+        cause: err,
+      });
+    this.seekData = async (offsetBytes) => {
+      try {
+        return native.seekData(fd, offsetBytes);
+      } catch (err) {
+        throw seekFailed(err, offsetBytes);
+      }
+    };
+    this.seekHole = async (offsetBytes) => {
+      try {
+        return native.seekHole(fd, offsetBytes) ?? offsetBytes;
+      } catch (err) {
+        throw seekFailed(err, offsetBytes);
+      }
+    };
+    if (isReadOnly) return;
+    this.punchHole = async (offsetBytes, lengthBytes) => native.punchHole(fd, offsetBytes, lengthBytes);
+    this.zeroRange = async (offsetBytes, lengthBytes) => native.zeroRange(fd, offsetBytes, lengthBytes);
+    this.allocate = async (offsetBytes, lengthBytes) => native.allocate(fd, offsetBytes, lengthBytes);
   }
 
   /** Opens `path`; throws NotFoundError, PermissionError or ImageIoError. */
   static async open(path: string, options: OpenHostFileOptions): Promise<NodeHostFile> {
     let flags: number;
     if (options.readOnly) flags = fsConstants.O_RDONLY;
-    else if (options.create) flags = fsConstants.O_RDWR | fsConstants.O_CREAT | (options.truncate ? fsConstants.O_TRUNC : fsConstants.O_EXCL);
+    else if (options.create)
+      flags =
+        fsConstants.O_RDWR |
+        fsConstants.O_CREAT |
+        (options.truncate ? fsConstants.O_TRUNC : fsConstants.O_EXCL);
     else flags = fsConstants.O_RDWR;
     try {
       const handle = await open(path, flags, 0o644);
@@ -65,10 +110,20 @@ export class NodeHostFile implements HostFile {
       const errno = errnoOf(err);
       if (errno === 'ENOENT') throw new NotFoundError({ file: path, cause: err });
       if (errno === 'EACCES' || errno === 'EROFS' || errno === 'EPERM') {
-        throw new PermissionError({ file: path, message: `cannot open ${options.readOnly ? 'for reading' : 'for writing'} (${errno})`, cause: err });
+        throw new PermissionError({
+          file: path,
+          message: `cannot open ${options.readOnly ? 'for reading' : 'for writing'} (${errno})`,
+          cause: err,
+        });
       }
-      if (errno === 'EEXIST') throw new ImageIoError({ file: path, errno, message: 'File exists', cause: err });
-      throw new ImageIoError({ file: path, errno, message: `open failed (${errno ?? 'unknown'})`, cause: err });
+      if (errno === 'EEXIST')
+        throw new ImageIoError({ file: path, errno, message: 'File exists', cause: err });
+      throw new ImageIoError({
+        file: path,
+        errno,
+        message: `open failed (${errno ?? 'unknown'})`,
+        cause: err,
+      });
     }
   }
 
@@ -82,7 +137,14 @@ export class NodeHostFile implements HostFile {
       }
     } catch (err) {
       const errno = errnoOf(err);
-      throw new ImageIoError({ file: this.path, offsetBytes, lengthBytes: buffer.length, errno, message: `read of ${buffer.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`, cause: err });
+      throw new ImageIoError({
+        file: this.path,
+        offsetBytes,
+        lengthBytes: buffer.length,
+        errno,
+        message: `read of ${buffer.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`,
+        cause: err,
+      });
     }
     return done;
   }
@@ -97,7 +159,14 @@ export class NodeHostFile implements HostFile {
       }
     } catch (err) {
       const errno = errnoOf(err);
-      throw new ImageIoError({ file: this.path, offsetBytes, lengthBytes: data.length, errno, message: `write of ${data.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`, cause: err });
+      throw new ImageIoError({
+        file: this.path,
+        offsetBytes,
+        lengthBytes: data.length,
+        errno,
+        message: `write of ${data.length} bytes at offset ${offsetBytes} failed (${errno ?? 'unknown'})`,
+        cause: err,
+      });
     }
   }
 
@@ -117,7 +186,13 @@ export class NodeHostFile implements HostFile {
       await this.handle.truncate(sizeBytes);
     } catch (err) {
       const errno = errnoOf(err);
-      throw new ImageIoError({ file: this.path, offsetBytes: sizeBytes, errno, message: `truncate to ${sizeBytes} bytes failed (${errno ?? 'unknown'})`, cause: err });
+      throw new ImageIoError({
+        file: this.path,
+        offsetBytes: sizeBytes,
+        errno,
+        message: `truncate to ${sizeBytes} bytes failed (${errno ?? 'unknown'})`,
+        cause: err,
+      });
     }
   }
 
@@ -127,7 +202,12 @@ export class NodeHostFile implements HostFile {
       await this.handle.datasync();
     } catch (err) {
       const errno = errnoOf(err);
-      throw new ImageIoError({ file: this.path, errno, message: `fdatasync failed (${errno ?? 'unknown'})`, cause: err });
+      throw new ImageIoError({
+        file: this.path,
+        errno,
+        message: `fdatasync failed (${errno ?? 'unknown'})`,
+        cause: err,
+      });
     }
   }
 
@@ -137,7 +217,11 @@ export class NodeHostFile implements HostFile {
 }
 
 /** Reads exactly `lengthBytes` at `offsetBytes`, zero-filling past EOF (holes and short tails read as zeros). */
-export async function readZeroFilled(file: HostFile, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+export async function readZeroFilled(
+  file: HostFile,
+  offsetBytes: number,
+  lengthBytes: number,
+): Promise<Buffer> {
   const buffer = Buffer.alloc(lengthBytes);
   await file.read(offsetBytes, buffer);
   return buffer;

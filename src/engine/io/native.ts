@@ -1,0 +1,90 @@
+// Linux file-system extras Node's fs lacks, called in libc through the koffi FFI: lseek(2) with
+// SEEK_DATA / SEEK_HOLE (sparse maps) and fallocate(2) (punch holes, zero ranges, preallocate).
+// Loaded lazily; on any other platform, or if koffi can't load, `nativeFileOps()` is undefined and
+// callers fall back to plain reads, writes of zeros and zero detection.
+
+import { createRequire } from 'node:module';
+
+/** lseek(2) whence values (Linux, <unistd.h>). */
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+/** fallocate(2) mode bits (<linux/falloc.h>). */
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+/** errno values (asm-generic/errno-base.h). */
+const ENXIO = 6;
+
+export interface NativeFileOps {
+  /** First offset >= `offsetBytes` holding data; null when only a hole follows (ENXIO); throws on other errors. */
+  seekData(fd: number, offsetBytes: number): number | null;
+  /** First offset >= `offsetBytes` in a hole (EOF counts); null when past EOF. */
+  seekHole(fd: number, offsetBytes: number): number | null;
+  /** Deallocates [offset, offset+length) keeping the size; false when the file system refuses. */
+  punchHole(fd: number, offsetBytes: number, lengthBytes: number): boolean;
+  /** Zeroes [offset, offset+length) keeping allocation (FALLOC_FL_ZERO_RANGE); false when refused. */
+  zeroRange(fd: number, offsetBytes: number, lengthBytes: number): boolean;
+  /** Allocates [offset, offset+length), extending the size if needed (mode 0); false when refused. */
+  allocate(fd: number, offsetBytes: number, lengthBytes: number): boolean;
+}
+
+/** Thrown when lseek fails for a reason other than "no more data" (the caller falls back). */
+export class NativeCallError extends Error {
+  override readonly name = 'NativeCallError';
+  readonly errnoNumber: number;
+  constructor(call: string, errnoNumber: number) {
+    super(`${call} failed with errno ${errnoNumber}`);
+    this.errnoNumber = errnoNumber;
+  }
+}
+
+let loaded: NativeFileOps | undefined;
+let attempted = false;
+
+function load(): NativeFileOps | undefined {
+  if (process.platform !== 'linux' || process.env.VDISK_NO_NATIVE === '1') return undefined;
+  // koffi is CommonJS; createRequire keeps this module loadable where koffi is absent.
+  const require = createRequire(import.meta.url);
+  const koffi = require('koffi') as typeof import('koffi');
+  const libc = koffi.load('libc.so.6');
+  const lseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)') as (
+    fd: number,
+    offset: number,
+    whence: number,
+  ) => number | bigint;
+  const fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as (
+    fd: number,
+    mode: number,
+    offset: number,
+    length: number,
+  ) => number;
+  const seek = (fd: number, offsetBytes: number, whence: number, name: string): number | null => {
+    const result = Number(lseek(fd, offsetBytes, whence));
+    if (result >= 0) return result;
+    const errno = koffi.errno();
+    if (errno === ENXIO) return null;
+    throw new NativeCallError(name, errno);
+  };
+  return {
+    seekData: (fd, offsetBytes) => seek(fd, offsetBytes, SEEK_DATA, 'lseek(SEEK_DATA)'),
+    seekHole: (fd, offsetBytes) => seek(fd, offsetBytes, SEEK_HOLE, 'lseek(SEEK_HOLE)'),
+    punchHole: (fd, offsetBytes, lengthBytes) =>
+      fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offsetBytes, lengthBytes) === 0,
+    zeroRange: (fd, offsetBytes, lengthBytes) =>
+      fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offsetBytes, lengthBytes) === 0,
+    allocate: (fd, offsetBytes, lengthBytes) => fallocate(fd, 0, offsetBytes, lengthBytes) === 0,
+  };
+}
+
+/** The native calls, or undefined where they can't be loaded (set VDISK_NO_NATIVE=1 to force that). */
+export function nativeFileOps(): NativeFileOps | undefined {
+  if (!attempted) {
+    attempted = true;
+    try {
+      loaded = load();
+    } catch {
+      loaded = undefined;
+    }
+  }
+  return loaded;
+}
