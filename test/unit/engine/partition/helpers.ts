@@ -1,0 +1,76 @@
+// Shared by the partition tests: sparse scratch images, a PartitionIo over a plain file (the engine's
+// raw driver is not needed to test table codecs), and whether util-linux's tools are installed.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { PartitionIo } from '../../../../src/engine/partition/index.ts';
+
+export function has(tool: string): boolean {
+  return (
+    spawnSync('sh', ['-c', `command -v ${tool}`], {
+      stdio: 'ignore',
+      env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` },
+    }).status === 0
+  );
+}
+
+export async function scratchDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'vdisk-partition-'));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** A sparse file of `sizeBytes`, opened as PartitionIo; `close()` when done. */
+export async function fileIo(
+  path: string,
+  sizeBytes?: number,
+): Promise<PartitionIo & { close(): Promise<void> }> {
+  const handle = await open(path, sizeBytes === undefined ? 'r+' : 'w+');
+  if (sizeBytes !== undefined) await handle.truncate(sizeBytes);
+  const size = (await handle.stat()).size;
+  return {
+    sizeBytes: size,
+    async read(offsetBytes, buffer) {
+      buffer.fill(0);
+      await handle.read(buffer, 0, buffer.length, offsetBytes);
+    },
+    async write(offsetBytes, data) {
+      await handle.write(data, 0, data.length, offsetBytes);
+    },
+    async flush() {
+      await handle.datasync();
+    },
+    close: () => handle.close(),
+  };
+}
+
+export interface SfdiskPartition {
+  node: string;
+  start: number;
+  size: number;
+  type: string;
+  uuid?: string;
+  name?: string;
+  bootable?: boolean;
+}
+
+export interface SfdiskTable {
+  label: 'dos' | 'gpt';
+  id: string;
+  firstlba?: number;
+  lastlba?: number;
+  partitions: SfdiskPartition[];
+}
+
+export function sfdiskJson(path: string): SfdiskTable {
+  const text = execFileSync('sfdisk', ['--json', path], { encoding: 'utf8' });
+  return (JSON.parse(text) as { partitiontable: SfdiskTable }).partitiontable;
+}
+
+export function sfdiskWrite(path: string, script: string): void {
+  execFileSync('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', path], {
+    input: script,
+    stdio: ['pipe', 'ignore', 'pipe'],
+  });
+}
