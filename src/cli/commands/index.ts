@@ -2,7 +2,9 @@
 // Each command's argv parsing, rendering and exit codes live in its own file beside this one.
 
 import type { CliCommand } from '../command.ts';
+import { partitionsCommand } from './partitions.ts';
 
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
+  partitionsCommand,
 ];
