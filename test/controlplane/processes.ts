@@ -1,0 +1,138 @@
+// Child processes of the control plane and the local node: each runs in its own process group
+// (detached), logs to a file, and is stopped by PID: SIGTERM to the group, a grace period, SIGKILL.
+// Linux /proc is read to prove that nothing of a group survived.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+
+/** A started child: its PID (= its process group id) and a promise settled when it exits. */
+export interface ManagedProcess {
+  name: string;
+  pid: number;
+  logPath: string;
+  child: ChildProcess;
+  /** Resolves with the exit code (or the signal name) once the process has exited and been reaped. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  hasExited(): boolean;
+}
+
+/** Options for {@link startProcess}. */
+export interface StartProcessOptions {
+  name: string;
+  command: string;
+  args: readonly string[];
+  logPath: string;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Keep running when this Node.js process exits (cluster:up); default false. */
+  unref?: boolean;
+}
+
+/** Spawns a command in a new process group with stdout+stderr appended to `logPath`. */
+export function startProcess(options: StartProcessOptions): ManagedProcess {
+  const logFd = openSync(options.logPath, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawn(options.command, [...options.args], {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      detached: true,
+      stdio: ['ignore', logFd, logFd],
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  if (child.pid === undefined) {
+    throw new Error(`could not start ${options.name} (${options.command}): see ${options.logPath}`);
+  }
+  let done = false;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => {
+      done = true;
+      resolve({ code, signal });
+    });
+    child.once('error', () => {
+      done = true;
+      resolve({ code: null, signal: null });
+    });
+  });
+  if (options.unref === true) child.unref();
+  return {
+    name: options.name,
+    pid: child.pid,
+    logPath: options.logPath,
+    child,
+    exited,
+    hasExited: () => done,
+  };
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+/** PIDs whose process group is `pgid` (Linux /proc; empty elsewhere). Zombies are not counted. */
+export async function processGroupMembers(pgid: number): Promise<number[]> {
+  let entries: string[];
+  try {
+    entries = await readdir('/proc');
+  } catch {
+    return [];
+  }
+  const members: number[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command name "(...)": state, ppid, pgrp, ...
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (fields[0] !== 'Z' && Number(fields[2]) === pgid) members.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return members;
+}
+
+/** True while a process with this PID exists and is not a zombie. */
+export async function isAlive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Stops a process group started by {@link startProcess} or by another process (then pass a PID):
+ * SIGTERM, then SIGKILL after `gracePeriodMs`, then waits until no member is left (bounded).
+ */
+export async function stopProcessGroup(pgid: number, gracePeriodMs = 10_000): Promise<void> {
+  signalGroup(pgid, 'SIGTERM');
+  const deadline = Date.now() + gracePeriodMs;
+  while (Date.now() < deadline) {
+    if ((await processGroupMembers(pgid)).length === 0) return;
+    await sleep(50);
+  }
+  signalGroup(pgid, 'SIGKILL');
+  for (let attempt = 0; attempt < 100; attempt++) {
+    if ((await processGroupMembers(pgid)).length === 0) return;
+    await sleep(50);
+  }
+  throw new Error(`process group ${pgid} survived SIGKILL`);
+}
+
+/** Stops a managed process and waits until Node.js has reaped it. */
+export async function stopProcess(proc: ManagedProcess, gracePeriodMs = 10_000): Promise<void> {
+  if (!proc.hasExited() || (await processGroupMembers(proc.pid)).length > 0) {
+    await stopProcessGroup(proc.pid, gracePeriodMs);
+  }
+  await Promise.race([proc.exited, sleep(5_000)]);
+}
