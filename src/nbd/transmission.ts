@@ -1,0 +1,444 @@
+// The transmission phase (proto.md "Transmission", "Request types", "Structured reply chunk message"):
+// decode requests from the stream, run several at once on the backend, send simple or structured
+// replies (header and payload corked into one writev). Memory is bounded: reading stops while too
+// many requests or bytes are in flight or the socket's send buffer is above its high-water mark.
+
+import type { Duplex } from 'node:stream';
+import {
+  baseAllocationFlags,
+  CONTEXT_BASE_ALLOCATION,
+  type ContextName,
+  MAX_PAYLOAD_BYTES,
+  MAX_STATUS_DESCRIPTORS,
+  type NbdBackend,
+  NbdCommandError,
+  toNbdError,
+} from './backend.ts';
+import type { NegotiatedSession } from './handshake.ts';
+import {
+  type BlockStatusDescriptor,
+  decodeRequest,
+  encodeBlockStatus,
+  encodeOffsetDataHeader,
+  encodeOffsetHole,
+  encodeSimpleReply,
+  encodeStructuredError,
+  encodeStructuredHeader,
+  NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_CACHE,
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL,
+  NBD_ENOSPC,
+  NBD_EOVERFLOW,
+  NBD_EPERM,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REQUEST_MAGIC,
+  REQUEST_BYTES,
+  type Request,
+} from './wire.ts';
+
+/** Per-connection limits on concurrent work (requests decoded but not yet answered). */
+export interface TransmissionLimits {
+  /** Requests running at once (default 16). */
+  maxInFlightRequests: number;
+  /** Read lengths plus write payloads running at once (default 64 MiB; one larger request may run alone). */
+  maxInFlightBytes: number;
+}
+
+export const DEFAULT_LIMITS: TransmissionLimits = {
+  maxInFlightRequests: 16,
+  maxInFlightBytes: 64 * 1024 * 1024,
+};
+
+/** Minimal logger (pino's shape): data-path lines at debug, control-path at info/warn. */
+export interface NbdLogger {
+  debug(fields: Record<string, unknown>, message: string): void;
+  info(fields: Record<string, unknown>, message: string): void;
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+export const silentLogger: NbdLogger = { debug() {}, info() {}, warn() {} };
+
+/** Flags each command accepts (proto.md "Command flags"); anything else is EINVAL. */
+const ALLOWED_FLAGS: Record<number, number> = {
+  [NBD_CMD_READ]: NBD_CMD_FLAG_DF,
+  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_DISC]: 0xffff,
+  [NBD_CMD_FLUSH]: 0,
+  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_CACHE]: 0,
+  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_REQ_ONE,
+};
+
+const WRITE_COMMANDS = new Set([NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES]);
+
+/** A write payload still arriving, or an oversized one being thrown away. */
+interface PendingPayload {
+  request: Request;
+  /** Bytes still to receive. */
+  remainingBytes: number;
+  /** Undefined while discarding an oversized payload. */
+  buffer: Buffer | undefined;
+  filledBytes: number;
+}
+
+/** One connection in transmission: start() resolves when the connection has closed. */
+export class TransmissionSession {
+  private readonly socket: Duplex;
+  private readonly backend: NbdBackend;
+  private readonly structured: boolean;
+  private readonly contexts: Map<number, ContextName>;
+  private readonly limits: TransmissionLimits;
+  private readonly log: NbdLogger;
+  private chunks: Buffer[] = [];
+  private bufferedBytes = 0;
+  private pending: PendingPayload | undefined;
+  private inFlightRequests = 0;
+  private inFlightBytes = 0;
+  private waitingForDrain = false;
+  /** No more requests are taken (DISC, shutdown, end of stream, fatal error). */
+  private stopped = false;
+  private wroteSinceFlush = false;
+  private closing: Promise<void> | undefined;
+  private idleWaiters: (() => void)[] = [];
+  private closed: Promise<void>;
+
+  constructor(
+    session: NegotiatedSession,
+    options: { limits?: Partial<TransmissionLimits>; log?: NbdLogger } = {},
+  ) {
+    this.socket = session.socket;
+    this.backend = session.backend;
+    this.structured = session.structuredReplies;
+    this.contexts = session.contexts;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.log = options.log ?? silentLogger;
+    if (session.leftover.length > 0) {
+      this.chunks.push(session.leftover);
+      this.bufferedBytes = session.leftover.length;
+    }
+    this.closed = new Promise((resolve) => {
+      if (this.socket.destroyed) resolve();
+      else this.socket.once('close', () => resolve());
+    });
+  }
+
+  /** Runs the request loop; resolves once the connection is closed (after in-flight work finished). */
+  async start(): Promise<void> {
+    this.socket.on('data', (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.bufferedBytes += chunk.length;
+      this.pump();
+    });
+    this.socket.on('end', () => void this.shutdown('client closed the stream'));
+    this.socket.on('error', (err: Error) => {
+      this.log.warn({ err }, 'Connection failed');
+      this.stopped = true;
+    });
+    this.socket.on('drain', () => {
+      this.waitingForDrain = false;
+      this.pump();
+    });
+    this.pump();
+    this.socket.resume();
+    await this.closed;
+    // The socket is gone; requests still running finish against the device before we report done.
+    await this.idle();
+  }
+
+  /**
+   * Stops taking requests, lets the running ones finish and reply, flushes if this connection wrote,
+   * then closes the stream (graceful shutdown and NBD_CMD_DISC).
+   */
+  shutdown(reason: string): Promise<void> {
+    if (this.closing) return this.closing;
+    this.stopped = true;
+    this.log.info({ reason }, 'Closing connection');
+    this.closing = (async () => {
+      await this.idle();
+      if (this.wroteSinceFlush && !this.backend.isReadOnly) {
+        await this.backend.flush().catch((err: unknown) => this.log.warn({ err }, 'Flush on close failed'));
+      }
+      if (!this.socket.destroyed) this.socket.end();
+      // A client that never reads the rest of its replies must not hold the connection open forever.
+      const timer = setTimeout(() => this.socket.destroy(), 30_000);
+      timer.unref();
+      await this.closed;
+      clearTimeout(timer);
+    })();
+    return this.closing;
+  }
+
+  private idle(): Promise<void> {
+    if (this.inFlightRequests === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private fatal(message: string, fields: Record<string, unknown> = {}): void {
+    this.log.warn(fields, message);
+    this.stopped = true;
+    this.socket.destroy();
+  }
+
+  private canDispatch(): boolean {
+    return (
+      !this.waitingForDrain &&
+      this.inFlightRequests < this.limits.maxInFlightRequests &&
+      (this.inFlightBytes < this.limits.maxInFlightBytes || this.inFlightRequests === 0)
+    );
+  }
+
+  private take(lengthBytes: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length >= lengthBytes) {
+      this.bufferedBytes -= lengthBytes;
+      if (first.length === lengthBytes) this.chunks.shift();
+      else this.chunks[0] = first.subarray(lengthBytes);
+      return first.subarray(0, lengthBytes);
+    }
+    const out = Buffer.allocUnsafe(lengthBytes);
+    this.fillFromChunks(out, 0, lengthBytes);
+    return out;
+  }
+
+  /** Moves `lengthBytes` buffered bytes into `target` at `at` (or drops them when `target` is undefined). */
+  private fillFromChunks(target: Buffer | undefined, at: number, lengthBytes: number): void {
+    let moved = 0;
+    while (moved < lengthBytes) {
+      const chunk = this.chunks[0]!;
+      const used = Math.min(chunk.length, lengthBytes - moved);
+      if (target) chunk.copy(target, at + moved, 0, used);
+      moved += used;
+      if (used === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(used);
+    }
+    this.bufferedBytes -= lengthBytes;
+  }
+
+  /** Decodes as many requests as the limits allow; pauses the socket when they don't. */
+  private pump(): void {
+    while (!this.stopped) {
+      const pending = this.pending;
+      if (pending) {
+        const step = Math.min(pending.remainingBytes, this.bufferedBytes);
+        this.fillFromChunks(pending.buffer, pending.filledBytes, step);
+        pending.filledBytes += step;
+        pending.remainingBytes -= step;
+        if (pending.remainingBytes > 0) break;
+        this.pending = undefined;
+        if (pending.buffer) this.dispatch(pending.request, pending.buffer);
+        else
+          this.dispatchError(
+            pending.request,
+            new NbdCommandError(NBD_EINVAL, `write payload larger than ${MAX_PAYLOAD_BYTES} bytes`),
+          );
+        continue;
+      }
+      if (!this.canDispatch()) {
+        this.socket.pause();
+        return;
+      }
+      if (this.bufferedBytes < REQUEST_BYTES) break;
+      const request = decodeRequest(this.take(REQUEST_BYTES));
+      if (request.magic !== NBD_REQUEST_MAGIC) {
+        this.fatal('Bad request magic, disconnecting', { magic: request.magic });
+        return;
+      }
+      if (request.type === NBD_CMD_WRITE) {
+        const lengthBytes = request.lengthBytes;
+        if (lengthBytes <= MAX_PAYLOAD_BYTES && (this.chunks[0]?.length ?? 0) >= lengthBytes) {
+          // The whole payload sits in one received chunk: hand out a slice of it (no copy).
+          this.dispatch(request, lengthBytes === 0 ? Buffer.alloc(0) : this.take(lengthBytes));
+          continue;
+        }
+        // Oversized payloads are read and dropped in place (never buffered), then refused.
+        const buffer = lengthBytes <= MAX_PAYLOAD_BYTES ? Buffer.allocUnsafe(lengthBytes) : undefined;
+        this.pending = { request, remainingBytes: lengthBytes, buffer, filledBytes: 0 };
+        continue;
+      }
+      if (request.type === NBD_CMD_DISC) {
+        void this.shutdown('client sent NBD_CMD_DISC');
+        return;
+      }
+      this.dispatch(request, undefined);
+    }
+    if (!this.stopped && this.socket.isPaused()) this.socket.resume();
+  }
+
+  private dispatchError(request: Request, error: NbdCommandError): void {
+    this.track(request, 0, async () => this.sendError(request, error));
+  }
+
+  private dispatch(request: Request, payload: Buffer | undefined): void {
+    const bytes = request.type === NBD_CMD_READ ? request.lengthBytes : (payload?.length ?? 0);
+    this.track(request, bytes, async () => {
+      try {
+        await this.execute(request, payload);
+      } catch (err) {
+        await this.sendError(request, toNbdError(err));
+      }
+    });
+  }
+
+  private track(request: Request, bytes: number, body: () => Promise<void>): void {
+    this.inFlightRequests++;
+    this.inFlightBytes += bytes;
+    body()
+      .catch((err: unknown) => this.fatal('Request handling failed', { err, type: request.type }))
+      .finally(() => {
+        this.inFlightRequests--;
+        this.inFlightBytes -= bytes;
+        if (this.inFlightRequests === 0) {
+          const waiters = this.idleWaiters;
+          this.idleWaiters = [];
+          for (const resolve of waiters) resolve();
+        }
+        this.pump();
+      });
+  }
+
+  /** Validates flags and range, then runs one command and sends its reply. */
+  private async execute(request: Request, payload: Buffer | undefined): Promise<void> {
+    const { type, flags, offsetBytes, lengthBytes, cookie } = request;
+    const allowed = ALLOWED_FLAGS[type];
+    if (allowed === undefined) throw new NbdCommandError(NBD_EINVAL, `unknown command ${type}`);
+    if ((flags & ~allowed) !== 0)
+      throw new NbdCommandError(NBD_EINVAL, `flags 0x${flags.toString(16)} not valid for command ${type}`);
+    const isWrite = WRITE_COMMANDS.has(type);
+    if (isWrite && this.backend.isReadOnly) throw new NbdCommandError(NBD_EPERM, 'the export is read-only');
+    if (request.offsetOverflow)
+      throw new NbdCommandError(isWrite ? NBD_ENOSPC : NBD_EINVAL, 'offset past the end of the export');
+    const fua = (flags & NBD_CMD_FLAG_FUA) !== 0;
+    this.log.debug({ type, offsetBytes, lengthBytes, flags }, 'Request');
+
+    switch (type) {
+      case NBD_CMD_READ:
+        if (lengthBytes === 0) throw new NbdCommandError(NBD_EINVAL, 'zero-length read');
+        if (lengthBytes > MAX_PAYLOAD_BYTES) {
+          throw new NbdCommandError(
+            this.structured ? NBD_EOVERFLOW : NBD_EINVAL,
+            `read longer than ${MAX_PAYLOAD_BYTES} bytes`,
+          );
+        }
+        if (!this.structured) {
+          const data = await this.backend.read(offsetBytes, lengthBytes);
+          this.send([encodeSimpleReply(0, cookie), data]);
+          return;
+        }
+        await this.sendRead(request);
+        return;
+      case NBD_CMD_WRITE:
+        this.wroteSinceFlush = true;
+        await this.backend.write(offsetBytes, payload ?? Buffer.alloc(0), fua);
+        break;
+      case NBD_CMD_FLUSH:
+        await this.backend.flush();
+        this.wroteSinceFlush = false;
+        break;
+      case NBD_CMD_TRIM:
+        this.wroteSinceFlush = true;
+        await this.backend.trim(offsetBytes, lengthBytes, fua);
+        break;
+      case NBD_CMD_CACHE:
+        await this.backend.cache(offsetBytes, lengthBytes);
+        break;
+      case NBD_CMD_WRITE_ZEROES:
+        this.wroteSinceFlush = true;
+        await this.backend.writeZeroes(offsetBytes, lengthBytes, {
+          fua,
+          noHole: (flags & NBD_CMD_FLAG_NO_HOLE) !== 0,
+          fastZero: (flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
+        });
+        break;
+      case NBD_CMD_BLOCK_STATUS:
+        await this.sendBlockStatus(request);
+        return;
+    }
+    this.send([encodeSimpleReply(0, cookie)]);
+  }
+
+  /** Structured READ: OFFSET_DATA / OFFSET_HOLE chunks, the last one flagged DONE. */
+  private async sendRead(request: Request): Promise<void> {
+    const dontFragment = (request.flags & NBD_CMD_FLAG_DF) !== 0;
+    const segments = await this.backend.readSegments(request.offsetBytes, request.lengthBytes, dontFragment);
+    const buffers: Buffer[] = [];
+    segments.forEach((segment, index) => {
+      const flags = index === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      if (segment.kind === 'hole') {
+        buffers.push(encodeOffsetHole(flags, request.cookie, segment.offsetBytes, segment.lengthBytes));
+      } else {
+        buffers.push(
+          encodeOffsetDataHeader(flags, request.cookie, segment.offsetBytes, segment.data.length),
+          segment.data,
+        );
+      }
+    });
+    this.send(buffers);
+  }
+
+  /** BLOCK_STATUS: one chunk per selected context; REQ_ONE answers with a single descriptor. */
+  private async sendBlockStatus(request: Request): Promise<void> {
+    if (!this.structured || this.contexts.size === 0) {
+      throw new NbdCommandError(NBD_EINVAL, 'block status needs a negotiated metadata context');
+    }
+    if (request.lengthBytes === 0) throw new NbdCommandError(NBD_EINVAL, 'zero-length block status');
+    const reqOne = (request.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const extents = await this.backend.blockStatus(
+      request.offsetBytes,
+      request.lengthBytes,
+      MAX_STATUS_DESCRIPTORS,
+    );
+    const buffers: Buffer[] = [];
+    let index = 0;
+    for (const [contextId, name] of this.contexts) {
+      const descriptors: BlockStatusDescriptor[] = [];
+      for (const extent of extents) {
+        const statusFlags = name === CONTEXT_BASE_ALLOCATION ? baseAllocationFlags(extent) : extent.depth;
+        const last = descriptors[descriptors.length - 1];
+        if (last && last.statusFlags === statusFlags) last.lengthBytes += extent.lengthBytes;
+        else descriptors.push({ lengthBytes: extent.lengthBytes, statusFlags });
+      }
+      if (reqOne) descriptors.length = Math.min(descriptors.length, 1);
+      index++;
+      const flags = index === this.contexts.size ? NBD_REPLY_FLAG_DONE : 0;
+      buffers.push(encodeBlockStatus(flags, request.cookie, contextId, descriptors));
+    }
+    this.send(buffers);
+  }
+
+  private async sendError(request: Request, error: NbdCommandError): Promise<void> {
+    this.log.debug({ type: request.type, nbdError: error.nbdError, err: error }, 'Request failed');
+    if (this.structured && (request.type === NBD_CMD_READ || request.type === NBD_CMD_BLOCK_STATUS)) {
+      this.send([encodeStructuredError(NBD_REPLY_FLAG_DONE, request.cookie, error.nbdError, error.message)]);
+    } else {
+      this.send([encodeSimpleReply(error.nbdError, request.cookie)]);
+    }
+  }
+
+  /** Writes one reply's buffers back to back (corked: one writev), noting backpressure. */
+  private send(buffers: Buffer[]): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    this.socket.cork();
+    let ok = true;
+    for (const buffer of buffers) ok = this.socket.write(buffer);
+    this.socket.uncork();
+    if (!ok || this.socket.writableNeedDrain) this.waitingForDrain = true;
+  }
+}
+
+/** An empty DONE chunk (NBD_REPLY_TYPE_NONE), for replies whose last content chunk could not carry DONE. */
+export function encodeDoneChunk(cookie: bigint): Buffer {
+  return encodeStructuredHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
+}
