@@ -3,8 +3,10 @@
 
 import type { CliCommand } from '../command.ts';
 import { partitionsCommand } from './partitions.ts';
+import { serveCommand } from './serve.ts';
 
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
   partitionsCommand,
+  serveCommand,
 ];

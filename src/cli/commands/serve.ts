@@ -1,0 +1,349 @@
+// `vdisk serve`: qemu-nbd's job in-process. Opens one image (any format the engine reads), serves it
+// over NBD on a unix socket (-k) or TCP (-b/-p, 127.0.0.1:10809 by default) until the last client
+// leaves (or forever with -t), and on SIGTERM/SIGINT drains in-flight requests, flushes and closes.
+// Options keep qemu-nbd's spellings (qemu-nbd(8)); TLS credentials use its --object syntax.
+
+import { fork } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { BlockDevice } from '../../engine/block-device.ts';
+import { InvalidOptionError } from '../../engine/errors.ts';
+import { findDriver } from '../../engine/formats/registry.ts';
+import { NodeHostFile } from '../../engine/io/host-file.ts';
+import { openImage } from '../../engine/open.ts';
+import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../nbd/server.ts';
+import type { CliCommand, CliIo } from '../command.ts';
+import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
+
+const SYNOPSIS =
+  'serve [-f fmt] [-r] [-x name] [-D description] [-k socket | -b addr -p port] [-e shared] [-t] [-s] [-l snapshot] ' +
+  '[--discard=ignore|unmap] [--detect-zeroes=off|on|unmap] [--pid-file=file] [--fork] [--tls-creds=id] filename';
+
+const HELP = `usage: vdisk ${SYNOPSIS}
+Serve a disk image over NBD (as qemu-nbd does).
+
+  -f, --format=FORMAT        image format (probed when absent)
+  -r, --read-only            export read-only
+  -x, --export-name=NAME     export name (default: the empty name)
+  -D, --description=TEXT     export description
+  -k, --socket=PATH          listen on a unix socket
+  -b, --bind=ADDR            TCP address (default 127.0.0.1)
+  -p, --port=PORT            TCP port (default 10809)
+  -e, --shared=NUM           allow NUM simultaneous clients (default 1); above 1 advertises multi-conn
+  -t, --persistent           keep serving after the last client disconnects
+  -s, --snapshot             writes go to a temporary qcow2 overlay, discarded on exit
+  -l, --load-snapshot=NAME   serve an internal snapshot (read-only)
+      --discard=MODE         ignore (default) or unmap: pass TRIM on to the image
+      --detect-zeroes=MODE   off (default), on or unmap: turn all-zero writes into zero writes
+      --pid-file=PATH        write the server's pid once it listens
+      --fork                 return once the server listens, leaving it running in the background
+      --object tls-creds-x509,id=ID,dir=DIR[,verify-peer=on]   (ca-cert.pem, server-cert.pem, server-key.pem)
+      --object tls-creds-psk,id=ID,dir=DIR                     (keys.psk: identity:hexkey per line)
+      --tls-creds=ID             require TLS with those credentials
+      --handshake-limit=SECONDS  drop clients that don't finish the handshake in time (default 10)
+`;
+
+const OPTIONS: readonly OptionSpec[] = [
+  { short: 'h', long: 'help', takesValue: false },
+  { short: 'f', long: 'format', takesValue: true },
+  { short: 'r', long: 'read-only', takesValue: false },
+  { short: 'x', long: 'export-name', takesValue: true },
+  { short: 'D', long: 'description', takesValue: true },
+  { short: 'k', long: 'socket', takesValue: true },
+  { short: 'b', long: 'bind', takesValue: true },
+  { short: 'p', long: 'port', takesValue: true },
+  { short: 'e', long: 'shared', takesValue: true },
+  { short: 't', long: 'persistent', takesValue: false },
+  { short: 's', long: 'snapshot', takesValue: false },
+  { short: 'l', long: 'load-snapshot', takesValue: true },
+  { short: 'v', long: 'verbose', takesValue: false },
+  { long: 'discard', takesValue: true },
+  { long: 'detect-zeroes', takesValue: true },
+  { long: 'pid-file', takesValue: true },
+  { long: 'fork', takesValue: false },
+  { long: 'object', takesValue: true },
+  { long: 'tls-creds', takesValue: true },
+  { long: 'handshake-limit', takesValue: true },
+  { long: 'cache', takesValue: true },
+  { long: 'aio', takesValue: true },
+];
+
+/** Set in the background child of --fork: it reports readiness over IPC instead of forking again. */
+const FORK_CHILD_ENV = 'VDISK_SERVE_FORKED';
+
+function integerOption(
+  name: string,
+  text: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min || value > max) {
+    throw new InvalidOptionError({
+      option: name,
+      value: text,
+      message: `Invalid ${name} '${text}' (expected ${min}..${max})`,
+    });
+  }
+  return value;
+}
+
+function enumOption<T extends string>(
+  name: string,
+  text: string | undefined,
+  values: readonly T[],
+  fallback: T,
+): T {
+  if (text === undefined) return fallback;
+  if (!(values as readonly string[]).includes(text)) {
+    throw new InvalidOptionError({
+      option: name,
+      value: text,
+      message: `Invalid ${name} '${text}' (expected ${values.join(', ')})`,
+    });
+  }
+  return text as T;
+}
+
+/** `--object type,id=ID,key=value,...` -> { type, props }. */
+function parseObject(text: string): { type: string; props: Map<string, string> } {
+  const [type = '', ...rest] = text.split(',');
+  const props = new Map<string, string>();
+  for (const item of rest) {
+    const equals = item.indexOf('=');
+    if (equals < 0)
+      throw new InvalidOptionError({ option: 'object', value: text, message: `Invalid --object '${text}'` });
+    props.set(item.slice(0, equals), item.slice(equals + 1));
+  }
+  return { type, props };
+}
+
+/** Loads the credentials `--tls-creds ID` names from the matching `--object`. */
+async function loadTls(objects: readonly string[], credsId: string): Promise<NbdTlsOptions> {
+  const object = objects.map(parseObject).find((candidate) => candidate.props.get('id') === credsId);
+  if (!object)
+    throw new InvalidOptionError({
+      option: 'tls-creds',
+      value: credsId,
+      message: `No TLS credentials with id '${credsId}'`,
+    });
+  const dir = object.props.get('dir');
+  if (!dir)
+    throw new InvalidOptionError({
+      option: 'object',
+      value: credsId,
+      message: `TLS credentials '${credsId}' need dir=`,
+    });
+  if (object.props.get('endpoint') === 'client') {
+    throw new InvalidOptionError({
+      option: 'object',
+      value: credsId,
+      message: `TLS credentials '${credsId}' are for a client endpoint`,
+    });
+  }
+  if (object.type === 'tls-creds-x509') {
+    const verifyPeer = object.props.get('verify-peer') === 'on' || object.props.get('verify-peer') === 'yes';
+    return {
+      key: await readFile(join(dir, 'server-key.pem')),
+      cert: await readFile(join(dir, 'server-cert.pem')),
+      ca: verifyPeer ? await readFile(join(dir, 'ca-cert.pem')) : undefined,
+      requireClientCert: verifyPeer,
+    };
+  }
+  if (object.type === 'tls-creds-psk') {
+    const pskKeys = new Map<string, Buffer>();
+    for (const line of (await readFile(join(dir, 'keys.psk'), 'utf8')).split('\n')) {
+      const colon = line.indexOf(':');
+      if (colon > 0) pskKeys.set(line.slice(0, colon), Buffer.from(line.slice(colon + 1).trim(), 'hex'));
+    }
+    return { pskKeys };
+  }
+  throw new InvalidOptionError({
+    option: 'object',
+    value: object.type,
+    message: `Unsupported TLS credentials type '${object.type}'`,
+  });
+}
+
+/** -s: a temporary qcow2 overlay over the image; writes land there and vanish with it. */
+async function openSnapshotOverlay(
+  path: string,
+  format: string | undefined,
+): Promise<{ device: BlockDevice; cleanup: () => Promise<void> }> {
+  const folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-'));
+  try {
+    const overlayPath = join(folder, 'overlay.qcow2');
+    const base = await openImage(path, { format, readOnly: true });
+    const baseFormat = base.formatName;
+    const sizeBytes = base.sizeBytes;
+    await base.close();
+    const qcow2 = findDriver('qcow2');
+    if (!qcow2.create)
+      throw new InvalidOptionError({
+        option: 'snapshot',
+        message: 'qcow2 overlays cannot be created in this build',
+      });
+    const file = await NodeHostFile.open(overlayPath, { readOnly: false, create: true });
+    try {
+      await qcow2.create({
+        path: overlayPath,
+        file,
+        sizeBytes,
+        options: {},
+        backingFile: resolve(path),
+        backingFormat: baseFormat,
+        openBacking: undefined,
+      });
+    } finally {
+      await file.close();
+    }
+    const device = await openImage(overlayPath, { format: 'qcow2', allowBackingEscape: true });
+    return { device, cleanup: () => rm(folder, { recursive: true, force: true }) };
+  } catch (err) {
+    await rm(folder, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** --fork: re-run this command in a detached child and return once it says it is listening. */
+function forkIntoBackground(argv: readonly string[], io: CliIo): Promise<number> {
+  const script = process.argv[1];
+  if (!script) throw new CliUsageError('--fork: cannot find the vdisk entry point');
+  const child = fork(script, ['serve', ...argv.filter((arg) => arg !== '--fork')], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    env: { ...process.env, [FORK_CHILD_ENV]: '1' },
+  });
+  return new Promise((resolveExit) => {
+    child.once('message', () => {
+      child.disconnect();
+      child.unref();
+      resolveExit(0);
+    });
+    child.once('exit', (code) => {
+      io.stderr('vdisk: the background server exited before it was ready\n');
+      resolveExit(code || 1);
+    });
+  });
+}
+
+async function runServe(argv: string[], io: CliIo): Promise<number> {
+  const parsed = getopt(argv, OPTIONS);
+  if (hasFlag(parsed, 'help')) {
+    io.stdout(HELP);
+    return 0;
+  }
+  const [path, ...extra] = parsed.operands;
+  if (!path || extra.length > 0)
+    throw new CliUsageError('Expecting exactly one image file name (try --help)');
+  const socketPath = lastValue(parsed, 'socket');
+  if (socketPath !== undefined && (hasFlag(parsed, 'port') || hasFlag(parsed, 'bind'))) {
+    throw new CliUsageError('-k cannot be combined with -b or -p');
+  }
+  const shared = integerOption('shared', lastValue(parsed, 'shared'), 1, 1, 10_000);
+  const port = integerOption('port', lastValue(parsed, 'port'), 10809, 0, 65535);
+  const handshakeLimitSeconds = integerOption(
+    'handshake-limit',
+    lastValue(parsed, 'handshake-limit'),
+    10,
+    1,
+    3600,
+  );
+  const discard = enumOption(
+    'discard',
+    lastValue(parsed, 'discard'),
+    ['ignore', 'off', 'unmap', 'on'],
+    'ignore',
+  );
+  const detectZeroes = enumOption(
+    'detect-zeroes',
+    lastValue(parsed, 'detect-zeroes'),
+    ['off', 'on', 'unmap'],
+    'off',
+  );
+  const credsId = lastValue(parsed, 'tls-creds');
+  const tls = credsId === undefined ? undefined : await loadTls(parsed.options.get('object') ?? [], credsId);
+  if (hasFlag(parsed, 'fork') && !process.env[FORK_CHILD_ENV]) return forkIntoBackground(argv, io);
+
+  const format = lastValue(parsed, 'format');
+  const readOnly = hasFlag(parsed, 'read-only');
+  const snapshotName = lastValue(parsed, 'load-snapshot');
+  let device: BlockDevice;
+  let cleanup: () => Promise<void> = async () => undefined;
+  let snapshotOf: BlockDevice | undefined;
+  if (hasFlag(parsed, 'snapshot')) {
+    ({ device, cleanup } = await openSnapshotOverlay(path, format));
+  } else if (snapshotName !== undefined) {
+    snapshotOf = await openImage(path, { format, readOnly: true });
+    if (!snapshotOf.snapshots) {
+      await snapshotOf.close();
+      throw new InvalidOptionError({
+        option: 'load-snapshot',
+        value: snapshotName,
+        message: `${path}: the image has no internal snapshots`,
+      });
+    }
+    device = await snapshotOf.snapshots.open(snapshotName);
+  } else {
+    device = await openImage(path, { format, readOnly });
+  }
+
+  let server: NbdServerHandle;
+  try {
+    server = await startNbdServer({
+      exports: [
+        {
+          name: lastValue(parsed, 'export-name') ?? '',
+          description: lastValue(parsed, 'description'),
+          device,
+          readOnly: readOnly || snapshotName !== undefined,
+          discard: discard === 'unmap' || discard === 'on',
+          detectZeroes,
+          multiConn: shared > 1,
+        },
+      ],
+      ...(socketPath !== undefined
+        ? { socketPath }
+        : { port, host: lastValue(parsed, 'bind') ?? '127.0.0.1' }),
+      maxConnections: shared,
+      persistent: hasFlag(parsed, 'persistent'),
+      handshakeTimeoutMs: handshakeLimitSeconds * 1000,
+      tls,
+    });
+  } catch (err) {
+    await device.close();
+    await snapshotOf?.close();
+    await cleanup();
+    throw err;
+  }
+  const pidFile = lastValue(parsed, 'pid-file');
+  if (pidFile !== undefined) await writeFile(pidFile, `${process.pid}\n`);
+  if (hasFlag(parsed, 'verbose')) io.stderr(`vdisk: serving ${path} at ${server.uri}\n`);
+  const stop = (): void => void server.close();
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', stop);
+  if (process.send) process.send('ready');
+  try {
+    await server.closed;
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+    process.off('SIGHUP', stop);
+    await device.close();
+    await snapshotOf?.close();
+    await cleanup();
+    if (pidFile !== undefined) await rm(pidFile, { force: true });
+  }
+  return 0;
+}
+
+export const serveCommand: CliCommand = {
+  name: 'serve',
+  synopsis: SYNOPSIS,
+  summary: 'Serve an image over NBD (qemu-nbd)',
+  run: runServe,
+};
