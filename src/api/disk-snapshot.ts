@@ -14,12 +14,9 @@ export type SnapshotPhase = (typeof SNAPSHOT_PHASES)[number];
 export const diskSnapshotSpecSchema = z
   .object({
     virtualDiskName: objectName('VirtualDisk in the same namespace to snapshot'),
-    mode: z
-      .enum(SNAPSHOT_MODES)
-      .default('internal')
-      .meta({
-        description: 'internal: a qcow2 internal snapshot; external: the image becomes a backing file',
-      }),
+    mode: z.enum(SNAPSHOT_MODES).default('internal').meta({
+      description: 'internal: a qcow2 internal snapshot; external: the image becomes a backing file',
+    }),
   })
   .meta({
     description: 'What to snapshot. Immutable.',

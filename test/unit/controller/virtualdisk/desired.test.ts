@@ -1,0 +1,310 @@
+// desiredDisk as a table: (spec, observed) -> PVC, Jobs, finalizer and status.
+import { describe, expect, it } from 'vitest';
+import type { DiskSnapshot } from '../../../../src/api/disk-snapshot.ts';
+import { imagerArgs, parseImagerArgs } from '../../../../src/api/imager.ts';
+import {
+  parseVirtualDisk,
+  type VirtualDisk,
+  type VirtualDiskSpecInput,
+} from '../../../../src/api/virtual-disk.ts';
+import { DEFAULT_POD_SETTINGS } from '../../../../src/controller/imager-job.ts';
+import { FINALIZER } from '../../../../src/controller/naming.ts';
+import type { ObservedJob } from '../../../../src/controller/observed-job.ts';
+import { desiredDisk, type ObservedDisk } from '../../../../src/controller/virtualdisk/desired.ts';
+
+const NOW = '2026-01-01T00:00:00Z';
+const GIB = 2 ** 30;
+
+function disk(
+  spec: VirtualDiskSpecInput,
+  extra: { status?: unknown; finalizers?: string[]; deleting?: boolean; name?: string } = {},
+): VirtualDisk {
+  return parseVirtualDisk({
+    apiVersion: 'vdisk.dev/v1alpha1',
+    metadata: {
+      name: extra.name ?? 'd1',
+      namespace: 'ns',
+      uid: 'uid-1',
+      generation: 3,
+      finalizers: extra.finalizers ?? [FINALIZER],
+      ...(extra.deleting ? { deletionTimestamp: NOW } : {}),
+    },
+    spec,
+    status: extra.status,
+  });
+}
+
+function observed(target: VirtualDisk, extra: Partial<ObservedDisk> = {}): ObservedDisk {
+  return {
+    disk: target,
+    claim: {
+      metadata: {
+        name: 'vdisk-d1',
+        namespace: 'ns',
+        ownerReferences: [
+          { apiVersion: 'vdisk.dev/v1alpha1', kind: 'VirtualDisk', name: 'd1', uid: 'uid-1' },
+        ],
+      },
+      spec: { resources: { requests: { storage: '1025Mi' } } },
+    },
+    jobs: [],
+    requiredClaimBytes: 1025 * 2 ** 20,
+    sourceDisk: undefined,
+    sourceSnapshot: undefined,
+    sourceSnapshotDisk: undefined,
+    settings: DEFAULT_POD_SETTINGS,
+    now: NOW,
+    ...extra,
+  };
+}
+
+function job(
+  name: string,
+  state: ObservedJob['state'],
+  result?: ObservedJob['result'],
+  ownerKind = 'VirtualDisk',
+): ObservedJob {
+  return {
+    name,
+    operation: name.split('-')[2] ?? '',
+    ownerKind,
+    state,
+    result,
+    failureMessage: state === 'failed' ? 'BackoffLimitExceeded' : undefined,
+    isDeleting: false,
+  };
+}
+
+const readyImage = { path: 'disk.qcow2', format: 'qcow2', virtualSize: GIB };
+const blank = { size: '1Gi', source: { blank: {} } } satisfies VirtualDiskSpecInput;
+
+function argsOf(result: ReturnType<typeof desiredDisk>) {
+  const container = result.createJobs[0]?.spec?.template.spec?.containers[0];
+  return container?.args ? parseImagerArgs(container.args.slice(1)) : undefined;
+}
+
+describe('desiredDisk', () => {
+  it('adds the finalizer and creates a PVC sized from the measure when none exists', () => {
+    const result = desiredDisk(observed(disk(blank, { finalizers: [] }), { claim: undefined }));
+    expect(result.addFinalizer).toBe(true);
+    expect(result.createClaim?.metadata?.name).toBe('vdisk-d1');
+    expect(result.createClaim?.spec?.resources?.requests?.storage).toBe('1025Mi');
+    expect(result.createClaim?.spec?.accessModes).toEqual(['ReadWriteOnce']);
+    expect(result.createClaim?.metadata?.ownerReferences?.[0]).toMatchObject({
+      kind: 'VirtualDisk',
+      uid: 'uid-1',
+      controller: true,
+    });
+  });
+
+  it.each([
+    [
+      'blank',
+      blank,
+      'vd-d1-create',
+      { operation: 'create', image: '/data/disk.qcow2', format: 'qcow2', sizeBytes: GIB },
+    ],
+    [
+      'raw blank with options',
+      { size: '64Mi', format: 'raw', source: { blank: {} }, formatOptions: { preallocation: 'off' } },
+      'vd-d1-create',
+      {
+        operation: 'create',
+        image: '/data/disk.img',
+        format: 'raw',
+        sizeBytes: 64 * 2 ** 20,
+        options: { preallocation: 'off' },
+      },
+    ],
+    [
+      'http import with checksum',
+      { size: '1Gi', source: { http: { url: 'http://127.0.0.1:8080/a.img.gz', sha256: 'a'.repeat(64) } } },
+      'vd-d1-import',
+      { operation: 'import', url: 'http://127.0.0.1:8080/a.img.gz', sha256: 'a'.repeat(64) },
+    ],
+  ] as const)('starts one imager Job for a %s source', (_label, spec, jobName, expectedRequest) => {
+    const result = desiredDisk(observed(disk(spec as VirtualDiskSpecInput)));
+    expect(result.createJobs.map((created) => created.metadata?.name)).toEqual([jobName]);
+    expect(argsOf(result)).toMatchObject(expectedRequest);
+    const pod = result.createJobs[0]!.spec!.template.spec!;
+    expect(pod.containers[0]!.command).toEqual(['vdisk-agent']);
+    expect(pod.volumes?.[0]?.persistentVolumeClaim?.claimName).toBe('vdisk-d1');
+    expect(result.status.phase).toBe('Provisioning');
+    expect(result.status.conditions?.find((c) => c.type === 'Progressing')).toMatchObject({
+      status: 'True',
+      observedGeneration: 3,
+    });
+    expect(result.status.conditions?.find((c) => c.type === 'Ready')?.status).toBe('False');
+  });
+
+  it('does not start a second Job while the first runs (a restarted controller finds it by name)', () => {
+    const result = desiredDisk(observed(disk(blank), { jobs: [job('vd-d1-create', 'active')] }));
+    expect(result.createJobs).toEqual([]);
+    expect(result.status.phase).toBe('Provisioning');
+  });
+
+  it('records the image from the termination message, deletes the Job and becomes Ready', () => {
+    const result = desiredDisk(
+      observed(disk(blank), {
+        jobs: [
+          job('vd-d1-create', 'succeeded', {
+            ok: true,
+            operation: 'create',
+            image: { ...readyImage, actualSize: 196_608, clusterSize: 65_536 },
+          }),
+        ],
+      }),
+    );
+    expect(result.status.image).toEqual({ ...readyImage, actualSize: 196_608, clusterSize: 65_536 });
+    expect(result.deleteJobs).toEqual(['vd-d1-create']);
+    expect(result.status.phase).toBe('Ready');
+    expect(result.status.size).toBe('1Gi');
+    expect(result.status.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
+      status: 'True',
+      reason: 'ImageReady',
+    });
+    expect(result.events).toEqual([expect.objectContaining({ type: 'Normal', reason: 'ImageReady' })]);
+  });
+
+  it('fails with ChecksumMismatch naming both sums', () => {
+    const expected = 'a'.repeat(64);
+    const actual = 'b'.repeat(64);
+    const result = desiredDisk(
+      observed(disk({ size: '1Gi', source: { http: { url: 'http://x/y', sha256: expected } } }), {
+        jobs: [
+          job('vd-d1-import', 'failed', {
+            ok: false,
+            operation: 'import',
+            code: 'VDISK_ECHECKSUM',
+            message: 'checksum mismatch',
+            expectedSha256: expected,
+            actualSha256: actual,
+          }),
+        ],
+      }),
+    );
+    expect(result.status.phase).toBe('Failed');
+    const ready = result.status.conditions?.find((c) => c.type === 'Ready');
+    expect(ready?.reason).toBe('ChecksumMismatch');
+    expect(ready?.message).toContain(expected);
+    expect(ready?.message).toContain(actual);
+    expect(result.createJobs).toEqual([]);
+    expect(result.events[0]?.type).toBe('Warning');
+  });
+
+  it('grows the PVC and starts a resize Job when spec.size grows', () => {
+    const result = desiredDisk(
+      observed(disk({ ...blank, size: '2Gi' }, { status: { image: readyImage, phase: 'Ready' } }), {
+        requiredClaimBytes: 2049 * 2 ** 20,
+      }),
+    );
+    expect(result.expandClaimToBytes).toBe(2049 * 2 ** 20);
+    expect(result.createJobs[0]?.metadata?.name).toBe(`vd-d1-resize-${2 * GIB}`);
+    expect(argsOf(result)).toMatchObject({ operation: 'resize', sizeBytes: 2 * GIB });
+    expect(result.status.phase).toBe('Resizing');
+  });
+
+  it('waits for another Job on the same PVC (a snapshot) before resizing', () => {
+    const result = desiredDisk(
+      observed(disk({ ...blank, size: '2Gi' }, { status: { image: readyImage } }), {
+        jobs: [job('vds-s1-create', 'active', undefined, 'DiskSnapshot')],
+      }),
+    );
+    expect(result.createJobs).toEqual([]);
+    expect(result.status.conditions?.find((c) => c.type === 'Ready')?.message).toContain('vds-s1-create');
+  });
+
+  it('waits for a clone source to be Ready, then mounts its PVC read-only at /source', () => {
+    const spec = { size: '1Gi', source: { virtualDisk: { name: 'base' } } } satisfies VirtualDiskSpecInput;
+    const notReady = desiredDisk(observed(disk(spec), { sourceDisk: disk(blank, { name: 'base' }) }));
+    expect(notReady.createJobs).toEqual([]);
+    expect(notReady.status.phase).toBe('Pending');
+    expect(notReady.status.conditions?.find((c) => c.type === 'Ready')?.reason).toBe('WaitingForSource');
+
+    const source = disk(blank, {
+      name: 'base',
+      status: { phase: 'Ready', image: readyImage, claimName: 'vdisk-base' },
+    });
+    const ready = desiredDisk(observed(disk(spec), { sourceDisk: source }));
+    expect(argsOf(ready)).toMatchObject({ operation: 'clone', source: '/source/disk.qcow2' });
+    const pod = ready.createJobs[0]!.spec!.template.spec!;
+    expect(pod.volumes?.[1]?.persistentVolumeClaim).toEqual({ claimName: 'vdisk-base', readOnly: true });
+  });
+
+  it('restores an internal snapshot by name from the snapshot disk', () => {
+    const spec = { size: '1Gi', source: { snapshot: { name: 's1' } } } satisfies VirtualDiskSpecInput;
+    const snapshot: DiskSnapshot = {
+      apiVersion: 'vdisk.dev/v1alpha1',
+      kind: 'DiskSnapshot',
+      metadata: { name: 's1', namespace: 'ns' },
+      spec: { virtualDiskName: 'base', mode: 'internal' },
+      status: { readyToUse: true, snapshotName: 's1' },
+    };
+    const source = disk(blank, {
+      name: 'base',
+      status: { phase: 'Ready', image: readyImage, claimName: 'vdisk-base' },
+    });
+    const result = desiredDisk(
+      observed(disk(spec), { sourceSnapshot: snapshot, sourceSnapshotDisk: source }),
+    );
+    expect(argsOf(result)).toMatchObject({
+      operation: 'restore',
+      source: '/source/disk.qcow2',
+      snapshot: 's1',
+    });
+  });
+
+  it('on deletion removes Jobs and the PVC (Delete policy), then the finalizer', () => {
+    const result = desiredDisk(
+      observed(disk(blank, { deleting: true }), { jobs: [job('vd-d1-create', 'active')] }),
+    );
+    expect(result.deleteJobs).toEqual(['vd-d1-create']);
+    expect(result.deleteClaim).toBe(true);
+    expect(result.removeFinalizer).toBe(true);
+    expect(result.createJobs).toEqual([]);
+    expect(result.status.phase).toBe('Terminating');
+  });
+
+  it('on deletion with Retain releases the PVC instead of deleting it', () => {
+    const result = desiredDisk(observed(disk({ ...blank, deletionPolicy: 'Retain' }, { deleting: true })));
+    expect(result.deleteClaim).toBe(false);
+    expect(result.releaseClaim).toBe(true);
+  });
+
+  it('keeps a Ready condition transition time when nothing changes', () => {
+    const before = '2025-06-01T00:00:00Z';
+    const result = desiredDisk(
+      observed(
+        disk(blank, {
+          status: {
+            image: readyImage,
+            conditions: [
+              {
+                type: 'Ready',
+                status: 'True',
+                reason: 'ImageReady',
+                message: 'x',
+                lastTransitionTime: before,
+              },
+            ],
+          },
+        }),
+      ),
+    );
+    expect(result.status.conditions?.find((c) => c.type === 'Ready')?.lastTransitionTime).toBe(before);
+    expect(result.events).toEqual([]);
+    expect(result.createJobs).toEqual([]);
+  });
+
+  it('round-trips imager argv', () => {
+    const request = {
+      operation: 'import',
+      image: '/data/disk.qcow2',
+      format: 'qcow2',
+      sizeBytes: 5,
+      url: 'http://h/x?a=b=c',
+      options: { compat: '1.1' },
+    } as const;
+    expect(parseImagerArgs(imagerArgs(request))).toEqual(request);
+  });
+});
