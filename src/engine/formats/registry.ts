@@ -4,10 +4,16 @@
 
 import { UnsupportedError } from '../errors.ts';
 import type { FormatDriver } from './driver.ts';
+import { bochsDriver } from './bochs.ts';
+import { cloopDriver } from './cloop.ts';
 import { rawDriver } from './raw.ts';
+import { vpcDriver } from './vpc/driver.ts';
 
 export const formatRegistry: readonly FormatDriver[] = [
   // (drivers are listed here, raw last: it is the probe of last resort)
+  bochsDriver,
+  cloopDriver,
+  vpcDriver,
   rawDriver,
 ];
 

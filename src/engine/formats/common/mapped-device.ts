@@ -1,0 +1,284 @@
+// A block device built from a guest-offset -> host-offset map, the shape bochs, cloop, qed, parallels,
+// vhdx, qcow (v1), dmg and cow share: a driver answers "what backs this range" and the base class does
+// reads (data, zeros, backing fall-through, driver-decoded chunks), block status, and allocating writes
+// (allocate a zeroed unit at EOF, copy the backing's bytes in, write the data, then commit the table).
+
+import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
+import { PermissionError, UnsupportedError } from '../../errors.ts';
+import type { HostFile } from '../../io/host-file.ts';
+
+/** What backs one run of guest bytes starting at the offset asked about. `lengthBytes` >= 1. */
+export type RangeMapping =
+  | { kind: 'data'; lengthBytes: number; hostOffsetBytes: number }
+  | { kind: 'zero'; lengthBytes: number }
+  | { kind: 'unallocated'; lengthBytes: number }
+  /** Bytes the driver decodes itself (compressed chunks): `read` fills a buffer of the run's first bytes. */
+  | { kind: 'decoded'; lengthBytes: number; read: (buffer: Uint8Array) => Promise<void> };
+
+/** Largest buffer the base class allocates for one copy step (backing copy-in, zero writes). */
+export const COPY_CHUNK_BYTES = 1024 * 1024;
+
+const SHARED_ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
+
+/** Reads `buffer.length` bytes at `offsetBytes` from `file`, zero-filling anything past EOF. */
+export async function readHostZeroFilled(
+  file: HostFile,
+  offsetBytes: number,
+  buffer: Uint8Array,
+): Promise<void> {
+  const count = await file.read(offsetBytes, buffer);
+  if (count < buffer.length) buffer.fill(0, count);
+}
+
+export interface MappedDeviceInit {
+  formatName: string;
+  path: string;
+  file: HostFile;
+  sizeBytes: number;
+  isReadOnly: boolean;
+  backing?: BlockDevice | undefined;
+  preferredBlockSizeBytes?: number;
+}
+
+/**
+ * Base class for map-based formats. Subclasses implement `mapRange` and `info`; writable ones implement
+ * `allocationUnitBytes`, `reserveUnit` and `commitUnit`, and `flushMetadata` when they cache tables.
+ */
+export abstract class MappedDevice implements BlockDevice {
+  readonly formatName: string;
+  readonly path: string;
+  readonly file: HostFile;
+  readonly isReadOnly: boolean;
+  readonly backing: BlockDevice | undefined;
+  readonly preferredBlockSizeBytes: number;
+  protected currentSizeBytes: number;
+  private closed = false;
+
+  constructor(init: MappedDeviceInit) {
+    this.formatName = init.formatName;
+    this.path = init.path;
+    this.file = init.file;
+    this.currentSizeBytes = init.sizeBytes;
+    this.isReadOnly = init.isReadOnly;
+    this.backing = init.backing;
+    this.preferredBlockSizeBytes = init.preferredBlockSizeBytes ?? 512;
+  }
+
+  get sizeBytes(): number {
+    return this.currentSizeBytes;
+  }
+
+  /** What backs [offsetBytes, offsetBytes + maxLengthBytes); the answer may cover less (never 0 bytes). */
+  protected abstract mapRange(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping>;
+
+  abstract info(): Promise<ImageInfo>;
+
+  /** Size of the unit a write allocates (a cluster, a block); 0 when the format is read-only. */
+  protected allocationUnitBytes(): number {
+    return 0;
+  }
+
+  /** Reserves host space for unit `unitIndex`; the space must read as zeros. Returns its host offset. */
+  protected reserveUnit(_unitIndex: number): Promise<number> {
+    throw new UnsupportedError({ format: this.formatName, feature: 'write' });
+  }
+
+  /** Points the map at the unit's host bytes, once they are written (data before metadata). */
+  protected commitUnit(_unitIndex: number, _hostOffsetBytes: number): Promise<void> {
+    throw new UnsupportedError({ format: this.formatName, feature: 'write' });
+  }
+
+  /** Writes cached or pending metadata (tables, headers); called by flush and close. */
+  protected flushMetadata(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** Releases driver state after the final flush. */
+  protected closeMetadata(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  private async mapClamped(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping> {
+    const mapping = await this.mapRange(offsetBytes, maxLengthBytes);
+    const lengthBytes = Math.max(1, Math.min(mapping.lengthBytes, maxLengthBytes));
+    return lengthBytes === mapping.lengthBytes ? mapping : { ...mapping, lengthBytes };
+  }
+
+  async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < buffer.length) {
+      const mapping = await this.mapClamped(offsetBytes + done, buffer.length - done);
+      const part = buffer.subarray(done, done + mapping.lengthBytes);
+      if (mapping.kind === 'data') await readHostZeroFilled(this.file, mapping.hostOffsetBytes, part);
+      else if (mapping.kind === 'zero') part.fill(0);
+      else if (mapping.kind === 'decoded') await mapping.read(part);
+      else await this.readUnallocated(offsetBytes + done, part);
+      done += mapping.lengthBytes;
+    }
+  }
+
+  /** Reads an unallocated range: the backing file's bytes (zeros past its end), else zeros. */
+  protected async readUnallocated(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    const backing = this.backing;
+    if (!backing || offsetBytes >= backing.sizeBytes) {
+      buffer.fill(0);
+      return;
+    }
+    const inBacking = Math.min(buffer.length, backing.sizeBytes - offsetBytes);
+    await backing.read(offsetBytes, buffer.subarray(0, inBacking));
+    buffer.fill(0, inBacking);
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    const extents: Extent[] = [];
+    let done = 0;
+    // Bounded per call (callers loop): a fragmented map never builds an unbounded extent list.
+    while (done < lengthBytes && extents.length < 4096) {
+      const at = offsetBytes + done;
+      const mapping = await this.mapClamped(at, lengthBytes - done);
+      const extent: Extent = {
+        offsetBytes: at,
+        lengthBytes: mapping.lengthBytes,
+        allocated: mapping.kind !== 'unallocated',
+        zero: mapping.kind === 'zero' || (mapping.kind === 'unallocated' && !this.backing),
+        data: mapping.kind === 'data' || mapping.kind === 'decoded',
+      };
+      if (mapping.kind === 'data') {
+        extent.hostOffsetBytes = mapping.hostOffsetBytes;
+        extent.hostFile = this.path;
+      }
+      if (mapping.kind === 'decoded') extent.compressed = true;
+      const last = extents[extents.length - 1];
+      if (
+        last &&
+        last.allocated === extent.allocated &&
+        last.zero === extent.zero &&
+        last.data === extent.data &&
+        last.compressed === extent.compressed &&
+        (last.hostOffsetBytes === undefined) === (extent.hostOffsetBytes === undefined) &&
+        (last.hostOffsetBytes === undefined ||
+          last.hostOffsetBytes + last.lengthBytes === extent.hostOffsetBytes)
+      ) {
+        last.lengthBytes += extent.lengthBytes;
+      } else {
+        extents.push(extent);
+      }
+      done += mapping.lengthBytes;
+    }
+    return extents;
+  }
+
+  private requireWritable(): void {
+    if (this.isReadOnly)
+      throw new PermissionError({ file: this.path, message: 'write refused: the image is open read-only' });
+    if (this.allocationUnitBytes() === 0)
+      throw new UnsupportedError({ format: this.formatName, feature: 'write' });
+  }
+
+  async write(offsetBytes: number, data: Uint8Array, _options?: WriteOptions): Promise<void> {
+    this.requireWritable();
+    let done = 0;
+    while (done < data.length) {
+      const at = offsetBytes + done;
+      const mapping = await this.mapClamped(at, data.length - done);
+      if (mapping.kind === 'data') {
+        await this.file.write(mapping.hostOffsetBytes, data.subarray(done, done + mapping.lengthBytes));
+        done += mapping.lengthBytes;
+      } else {
+        done += await this.writeAllocating(at, data.subarray(done));
+      }
+    }
+    if (_options?.fua) await this.flush();
+  }
+
+  /** Allocates the unit holding `offsetBytes`, fills it, writes `data`'s head into it; returns bytes consumed. */
+  private async writeAllocating(offsetBytes: number, data: Uint8Array): Promise<number> {
+    const unitBytes = this.allocationUnitBytes();
+    const unitIndex = Math.floor(offsetBytes / unitBytes);
+    const unitStart = unitIndex * unitBytes;
+    const unitEnd = Math.min(unitStart + unitBytes, this.sizeBytes);
+    const writeEnd = Math.min(offsetBytes + data.length, unitEnd);
+    const hostOffsetBytes = await this.reserveUnit(unitIndex);
+    // The old content of the rest of the unit (backing bytes, a zero unit, decoded bytes) is copied in
+    // chunk by chunk; the reserved space already reads as zeros, so zero runs are skipped.
+    await this.copyOldContent(unitStart, offsetBytes, hostOffsetBytes - unitStart);
+    await this.copyOldContent(writeEnd, unitEnd, hostOffsetBytes - unitStart);
+    await this.file.write(
+      hostOffsetBytes + (offsetBytes - unitStart),
+      data.subarray(0, writeEnd - offsetBytes),
+    );
+    await this.commitUnit(unitIndex, hostOffsetBytes);
+    return writeEnd - offsetBytes;
+  }
+
+  private async copyOldContent(fromBytes: number, toBytes: number, hostDeltaBytes: number): Promise<void> {
+    let at = fromBytes;
+    while (at < toBytes) {
+      const mapping = await this.mapClamped(at, Math.min(toBytes - at, COPY_CHUNK_BYTES));
+      const lengthBytes = mapping.lengthBytes;
+      if (
+        mapping.kind === 'decoded' ||
+        mapping.kind === 'data' ||
+        (mapping.kind === 'unallocated' && this.backing)
+      ) {
+        const chunk = new Uint8Array(lengthBytes);
+        await this.read(at, chunk);
+        if (!isAllZero(chunk)) await this.file.write(at + hostDeltaBytes, chunk);
+      }
+      at += lengthBytes;
+    }
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
+    this.requireWritable();
+    let done = 0;
+    while (done < lengthBytes) {
+      const at = offsetBytes + done;
+      const mapping = await this.mapClamped(at, lengthBytes - done);
+      const step = mapping.lengthBytes;
+      const alreadyZero = mapping.kind === 'zero' || (mapping.kind === 'unallocated' && !this.backing);
+      if (!alreadyZero) {
+        if (options?.fastOnly) throw new UnsupportedError({ format: this.formatName, feature: 'fast zero' });
+        for (let written = 0; written < step; written += COPY_CHUNK_BYTES) {
+          const part = Math.min(COPY_CHUNK_BYTES, step - written);
+          await this.write(at + written, SHARED_ZEROS.subarray(0, part));
+        }
+      }
+      done += step;
+    }
+    if (options?.fua) await this.flush();
+  }
+
+  async discard(_offsetBytes: number, _lengthBytes: number): Promise<void> {
+    // A hint only: these formats keep the old data, which the contract allows.
+  }
+
+  async flush(): Promise<void> {
+    if (this.isReadOnly) return;
+    await this.flushMetadata();
+    await this.file.sync();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (!this.isReadOnly) await this.flush();
+      await this.closeMetadata();
+    } finally {
+      await this.file.close();
+      if (this.backing) await this.backing.close();
+    }
+  }
+}
+
+/** True when every byte of `bytes` is 0. */
+export function isAllZero(bytes: Uint8Array): boolean {
+  const words = bytes.byteOffset % 8 === 0 ? Math.floor(bytes.length / 8) : 0;
+  if (words > 0) {
+    const view = new BigUint64Array(bytes.buffer, bytes.byteOffset, words);
+    for (let i = 0; i < words; i++) if (view[i] !== 0n) return false;
+  }
+  for (let i = words * 8; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,190 @@
+// Test helpers for the format drivers: scratch folders, tool detection, decompressing samples into a
+// scratch folder, creating images through a driver, and hashing a device's guest content by streaming
+// (zero and unallocated runs are hashed from one reused zero buffer, so a 10 GiB sparse image is fast).
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import type { BlockDevice } from '../../src/engine/block-device.ts';
+import { findDriver } from '../../src/engine/formats/registry.ts';
+import { NodeHostFile } from '../../src/engine/io/host-file.ts';
+
+export const SAMPLES_DIR = '/work/shared/samples';
+
+/** True when `tool` runs from PATH. */
+export function has(tool: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** A fresh folder under the OS temp dir and its remover. */
+export async function scratchDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'vdisk-fmt-'));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** Runs a command, returns stdout; throws with stderr on failure. */
+export function run(command: string, args: string[]): string {
+  return execFileSync(command, args, {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    maxBuffer: 64 << 20,
+  });
+}
+
+/** Runs a command and returns its exit status and output without throwing. */
+export function runStatus(
+  command: string,
+  args: string[],
+): { status: number; stdout: string; stderr: string } {
+  const result = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** Copies a sample into `dir`, decompressing `.gz` / `.bz2`; returns the new path. */
+export async function unpackSample(samplePath: string, dir: string): Promise<string> {
+  const name = basename(samplePath).replace(/\.(gz|bz2)$/, '');
+  const target = join(dir, name);
+  if (samplePath.endsWith('.gz')) {
+    await pipeline(createReadStream(samplePath), createGunzip(), createWriteStream(target));
+  } else if (samplePath.endsWith('.bz2')) {
+    execFileSync('sh', [
+      '-c',
+      'bzip2 -dc "$1" | cp --sparse=always /dev/stdin "$2"',
+      'sh',
+      samplePath,
+      target,
+    ]);
+  } else {
+    execFileSync('cp', ['--sparse=always', samplePath, target]);
+  }
+  return target;
+}
+
+/** sha256 of a file's bytes. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(path), hash);
+  return hash.digest('hex');
+}
+
+const ZEROS = new Uint8Array(1 << 20);
+
+/** sha256 of a device's guest content; runs that block status calls zero are not read. */
+export async function sha256Device(device: BlockDevice): Promise<string> {
+  const hash = createHash('sha256');
+  const buffer = new Uint8Array(1 << 20);
+  let at = 0;
+  while (at < device.sizeBytes) {
+    const extents = await device.blockStatus(at, Math.min(device.sizeBytes - at, 1 << 30));
+    for (const extent of extents) {
+      let done = 0;
+      while (done < extent.lengthBytes) {
+        const step = Math.min(buffer.length, extent.lengthBytes - done);
+        if (extent.zero) hash.update(ZEROS.subarray(0, step));
+        else {
+          const part = buffer.subarray(0, step);
+          await device.read(extent.offsetBytes + done, part);
+          hash.update(part);
+        }
+        done += step;
+      }
+      at = extent.offsetBytes + extent.lengthBytes;
+    }
+    if (extents.length === 0) throw new Error(`blockStatus returned no extents at ${at}`);
+  }
+  return hash.digest('hex');
+}
+
+/** sha256 of what `qemu-img convert -O raw` makes of `path` (via a sparse temp file in `dir`). */
+export async function qemuRawSha256(path: string, dir: string, format?: string): Promise<string> {
+  const out = join(dir, `${basename(path)}.qemu-raw`);
+  run('qemu-img', ['convert', ...(format ? ['-f', format] : []), '-O', 'raw', path, out]);
+  const digest = await sha256File(out);
+  await rm(out, { force: true });
+  return digest;
+}
+
+/** Creates an image with a driver's create() (as `vdisk create` would). */
+export async function createWithDriver(
+  format: string,
+  path: string,
+  sizeBytes: number,
+  options: Record<string, string> = {},
+  backing?: { file: string; format?: string },
+): Promise<void> {
+  const file = await NodeHostFile.open(path, { readOnly: false, create: true });
+  try {
+    await findDriver(format).create!({
+      path,
+      file,
+      sizeBytes,
+      options,
+      backingFile: backing?.file,
+      backingFormat: backing?.format,
+      openBacking: undefined,
+    });
+  } finally {
+    await file.close();
+  }
+}
+
+/** A deterministic pseudo-random buffer (xorshift32 from `seed`). */
+export function seededBytes(lengthBytes: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(lengthBytes);
+  let state = seed >>> 0 || 1;
+  for (let i = 0; i < lengthBytes; i++) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    bytes[i] = state & 0xff;
+  }
+  return bytes;
+}
+
+/**
+ * Writes a raw guest image in `dir` with an MBR holding two partitions, seeded data runs and zero runs
+ * between them; returns its path. `sizeBytes` should be >= 4 MiB.
+ */
+export async function writeSeededRaw(
+  dir: string,
+  name: string,
+  sizeBytes: number,
+  seed = 1,
+): Promise<string> {
+  const path = join(dir, name);
+  const file = await NodeHostFile.open(path, { readOnly: false, create: true, truncate: true });
+  try {
+    await file.truncate(sizeBytes);
+    const mbr = new Uint8Array(512);
+    const view = new DataView(mbr.buffer);
+    const half = Math.floor(sizeBytes / 512 / 2);
+    // Two primary partitions (type 0x83) covering the two halves after sector 2048.
+    const entries = [
+      [2048, half - 2048],
+      [half, Math.floor(sizeBytes / 512) - half],
+    ] as const;
+    entries.forEach(([lba, sectors], i) => {
+      const at = 446 + i * 16;
+      mbr[at + 4] = 0x83;
+      view.setUint32(at + 8, lba, true);
+      view.setUint32(at + 12, sectors, true);
+    });
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    await file.write(0, mbr);
+    const step = Math.max(65536, Math.floor(sizeBytes / 16));
+    for (let at = 1 << 20, i = 0; at + 70000 <= sizeBytes; at += step, i++) {
+      if (i % 3 === 2) continue; // leave some runs as zeros
+      await file.write(at + ((i * 4097) % 4096), seededBytes(70000, seed + i));
+    }
+    await file.write(sizeBytes - 512, seededBytes(512, seed + 99));
+  } finally {
+    await file.close();
+  }
+  return path;
+}
