@@ -9,6 +9,7 @@ const CLUSTER_BYTES = 64 * 1024;
 
 /** Counts of each call, so tests can check what reached the device. */
 export interface MemoryDeviceStats {
+  reads: number;
   flushes: number;
   discards: number;
   writes: number;
@@ -23,7 +24,7 @@ class MemoryDevice implements BlockDevice {
   readonly formatName = 'memory';
   /** Cluster index -> bytes; absent = unallocated; null = allocated zero cluster. */
   readonly clusters = new Map<number, Uint8Array | null>();
-  readonly stats: MemoryDeviceStats = { flushes: 0, discards: 0, writes: 0, zeroWrites: 0 };
+  readonly stats: MemoryDeviceStats = { reads: 0, flushes: 0, discards: 0, writes: 0, zeroWrites: 0 };
 
   constructor(sizeBytes: number, isReadOnly: boolean, backing: BlockDevice | undefined) {
     this.sizeBytes = sizeBytes;
@@ -44,6 +45,7 @@ class MemoryDevice implements BlockDevice {
   }
 
   async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    this.stats.reads++;
     let done = 0;
     while (done < buffer.length) {
       const at = offsetBytes + done;

@@ -1,0 +1,277 @@
+// The server against hostile and careless clients, byte by byte: malformed handshakes and requests
+// get the protocol's error replies or a clean disconnect, never a crash or a hang; pipelining,
+// backpressure with a client that doesn't read, graceful shutdown with writes in flight. Issue 5.
+
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type NbdServerHandle, startNbdServer } from '../../../src/nbd/server.ts';
+import {
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_EINVAL,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_REP_ACK,
+  NBD_REP_ERR_TOO_BIG,
+  NBD_REP_ERR_UNSUP,
+} from '../../../src/nbd/wire.ts';
+import { createMemoryDevice, type TestDevice } from './memory-device.ts';
+import { handshake, option, RawClient, readOptionReply, readSimpleReply, request } from './raw-client.ts';
+
+const MIB = 1024 * 1024;
+
+describe('NBD server robustness (raw sockets)', () => {
+  let folder: string;
+  let server: NbdServerHandle;
+  let disk: TestDevice;
+  let socketPath: string;
+
+  beforeAll(async () => {
+    folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-raw-'));
+    socketPath = join(folder, 'nbd.sock');
+    disk = createMemoryDevice(64 * MIB);
+    server = await startNbdServer({
+      exports: [{ name: '', device: disk.device }],
+      socketPath,
+      handshakeTimeoutMs: 2000,
+    });
+  });
+
+  afterAll(async () => {
+    await server?.close();
+    await rm(folder, { recursive: true, force: true });
+  });
+
+  async function assertServerHealthy(): Promise<void> {
+    const client = await RawClient.connect(socketPath);
+    expect(await handshake(client)).toBe(64 * MIB);
+    client.send(request(NBD_CMD_READ, 0, 512, 42n));
+    expect(await readSimpleReply(client)).toEqual({ error: 0, cookie: 42n });
+    await client.read(512);
+    client.close();
+  }
+
+  it('drops a client that sends unknown client flags', async () => {
+    const client = await RawClient.connect(socketPath);
+    await client.read(18);
+    client.send(Buffer.from([0, 0, 0, 0xff]));
+    expect(await client.waitClosed()).toBe(true);
+  });
+
+  it('answers unknown options with ERR_UNSUP and oversized ones with ERR_TOO_BIG, then still negotiates', async () => {
+    const client = await RawClient.connect(socketPath);
+    await client.read(18);
+    client.send(Buffer.from([0, 0, 0, 3]));
+    client.send(option(0x1234, Buffer.from('junk')));
+    expect(await readOptionReply(client)).toMatchObject({ option: 0x1234, type: NBD_REP_ERR_UNSUP });
+    client.send(option(NBD_OPT_GO, Buffer.alloc(100 * 1024)));
+    expect(await readOptionReply(client)).toMatchObject({ option: NBD_OPT_GO, type: NBD_REP_ERR_TOO_BIG });
+    client.send(option(NBD_OPT_GO, Buffer.from([0, 0, 0, 0, 0, 0])));
+    let reply = await readOptionReply(client);
+    while (reply.type !== NBD_REP_ACK) reply = await readOptionReply(client);
+    client.close();
+  });
+
+  it('ends EXPORT_NAME with 10 bytes under NO_ZEROES, and hangs up on an unknown export name', async () => {
+    const good = await RawClient.connect(socketPath);
+    await good.read(18);
+    good.send(Buffer.from([0, 0, 0, 3]));
+    good.send(option(NBD_OPT_EXPORT_NAME));
+    const reply = await good.read(10);
+    expect(Number(reply.readBigUInt64BE(0))).toBe(64 * MIB);
+    good.send(request(NBD_CMD_READ, 0, 16, 1n));
+    expect(await readSimpleReply(good)).toEqual({ error: 0, cookie: 1n });
+    good.close();
+    const bad = await RawClient.connect(socketPath);
+    await bad.read(18);
+    bad.send(Buffer.from([0, 0, 0, 1]));
+    bad.send(option(NBD_OPT_EXPORT_NAME, Buffer.from('missing')));
+    expect(await bad.waitClosed()).toBe(true);
+  });
+
+  it('drops a client that never finishes the handshake', async () => {
+    const client = await RawClient.connect(socketPath);
+    expect(await client.waitClosed(5000)).toBe(true);
+  });
+
+  it('refuses unknown commands and oversized writes with EINVAL, keeping the connection', async () => {
+    const client = await RawClient.connect(socketPath);
+    await handshake(client);
+    client.send(request(99, 0, 0, 7n));
+    expect(await readSimpleReply(client)).toEqual({ error: NBD_EINVAL, cookie: 7n });
+    const oversized = 33 * MIB;
+    client.send(request(NBD_CMD_WRITE, 0, oversized, 8n));
+    for (let sent = 0; sent < oversized; sent += MIB) client.send(Buffer.alloc(MIB, 0xee));
+    expect(await readSimpleReply(client)).toEqual({ error: NBD_EINVAL, cookie: 8n });
+    client.send(request(NBD_CMD_READ, 0, 4, 9n));
+    expect(await readSimpleReply(client)).toEqual({ error: 0, cookie: 9n });
+    expect([...(await client.read(4))]).toEqual([0, 0, 0, 0]);
+    client.close();
+  });
+
+  it('hangs up on a bad request magic', async () => {
+    const client = await RawClient.connect(socketPath);
+    await handshake(client);
+    const bad = request(NBD_CMD_READ, 0, 512, 1n);
+    bad.writeUInt32BE(0xdeadbeef, 0);
+    client.send(bad);
+    expect(await client.waitClosed()).toBe(true);
+    await assertServerHealthy();
+  });
+
+  it('answers pipelined writes by cookie and stores every one', async () => {
+    const client = await RawClient.connect(socketPath);
+    await handshake(client, '', true);
+    const count = 32;
+    const parts: Buffer[] = [];
+    for (let index = 0; index < count; index++) {
+      parts.push(
+        request(
+          NBD_CMD_WRITE,
+          index * 65536,
+          65536,
+          BigInt(1000 + index),
+          index % 3 === 0 ? NBD_CMD_FLAG_FUA : 0,
+        ),
+      );
+      parts.push(Buffer.alloc(65536, index + 1));
+    }
+    client.send(Buffer.concat(parts));
+    const cookies = new Set<bigint>();
+    for (let index = 0; index < count; index++) {
+      const reply = await readSimpleReply(client);
+      expect(reply.error).toBe(0);
+      cookies.add(reply.cookie);
+    }
+    expect(cookies.size).toBe(count);
+    const check = Buffer.alloc(1);
+    for (let index = 0; index < count; index++) {
+      await disk.device.read(index * 65536 + 100, check);
+      expect(check[0]).toBe(index + 1);
+    }
+    client.close();
+  });
+
+  it('leaves the image untouched when a client vanishes in the middle of a write payload', async () => {
+    const client = await RawClient.connect(socketPath);
+    await handshake(client);
+    client.send(request(NBD_CMD_WRITE, 40 * MIB, MIB, 5n));
+    client.send(Buffer.alloc(MIB / 2, 0x77));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    client.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const check = Buffer.alloc(MIB);
+    await disk.device.read(40 * MIB, check);
+    expect(check.every((byte) => byte === 0)).toBe(true);
+    await assertServerHealthy();
+  });
+
+  it('stops reading requests while a client does not read its replies (bounded memory)', async () => {
+    const client = await RawClient.connect(socketPath);
+    await handshake(client);
+    client.socket.pause();
+    const readsBefore = disk.memory.stats.reads;
+    const count = 200;
+    const parts: Buffer[] = [];
+    for (let index = 0; index < count; index++)
+      parts.push(request(NBD_CMD_READ, (index % 60) * MIB, MIB, BigInt(index)));
+    client.send(Buffer.concat(parts));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const readsWhileStalled = disk.memory.stats.reads - readsBefore;
+    // At most the in-flight limit (16 requests or 64 MiB) plus what the socket buffers hold.
+    expect(readsWhileStalled).toBeLessThan(count / 2);
+    client.socket.resume();
+    for (let index = 0; index < count; index++) {
+      expect((await readSimpleReply(client)).error).toBe(0);
+      await client.read(MIB);
+    }
+    client.close();
+  });
+
+  it('survives arbitrary bytes in the handshake and the transmission phase', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.boolean(),
+        fc.uint8Array({ minLength: 1, maxLength: 400 }),
+        async (afterHandshake, junk) => {
+          const client = await RawClient.connect(socketPath);
+          if (afterHandshake) await handshake(client);
+          else await client.read(18);
+          client.send(junk);
+          client.socket.end();
+          // The server answers what it can and closes once the client has ended: it never hangs.
+          expect(await client.waitClosed(3000)).toBe(true);
+        },
+      ),
+      { numRuns: 40 },
+    );
+    await assertServerHealthy();
+  });
+});
+
+describe('NBD server lifecycle', () => {
+  it('finishes writes in flight, flushes and closes on shutdown', async () => {
+    const folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-stop-'));
+    const socketPath = join(folder, 'nbd.sock');
+    const disk = createMemoryDevice(16 * MIB);
+    const server = await startNbdServer({ exports: [{ name: '', device: disk.device }], socketPath });
+    try {
+      const client = await RawClient.connect(socketPath);
+      await handshake(client);
+      const parts: Buffer[] = [];
+      for (let index = 0; index < 8; index++)
+        parts.push(request(NBD_CMD_WRITE, index * MIB, MIB, BigInt(index)), Buffer.alloc(MIB, 0x40 + index));
+      client.send(Buffer.concat(parts));
+      const first = await readSimpleReply(client);
+      const flushesBefore = disk.memory.stats.flushes;
+      await server.close();
+      // Every request fully received before the shutdown is answered; the rest never started.
+      const answered = new Set([first.cookie]);
+      for (;;) {
+        const reply = await readSimpleReply(client).catch(() => undefined);
+        if (!reply) break;
+        expect(reply.error).toBe(0);
+        answered.add(reply.cookie);
+      }
+      expect(await client.waitClosed()).toBe(true);
+      expect(disk.memory.stats.flushes).toBeGreaterThan(flushesBefore);
+      const check = Buffer.alloc(MIB);
+      for (let index = 0; index < 8; index++) {
+        await disk.device.read(index * MIB, check);
+        const expected = answered.has(BigInt(index)) ? 0x40 + index : 0;
+        expect(check.every((byte) => byte === expected)).toBe(true);
+      }
+    } finally {
+      await server.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses clients beyond the connection limit and stops after the last one unless persistent', async () => {
+    const folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-limit-'));
+    const socketPath = join(folder, 'nbd.sock');
+    const disk = createMemoryDevice(MIB);
+    const server = await startNbdServer({
+      exports: [{ name: '', device: disk.device }],
+      socketPath,
+      maxConnections: 1,
+      persistent: false,
+    });
+    try {
+      const first = await RawClient.connect(socketPath);
+      await handshake(first);
+      const second = await RawClient.connect(socketPath);
+      expect(await second.waitClosed()).toBe(true);
+      first.close();
+      await server.closed;
+      expect(server.connectionCount).toBe(0);
+    } finally {
+      await server.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+});
