@@ -1,0 +1,28 @@
+# vdisk: one image, three entrypoints (`vdisk-agent controller|imager|attach`) plus the `vdisk` CLI.
+# Node.js 24 runs the TypeScript sources directly (type stripping), so there is no build output to copy:
+# the first stage only installs production dependencies.
+
+FROM node:24-bookworm-slim AS dependencies
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --omit=dev: the pinned `node` devDependency is not needed, the base image is Node.js 24.
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+FROM node:24-bookworm-slim AS runtime
+# Exactly the node tools the attach agent runs: nbd-client binds /dev/nbdN, kpartx maps partitions,
+# mkfs.ext4/xfs/vfat format them, util-linux mounts. The imager and controller need none of them.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nbd-client kpartx e2fsprogs xfsprogs dosfstools util-linux \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY --from=dependencies /app/node_modules ./node_modules
+COPY package.json ./
+COPY bin ./bin
+COPY src ./src
+RUN ln -s /app/bin/vdisk.mjs /usr/local/bin/vdisk \
+ && ln -s /app/bin/vdisk-agent.mjs /usr/local/bin/vdisk-agent
+# The controller runs as this non-root user with a read-only root filesystem (see the Helm chart);
+# the attach pod is the only one that asks for root, in its own securityContext.
+USER 65532:65532
+ENTRYPOINT ["vdisk-agent"]
+CMD ["controller"]
