@@ -6,6 +6,7 @@ import { UnsupportedError } from '../errors.ts';
 import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
+import { qcow2Driver } from './qcow2/driver.ts';
 import { rawDriver } from './raw.ts';
 import { vpcDriver } from './vpc/driver.ts';
 
@@ -14,6 +15,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   bochsDriver,
   cloopDriver,
   vpcDriver,
+  qcow2Driver,
   rawDriver,
 ];
 

@@ -1,0 +1,397 @@
+// Consistency check and repair (qemu-img check): recompute every cluster's refcount from the metadata
+// (header, L1/L2 tables, data and compressed clusters, refcount structures, snapshots), compare with the
+// stored refcounts, verify COPIED flags; repair leaks and, with `all`, refcounts and flags. qcow2.txt + qcow2-refcount.c.
+
+import type { CheckIssue, CheckReport, OpenContext, RepairMode } from '../driver.ts';
+import { decodeL2, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
+import { HEADER_FIELD } from './header.ts';
+import type { Qcow2Image } from './image.ts';
+import { loadImage } from './load.ts';
+import { tableEntryOffset } from './refcount.ts';
+
+/** Issues kept in a report (counts go on past it). */
+const MAX_ISSUES = 1000;
+/** qemu's QCOW_MAX_SNAPSHOTS. */
+const MAX_SNAPSHOTS = 65536;
+
+interface Walk {
+  fileClusters: number;
+  computed: Uint32Array;
+  /** References to clusters at or past the end of the file. */
+  beyondEnd: Map<number, number>;
+  issues: CheckIssue[];
+  corruptions: number;
+  checkErrors: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+function addIssue(walk: Walk, issue: CheckIssue): void {
+  if (issue.code === 'corruption') walk.corruptions++;
+  else if (issue.code === 'check-error') walk.checkErrors++;
+  if (walk.issues.length < MAX_ISSUES) walk.issues.push(issue);
+}
+
+function reference(walk: Walk, clusterSizeBytes: number, offsetBytes: number, lengthBytes: number): void {
+  if (lengthBytes <= 0) return;
+  const first = Math.floor(offsetBytes / clusterSizeBytes);
+  const last = Math.floor((offsetBytes + lengthBytes - 1) / clusterSizeBytes);
+  for (let clusterIndex = first; clusterIndex <= last; clusterIndex++) {
+    if (clusterIndex < walk.fileClusters)
+      walk.computed[clusterIndex] = (walk.computed[clusterIndex] ?? 0) + 1;
+    else walk.beyondEnd.set(clusterIndex, (walk.beyondEnd.get(clusterIndex) ?? 0) + 1);
+  }
+}
+
+/** Walks one L1 table (the active one, or a snapshot's) and its L2 tables. */
+async function walkL1(
+  image: Qcow2Image,
+  walk: Walk,
+  l1: Buffer,
+  l1OffsetBytes: number,
+  isActive: boolean,
+): Promise<void> {
+  const clusterSizeBytes = image.clusterSizeBytes;
+  reference(walk, clusterSizeBytes, l1OffsetBytes, l1.length);
+  let nextContiguousOffset = 0;
+  for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
+    const l2OffsetBytes = l1Offset(l1, l1Index);
+    if (l2OffsetBytes === 0) continue;
+    if (l2OffsetBytes % clusterSizeBytes !== 0) {
+      addIssue(walk, {
+        code: 'corruption',
+        message: `L2 table offset ${l2OffsetBytes} of L1 entry ${l1Index} is not cluster aligned`,
+        offsetBytes: l1OffsetBytes + l1Index * 8,
+        lengthBytes: 8,
+        fixable: false,
+      });
+      continue;
+    }
+    reference(walk, clusterSizeBytes, l2OffsetBytes, clusterSizeBytes);
+    if (l2OffsetBytes / clusterSizeBytes >= walk.fileClusters) continue;
+    const table = Buffer.alloc(clusterSizeBytes);
+    (await image.l2Cache.get(l2OffsetBytes)).copy(table);
+    for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
+      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      const entryOffset = l2OffsetBytes + l2Index * 8;
+      switch (mapping.kind) {
+        case 'compressed':
+          if (mapping.hasReservedBits)
+            addIssue(walk, {
+              code: 'corruption',
+              message: 'compressed cluster has the COPIED flag set',
+              offsetBytes: entryOffset,
+              lengthBytes: 8,
+              fixable: false,
+            });
+          if (isActive) {
+            walk.allocatedClusters++;
+            walk.compressedClusters++;
+            walk.fragmentedClusters++;
+          }
+          reference(walk, clusterSizeBytes, mapping.hostOffsetBytes, mapping.compressedSizeBytes);
+          break;
+        case 'normal':
+        case 'zero-alloc':
+          if (isActive) {
+            walk.allocatedClusters++;
+            if (nextContiguousOffset !== 0 && mapping.hostOffsetBytes !== nextContiguousOffset)
+              walk.fragmentedClusters++;
+            nextContiguousOffset = mapping.hostOffsetBytes + clusterSizeBytes;
+          }
+          if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) {
+            addIssue(walk, {
+              code: 'corruption',
+              message: `data cluster offset ${mapping.hostOffsetBytes} is not cluster aligned`,
+              offsetBytes: entryOffset,
+              lengthBytes: 8,
+              fixable: false,
+            });
+            break;
+          }
+          reference(walk, clusterSizeBytes, mapping.hostOffsetBytes, clusterSizeBytes);
+          break;
+        default:
+          break;
+      }
+    }
+  }
+}
+
+/** Walks the snapshot table: its clusters and every snapshot's L1 and L2 tables. */
+async function walkSnapshots(image: Qcow2Image, walk: Walk, fileSizeBytes: number): Promise<void> {
+  const header = image.header;
+  if (header.snapshotCount === 0) return;
+  const clusterSizeBytes = image.clusterSizeBytes;
+  if (
+    header.snapshotCount > MAX_SNAPSHOTS ||
+    header.snapshotsOffsetBytes % clusterSizeBytes !== 0 ||
+    header.snapshotsOffsetBytes >= fileSizeBytes
+  ) {
+    addIssue(walk, {
+      code: 'corruption',
+      message: 'snapshot table is invalid',
+      offsetBytes: HEADER_FIELD.l1TableOffset + 24,
+      fixable: false,
+    });
+    return;
+  }
+  let at = header.snapshotsOffsetBytes;
+  for (let snapshot = 0; snapshot < header.snapshotCount; snapshot++) {
+    const fixed = Buffer.alloc(40);
+    if ((await image.file.read(at, fixed)) < 40) break;
+    const l1OffsetBytes = Number(fixed.readBigUInt64BE(0));
+    const l1EntryCount = fixed.readUInt32BE(8);
+    const idBytes = fixed.readUInt16BE(12);
+    const nameBytes = fixed.readUInt16BE(14);
+    const extraBytes = fixed.readUInt32BE(36);
+    at += Math.ceil((40 + extraBytes + idBytes + nameBytes) / 8) * 8;
+    if (
+      l1EntryCount * 8 > 32 * 1024 * 1024 ||
+      l1OffsetBytes % clusterSizeBytes !== 0 ||
+      l1OffsetBytes + l1EntryCount * 8 > fileSizeBytes
+    ) {
+      addIssue(walk, {
+        code: 'corruption',
+        message: `snapshot ${snapshot} has an invalid L1 table`,
+        offsetBytes: l1OffsetBytes,
+        fixable: false,
+      });
+      continue;
+    }
+    const l1 = Buffer.alloc(l1EntryCount * 8);
+    await image.file.read(l1OffsetBytes, l1);
+    await walkL1(image, walk, l1, l1OffsetBytes, false);
+  }
+  reference(walk, clusterSizeBytes, header.snapshotsOffsetBytes, at - header.snapshotsOffsetBytes);
+}
+
+async function walkImage(image: Qcow2Image): Promise<Walk> {
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const fileSizeBytes = await image.file.sizeBytes();
+  const fileClusters = Math.ceil(fileSizeBytes / clusterSizeBytes);
+  const walk: Walk = {
+    fileClusters,
+    computed: new Uint32Array(fileClusters),
+    beyondEnd: new Map(),
+    issues: [],
+    corruptions: 0,
+    checkErrors: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+  reference(walk, clusterSizeBytes, 0, clusterSizeBytes);
+  await walkL1(image, walk, image.l1, image.header.l1TableOffsetBytes, true);
+  const { offsetBytes: tableOffsetBytes, clusterCount } = image.refcounts.tableLocation;
+  reference(walk, clusterSizeBytes, tableOffsetBytes, clusterCount * clusterSizeBytes);
+  const table = Buffer.alloc(clusterCount * clusterSizeBytes);
+  await image.file.read(tableOffsetBytes, table);
+  for (let tableIndex = 0; tableIndex < image.refcounts.tableEntryCount; tableIndex++) {
+    const blockOffsetBytes = image.refcounts.blockOffset(tableIndex);
+    if (blockOffsetBytes === 0) continue;
+    if (blockOffsetBytes % clusterSizeBytes !== 0) {
+      addIssue(walk, {
+        code: 'corruption',
+        message: `refcount block ${tableIndex} is not cluster aligned`,
+        offsetBytes: tableOffsetBytes + tableIndex * 8,
+        lengthBytes: 8,
+        fixable: false,
+      });
+      continue;
+    }
+    if (blockOffsetBytes >= fileSizeBytes) {
+      addIssue(walk, {
+        code: 'corruption',
+        message: `refcount block ${tableIndex} is outside the image`,
+        offsetBytes: tableOffsetBytes + tableIndex * 8,
+        lengthBytes: 8,
+        fixable: false,
+      });
+      continue;
+    }
+    reference(walk, clusterSizeBytes, blockOffsetBytes, clusterSizeBytes);
+  }
+  void tableEntryOffset;
+  await walkSnapshots(image, walk, fileSizeBytes);
+  return walk;
+}
+
+interface Comparison {
+  leaks: number;
+  corruptions: number;
+  highestCluster: number;
+}
+
+async function compareRefcounts(
+  image: Qcow2Image,
+  walk: Walk,
+  repair: RepairMode,
+  fixed: { leaks: number; corruptions: number },
+): Promise<Comparison> {
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const result: Comparison = { leaks: 0, corruptions: 0, highestCluster: -1 };
+  const expected = (clusterIndex: number): number =>
+    clusterIndex < walk.fileClusters
+      ? (walk.computed[clusterIndex] ?? 0)
+      : (walk.beyondEnd.get(clusterIndex) ?? 0);
+  const indexes: number[] = [];
+  for (let clusterIndex = 0; clusterIndex < walk.fileClusters; clusterIndex++) indexes.push(clusterIndex);
+  indexes.push(...[...walk.beyondEnd.keys()].sort((a, b) => a - b));
+  if (repair !== 'none') image.refcounts.inUseHint = (clusterIndex) => expected(clusterIndex) > 0;
+  try {
+    for (const clusterIndex of indexes) {
+      const stored = await image.refcounts.get(clusterIndex);
+      const computed = expected(clusterIndex);
+      if (stored > 0 || computed > 0) result.highestCluster = Math.max(result.highestCluster, clusterIndex);
+      if (stored === computed) continue;
+      const offsetBytes = clusterIndex * clusterSizeBytes;
+      if (stored > computed) {
+        if (repair !== 'none') {
+          await image.refcounts.set(clusterIndex, computed);
+          fixed.leaks++;
+          continue;
+        }
+        result.leaks++;
+        if (walk.issues.length < MAX_ISSUES)
+          walk.issues.push({
+            code: 'leak',
+            message: `cluster ${clusterIndex} refcount=${stored} reference=${computed}`,
+            offsetBytes,
+            lengthBytes: clusterSizeBytes,
+            fixable: true,
+          });
+      } else {
+        if (repair === 'all' && clusterIndex < walk.fileClusters) {
+          await image.refcounts.set(clusterIndex, Math.min(computed, image.refcounts.maxRefcount));
+          fixed.corruptions++;
+          continue;
+        }
+        result.corruptions++;
+        if (walk.issues.length < MAX_ISSUES)
+          walk.issues.push({
+            code: 'corruption',
+            message: `cluster ${clusterIndex} refcount=${stored} reference=${computed}`,
+            offsetBytes,
+            lengthBytes: clusterSizeBytes,
+            fixable: clusterIndex < walk.fileClusters,
+          });
+      }
+    }
+  } finally {
+    image.refcounts.inUseHint = undefined;
+  }
+  return result;
+}
+
+/** COPIED must be set exactly when the refcount is 1 (active L1 and L2 entries; compressed excluded). */
+async function checkCopiedFlags(
+  image: Qcow2Image,
+  walk: Walk,
+  repair: RepairMode,
+  fixed: { corruptions: number },
+): Promise<number> {
+  let wrong = 0;
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const fix = repair === 'all';
+  let l1Changed = false;
+  for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++) {
+    const l2OffsetBytes = l1Offset(image.l1, l1Index);
+    if (
+      l2OffsetBytes === 0 ||
+      l2OffsetBytes % clusterSizeBytes !== 0 ||
+      l2OffsetBytes / clusterSizeBytes >= walk.fileClusters
+    )
+      continue;
+    const l2Refcount = await image.refcounts.get(l2OffsetBytes / clusterSizeBytes);
+    if ((l2Refcount === 1) !== l1Copied(image.l1, l1Index)) {
+      if (fix && l2Refcount > 0) {
+        writeEntry(image.l1, l1Index, l2OffsetBytes, l2Refcount === 1);
+        l1Changed = true;
+        fixed.corruptions++;
+      } else {
+        wrong++;
+        addIssue(walk, {
+          code: 'corruption',
+          message: `OFLAG_COPIED L2 cluster: l1_index=${l1Index} refcount=${l2Refcount}`,
+          offsetBytes: image.header.l1TableOffsetBytes + l1Index * 8,
+          lengthBytes: 8,
+          fixable: true,
+        });
+      }
+    }
+    const table = await image.l2Cache.get(l2OffsetBytes);
+    let tableChanged = false;
+    for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
+      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
+      if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
+      const refcount = await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes);
+      if ((refcount === 1) === mapping.copied) continue;
+      if (fix && refcount > 0) {
+        writeEntry(table, l2Index, mapping.hostOffsetBytes, refcount === 1, mapping.kind === 'zero-alloc');
+        tableChanged = true;
+        fixed.corruptions++;
+      } else {
+        wrong++;
+        addIssue(walk, {
+          code: 'corruption',
+          message: `OFLAG_COPIED data cluster: l2_entry at ${l2OffsetBytes + l2Index * 8} refcount=${refcount}`,
+          offsetBytes: l2OffsetBytes + l2Index * 8,
+          lengthBytes: 8,
+          fixable: true,
+        });
+      }
+    }
+    if (tableChanged) image.l2Cache.markDirty(l2OffsetBytes);
+  }
+  if (l1Changed) await image.file.write(image.header.l1TableOffsetBytes, image.l1);
+  return wrong;
+}
+
+async function runCheck(image: Qcow2Image, repair: RepairMode): Promise<CheckReport> {
+  const fixed = { leaks: 0, corruptions: 0 };
+  let walk = await walkImage(image);
+  let comparison = await compareRefcounts(image, walk, repair, fixed);
+  let copiedErrors = await checkCopiedFlags(image, walk, repair, fixed);
+  if (fixed.leaks + fixed.corruptions > 0) {
+    // Repairs may have allocated refcount blocks: write everything, then check again as qemu-img does.
+    await image.refcounts.flush();
+    await image.l2Cache.flush();
+    await image.file.sync();
+    walk = await walkImage(image);
+    comparison = await compareRefcounts(image, walk, 'none', { leaks: 0, corruptions: 0 });
+    copiedErrors = await checkCopiedFlags(image, walk, 'none', { corruptions: 0 });
+  }
+  void copiedErrors;
+  const totalClusters = Math.ceil(image.header.virtualSizeBytes / image.clusterSizeBytes);
+  return {
+    issues: walk.issues,
+    leaks: comparison.leaks,
+    corruptions: walk.corruptions + comparison.corruptions,
+    checkErrors: walk.checkErrors,
+    leaksFixed: fixed.leaks,
+    corruptionsFixed: fixed.corruptions,
+    imageEndOffsetBytes: (comparison.highestCluster + 1) * image.clusterSizeBytes,
+    totalClusters,
+    allocatedClusters: walk.allocatedClusters,
+    fragmentedClusters: walk.fragmentedClusters,
+    compressedClusters: walk.compressedClusters,
+  };
+}
+
+/** qemu-img check for qcow2: counts leaks and corruptions as qemu does; repairs per `repair`. */
+export async function checkQcow2(context: OpenContext, repair: RepairMode): Promise<CheckReport> {
+  const image = await loadImage(
+    { ...context, readOnly: repair === 'none' ? true : context.readOnly },
+    async () => undefined,
+    { allowCorrupt: true },
+  );
+  return runCheck(image, repair);
+}
+
+/** Rebuilds refcounts of a dirty (lazy_refcounts) image opened writable, as qemu does on open. */
+export async function rebuildRefcounts(image: Qcow2Image): Promise<void> {
+  await runCheck(image, 'all');
+}

@@ -1,0 +1,557 @@
+// Guest I/O on an open qcow2 image: read (with backing fall-through and compressed clusters), write
+// (allocation, COW of partial clusters), zero clusters, discard, compressed writes, block status, info.
+// Implements qcow2.txt "Cluster mapping"; metadata order and flushing live in image.ts.
+
+import { dirname, isAbsolute, resolve } from 'node:path';
+import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
+import { PermissionError, UnsupportedError } from '../../errors.ts';
+import { decodeL2, type L2Mapping, writeCompressedEntry } from './cluster-map.ts';
+import { compressCluster, compressionTypeName, decompressCluster } from './compress.ts';
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
+import { Qcow2Image } from './image.ts';
+import { Mutex } from './mutex.ts';
+
+/** Most guest clusters one blockStatus call describes (callers loop). */
+const BLOCK_STATUS_MAX_CLUSTERS = 1 << 20;
+
+type Piece =
+  | { kind: 'host'; bufferOffset: number; lengthBytes: number; hostOffsetBytes: number }
+  | { kind: 'zero'; bufferOffset: number; lengthBytes: number }
+  | { kind: 'backing'; bufferOffset: number; lengthBytes: number; guestOffsetBytes: number }
+  | {
+      kind: 'compressed';
+      bufferOffset: number;
+      lengthBytes: number;
+      inClusterBytes: number;
+      mapping: L2Mapping;
+    };
+
+export class Qcow2Device implements BlockDevice {
+  readonly image: Qcow2Image;
+  readonly sizeBytes: number;
+  readonly isReadOnly: boolean;
+  readonly preferredBlockSizeBytes = 512;
+  readonly backing: BlockDevice | undefined;
+  readonly formatName = 'qcow2';
+  readonly compressedWriteUnitBytes: number | undefined;
+  private readonly lock = new Mutex();
+  private closed = false;
+  /** One decompressed cluster, keyed by its host offset: sequential small reads of a compressed cluster. */
+  private lastDecompressed: { hostOffsetBytes: number; data: Buffer } | undefined;
+
+  constructor(image: Qcow2Image, backing: BlockDevice | undefined) {
+    this.image = image;
+    this.backing = backing;
+    this.sizeBytes = image.header.virtualSizeBytes;
+    this.isReadOnly = image.readOnly;
+    this.compressedWriteUnitBytes = image.readOnly ? undefined : image.clusterSizeBytes;
+    if (image.readOnly) this.writeCompressed = undefined;
+  }
+
+  private get clusterSizeBytes(): number {
+    return this.image.clusterSizeBytes;
+  }
+
+  // ---- reading ----
+
+  private async mapRead(offsetBytes: number, lengthBytes: number): Promise<Piece[]> {
+    const pieces: Piece[] = [];
+    const clusterSizeBytes = this.clusterSizeBytes;
+    let done = 0;
+    while (done < lengthBytes) {
+      const guestOffsetBytes = offsetBytes + done;
+      const guestCluster = Math.floor(guestOffsetBytes / clusterSizeBytes);
+      const inClusterBytes = guestOffsetBytes % clusterSizeBytes;
+      const pieceBytes = Math.min(clusterSizeBytes - inClusterBytes, lengthBytes - done);
+      const { mapping } = await this.image.lookup(guestCluster);
+      const previous = pieces[pieces.length - 1];
+      switch (mapping.kind) {
+        case 'normal': {
+          const hostOffsetBytes = mapping.hostOffsetBytes + inClusterBytes;
+          if (
+            previous?.kind === 'host' &&
+            previous.hostOffsetBytes + previous.lengthBytes === hostOffsetBytes
+          )
+            previous.lengthBytes += pieceBytes;
+          else pieces.push({ kind: 'host', bufferOffset: done, lengthBytes: pieceBytes, hostOffsetBytes });
+          break;
+        }
+        case 'zero-plain':
+        case 'zero-alloc':
+          if (previous?.kind === 'zero') previous.lengthBytes += pieceBytes;
+          else pieces.push({ kind: 'zero', bufferOffset: done, lengthBytes: pieceBytes });
+          break;
+        case 'unallocated':
+          if (this.backing) {
+            if (previous?.kind === 'backing') previous.lengthBytes += pieceBytes;
+            else
+              pieces.push({ kind: 'backing', bufferOffset: done, lengthBytes: pieceBytes, guestOffsetBytes });
+          } else if (previous?.kind === 'zero') previous.lengthBytes += pieceBytes;
+          else pieces.push({ kind: 'zero', bufferOffset: done, lengthBytes: pieceBytes });
+          break;
+        case 'compressed':
+          pieces.push({
+            kind: 'compressed',
+            bufferOffset: done,
+            lengthBytes: pieceBytes,
+            inClusterBytes,
+            mapping,
+          });
+          break;
+      }
+      done += pieceBytes;
+    }
+    return pieces;
+  }
+
+  /** Reads `buffer.length` guest bytes of the backing device at `guestOffsetBytes`; zeros past its end. */
+  private async readBacking(guestOffsetBytes: number, buffer: Uint8Array): Promise<void> {
+    const backing = this.backing;
+    const available = backing
+      ? Math.max(0, Math.min(buffer.length, backing.sizeBytes - guestOffsetBytes))
+      : 0;
+    if (backing && available > 0) await backing.read(guestOffsetBytes, buffer.subarray(0, available));
+    buffer.fill(0, available);
+  }
+
+  private async readCompressed(mapping: L2Mapping): Promise<Buffer> {
+    if (this.lastDecompressed?.hostOffsetBytes === mapping.hostOffsetBytes) return this.lastDecompressed.data;
+    const payload = Buffer.alloc(mapping.compressedSizeBytes);
+    await this.image.file.read(mapping.hostOffsetBytes, payload);
+    const data = await decompressCluster(payload, this.clusterSizeBytes, this.image.header.compressionType);
+    if (!data)
+      throw this.image.corrupt(
+        'compressed cluster does not decompress to one cluster',
+        mapping.hostOffsetBytes,
+        mapping.compressedSizeBytes,
+      );
+    this.lastDecompressed = { hostOffsetBytes: mapping.hostOffsetBytes, data };
+    return data;
+  }
+
+  private async readPiece(piece: Piece, buffer: Uint8Array): Promise<void> {
+    const target = buffer.subarray(piece.bufferOffset, piece.bufferOffset + piece.lengthBytes);
+    switch (piece.kind) {
+      case 'host': {
+        const count = await this.image.file.read(piece.hostOffsetBytes, target);
+        target.fill(0, count);
+        return;
+      }
+      case 'zero':
+        target.fill(0);
+        return;
+      case 'backing':
+        await this.readBacking(piece.guestOffsetBytes, target);
+        return;
+      case 'compressed': {
+        const data = await this.readCompressed(piece.mapping);
+        target.set(data.subarray(piece.inClusterBytes, piece.inClusterBytes + piece.lengthBytes));
+      }
+    }
+  }
+
+  async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    const pieces = await this.lock.run(() => this.mapRead(offsetBytes, buffer.length));
+    for (const piece of pieces) await this.readPiece(piece, buffer);
+  }
+
+  /** A guest cluster's current content (for COW): from this image, the backing file, or zeros. */
+  private async clusterContent(guestCluster: number, mapping: L2Mapping): Promise<Buffer> {
+    const content = Buffer.alloc(this.clusterSizeBytes);
+    switch (mapping.kind) {
+      case 'normal': {
+        await this.image.file.read(mapping.hostOffsetBytes, content);
+        break;
+      }
+      case 'compressed':
+        (await this.readCompressed(mapping)).copy(content);
+        break;
+      case 'unallocated':
+        if (this.backing) await this.readBacking(guestCluster * this.clusterSizeBytes, content);
+        break;
+      default:
+        break;
+    }
+    return content;
+  }
+
+  // ---- writing ----
+
+  private checkWritable(): void {
+    if (this.isReadOnly)
+      throw new PermissionError({
+        file: this.image.path,
+        message: 'write refused: the image is open read-only',
+      });
+    if (this.image.header.incompatibleFeatures & INCOMPAT_CORRUPT) {
+      throw this.image.corrupt('the image is marked corrupt; writes are refused (run check -r all)');
+    }
+  }
+
+  async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    await this.lock.run(async () => {
+      let done = 0;
+      while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
+      if (options?.fua) await this.image.flush();
+    });
+  }
+
+  /** Writes a prefix of `data` at `offsetBytes` that one host run covers; returns the bytes written. */
+  private async writeRun(offsetBytes: number, data: Uint8Array): Promise<number> {
+    const clusterSizeBytes = this.clusterSizeBytes;
+    const firstCluster = Math.floor(offsetBytes / clusterSizeBytes);
+    const headBytes = offsetBytes % clusterSizeBytes;
+    const l2OffsetBytes = await this.image.writableL2(firstCluster);
+    const l2Index = firstCluster % this.image.l2EntryCount;
+    const table = await this.image.l2Cache.get(l2OffsetBytes);
+    const maxClusters = Math.min(
+      this.image.clustersLeftInL2(firstCluster),
+      Math.ceil((headBytes + data.length) / clusterSizeBytes),
+    );
+    const first = decodeL2(table, l2Index, this.image.clusterBits);
+    if (first.kind === 'normal' && first.copied) {
+      // In place: extend over following clusters whose host clusters follow on.
+      let clusterCount = 1;
+      while (clusterCount < maxClusters) {
+        const next = decodeL2(table, l2Index + clusterCount, this.image.clusterBits);
+        if (
+          next.kind !== 'normal' ||
+          !next.copied ||
+          next.hostOffsetBytes !== first.hostOffsetBytes + clusterCount * clusterSizeBytes
+        )
+          break;
+        clusterCount++;
+      }
+      this.checkHostOffset(first.hostOffsetBytes, l2OffsetBytes, l2Index);
+      const lengthBytes = Math.min(data.length, clusterCount * clusterSizeBytes - headBytes);
+      await this.image.file.write(first.hostOffsetBytes + headBytes, data.subarray(0, lengthBytes));
+      this.lastDecompressed = undefined;
+      return lengthBytes;
+    }
+    // Needs new clusters: gather the following clusters that also need allocation.
+    const olds: L2Mapping[] = [first];
+    while (olds.length < maxClusters) {
+      const next = decodeL2(table, l2Index + olds.length, this.image.clusterBits);
+      if (next.kind === 'normal' && next.copied) break;
+      olds.push(next);
+    }
+    const clusterCount = olds.length;
+    const lengthBytes = Math.min(data.length, clusterCount * clusterSizeBytes - headBytes);
+    const tailBytes = (headBytes + lengthBytes) % clusterSizeBytes;
+    const hostCluster = await this.image.refcounts.allocateClusters(clusterCount);
+    const hostOffsetBytes = hostCluster * clusterSizeBytes;
+    let written = 0;
+    if (headBytes !== 0 || (clusterCount === 1 && tailBytes !== 0)) {
+      const content = await this.clusterContent(firstCluster, first);
+      const pieceBytes = Math.min(lengthBytes, clusterSizeBytes - headBytes);
+      content.set(data.subarray(0, pieceBytes), headBytes);
+      await this.image.file.write(hostOffsetBytes, content);
+      written = pieceBytes;
+    }
+    const lastIsPartial = tailBytes !== 0 && written < lengthBytes;
+    const bodyEnd = lastIsPartial ? lengthBytes - tailBytes : lengthBytes;
+    if (bodyEnd > written) {
+      await this.image.file.write(hostOffsetBytes + headBytes + written, data.subarray(written, bodyEnd));
+      written = bodyEnd;
+    }
+    if (lastIsPartial) {
+      const lastOld = olds[clusterCount - 1] as L2Mapping;
+      const content = await this.clusterContent(firstCluster + clusterCount - 1, lastOld);
+      content.set(data.subarray(written, lengthBytes), 0);
+      await this.image.file.write(hostOffsetBytes + (clusterCount - 1) * clusterSizeBytes, content);
+    }
+    for (let index = 0; index < clusterCount; index++) {
+      await this.image.setL2Entry(
+        l2OffsetBytes,
+        l2Index + index,
+        Qcow2Image.setNormal(hostOffsetBytes + index * clusterSizeBytes),
+      );
+      this.image.releaseMapping(olds[index] as L2Mapping);
+    }
+    this.lastDecompressed = undefined;
+    return lengthBytes;
+  }
+
+  private checkHostOffset(hostOffsetBytes: number, l2OffsetBytes: number, l2Index: number): void {
+    if (hostOffsetBytes < this.clusterSizeBytes) {
+      throw this.image.corrupt(
+        `data cluster at ${hostOffsetBytes} overlaps the header`,
+        l2OffsetBytes + l2Index * 8,
+        8,
+      );
+    }
+  }
+
+  /** Whether the guest cluster currently reads as all zeros without looking at data. */
+  private readsAsZero(mapping: L2Mapping, guestCluster: number): boolean {
+    if (mapping.kind === 'zero-plain' || mapping.kind === 'zero-alloc') return true;
+    if (mapping.kind !== 'unallocated') return false;
+    return !this.backing || guestCluster * this.clusterSizeBytes >= this.backing.sizeBytes;
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
+    this.checkWritable();
+    await this.lock.run(async () => {
+      const clusterSizeBytes = this.clusterSizeBytes;
+      const end = offsetBytes + lengthBytes;
+      let position = offsetBytes;
+      while (position < end) {
+        const guestCluster = Math.floor(position / clusterSizeBytes);
+        const clusterStart = guestCluster * clusterSizeBytes;
+        // The image's last cluster may be partial: covering up to the virtual end counts as whole.
+        const clusterEnd = Math.min(clusterStart + clusterSizeBytes, this.sizeBytes);
+        const pieceEnd = Math.min(end, clusterEnd);
+        const whole = position === clusterStart && pieceEnd === clusterEnd;
+        if (whole && (this.image.header.version === 3 || !this.backing)) {
+          await this.zeroCluster(guestCluster, options?.mayUnmap ?? false);
+        } else {
+          const { mapping } = await this.image.lookup(guestCluster);
+          if (!this.readsAsZero(mapping, guestCluster)) {
+            if (options?.fastOnly)
+              throw new UnsupportedError({
+                format: 'qcow2',
+                feature: 'fast zero',
+                message: `${this.image.path}: zeroing part of a cluster needs a write`,
+              });
+            const zeros = new Uint8Array(pieceEnd - position);
+            let done = 0;
+            while (done < zeros.length) done += await this.writeRun(position + done, zeros.subarray(done));
+          }
+        }
+        position = pieceEnd;
+      }
+      if (options?.fua) await this.image.flush();
+    });
+  }
+
+  /** Makes one whole guest cluster read as zeros: a zero flag (v3) or, on v2 without backing, unallocated. */
+  private async zeroCluster(guestCluster: number, mayUnmap: boolean): Promise<void> {
+    const { mapping } = await this.image.lookup(guestCluster);
+    if (this.image.header.version < 3) {
+      if (mapping.kind === 'unallocated') return;
+      const l2OffsetBytes = await this.image.writableL2(guestCluster);
+      await this.image.setL2Entry(
+        l2OffsetBytes,
+        guestCluster % this.image.l2EntryCount,
+        Qcow2Image.setUnallocated(),
+      );
+      this.image.releaseMapping(mapping);
+      return;
+    }
+    const unmap =
+      mapping.kind === 'compressed' ||
+      (mayUnmap && (mapping.kind === 'normal' || mapping.kind === 'zero-alloc'));
+    if (mapping.kind === 'zero-plain' || (mapping.kind === 'zero-alloc' && !unmap)) return;
+    // Unallocated without a backing file already reads as zeros; with mayUnmap that is as good as a zero flag.
+    if (mapping.kind === 'unallocated' && mayUnmap && !this.backing) return;
+    const l2OffsetBytes = await this.image.writableL2(guestCluster);
+    const l2Index = guestCluster % this.image.l2EntryCount;
+    if (unmap || mapping.kind === 'unallocated') {
+      await this.image.setL2Entry(l2OffsetBytes, l2Index, Qcow2Image.setZero(0, false));
+      if (unmap) this.image.releaseMapping(mapping);
+    } else {
+      await this.image.setL2Entry(
+        l2OffsetBytes,
+        l2Index,
+        Qcow2Image.setZero(mapping.hostOffsetBytes, mapping.copied),
+      );
+    }
+    this.lastDecompressed = undefined;
+  }
+
+  async discard(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.checkWritable();
+    await this.lock.run(async () => {
+      const clusterSizeBytes = this.clusterSizeBytes;
+      const firstCluster = Math.ceil(offsetBytes / clusterSizeBytes);
+      const endOffset = offsetBytes + lengthBytes;
+      // The partial last cluster of the image counts as whole when the range reaches the virtual end.
+      const endCluster =
+        endOffset >= this.sizeBytes
+          ? Math.ceil(this.sizeBytes / clusterSizeBytes)
+          : Math.floor(endOffset / clusterSizeBytes);
+      for (let guestCluster = firstCluster; guestCluster < endCluster; guestCluster++) {
+        const { mapping, l2OffsetBytes: existingL2 } = await this.image.lookup(guestCluster);
+        if (existingL2 === 0) {
+          guestCluster += this.image.clustersLeftInL2(guestCluster) - 1;
+          continue;
+        }
+        const isAllocated =
+          mapping.kind === 'normal' || mapping.kind === 'compressed' || mapping.kind === 'zero-alloc';
+        if (!isAllocated && (mapping.kind === 'zero-plain' || !this.backing)) continue;
+        // With a backing file the discarded range must not expose the backing's bytes: v3 marks it zero.
+        const l2OffsetBytes = await this.image.writableL2(guestCluster);
+        const l2Index = guestCluster % this.image.l2EntryCount;
+        const makeZero = this.image.header.version >= 3 && this.backing !== undefined;
+        await this.image.setL2Entry(
+          l2OffsetBytes,
+          l2Index,
+          makeZero ? Qcow2Image.setZero(0, false) : Qcow2Image.setUnallocated(),
+        );
+        this.image.releaseMapping(mapping);
+      }
+      this.lastDecompressed = undefined;
+    });
+  }
+
+  /** Writes one whole cluster compressed (qemu's pwrite_compressed); the image's last cluster may be short. */
+  writeCompressed?: (offsetBytes: number, data: Uint8Array) => Promise<void> = async (offsetBytes, data) => {
+    this.checkWritable();
+    const clusterSizeBytes = this.clusterSizeBytes;
+    let padded = data;
+    if (data.length < clusterSizeBytes) {
+      padded = new Uint8Array(clusterSizeBytes);
+      padded.set(data);
+    }
+    // Compress outside the lock so several clusters compress in parallel on the thread pool.
+    const compressed = await compressCluster(padded, this.image.header.compressionType);
+    await this.lock.run(async () => {
+      const guestCluster = Math.floor(offsetBytes / clusterSizeBytes);
+      if (!compressed) {
+        let done = 0;
+        while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
+        return;
+      }
+      const { mapping } = await this.image.lookup(guestCluster);
+      const l2OffsetBytes = await this.image.writableL2(guestCluster);
+      const hostOffsetBytes = await this.image.refcounts.allocateBytes(compressed.length);
+      await this.image.file.write(hostOffsetBytes, compressed);
+      await this.image.setL2Entry(l2OffsetBytes, guestCluster % this.image.l2EntryCount, (table, index) =>
+        writeCompressedEntry(table, index, this.image.clusterBits, hostOffsetBytes, compressed.length),
+      );
+      this.image.releaseMapping(mapping);
+      this.lastDecompressed = undefined;
+    });
+  };
+
+  async flush(): Promise<void> {
+    if (this.isReadOnly) return;
+    await this.lock.run(() => this.image.flush());
+  }
+
+  // ---- status ----
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    return this.lock.run(async () => {
+      const extents: Extent[] = [];
+      const clusterSizeBytes = this.clusterSizeBytes;
+      const end = offsetBytes + lengthBytes;
+      let position = offsetBytes;
+      let clustersSeen = 0;
+      while (position < end && clustersSeen < BLOCK_STATUS_MAX_CLUSTERS) {
+        const guestCluster = Math.floor(position / clusterSizeBytes);
+        const { mapping, l2OffsetBytes } = await this.image.lookup(guestCluster);
+        let pieceEnd = Math.min(end, (guestCluster + 1) * clusterSizeBytes);
+        if (l2OffsetBytes === 0)
+          pieceEnd = Math.min(
+            end,
+            (guestCluster + this.image.clustersLeftInL2(guestCluster)) * clusterSizeBytes,
+          );
+        clustersSeen += Math.ceil((pieceEnd - guestCluster * clusterSizeBytes) / clusterSizeBytes);
+        const inClusterBytes = position - guestCluster * clusterSizeBytes;
+        const extent = this.extentFor(mapping, position, pieceEnd - position, inClusterBytes);
+        const previous = extents[extents.length - 1];
+        if (previous && this.canMerge(previous, extent)) previous.lengthBytes += extent.lengthBytes;
+        else extents.push(extent);
+        position = pieceEnd;
+      }
+      return extents;
+    });
+  }
+
+  private extentFor(
+    mapping: L2Mapping,
+    offsetBytes: number,
+    lengthBytes: number,
+    inClusterBytes: number,
+  ): Extent {
+    switch (mapping.kind) {
+      case 'normal':
+        return {
+          offsetBytes,
+          lengthBytes,
+          allocated: true,
+          zero: false,
+          data: true,
+          hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
+          hostFile: this.image.path,
+        };
+      case 'zero-alloc':
+        return {
+          offsetBytes,
+          lengthBytes,
+          allocated: true,
+          zero: true,
+          data: false,
+          hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
+          hostFile: this.image.path,
+        };
+      case 'zero-plain':
+        return { offsetBytes, lengthBytes, allocated: true, zero: true, data: false };
+      case 'compressed':
+        return { offsetBytes, lengthBytes, allocated: true, zero: false, data: true, compressed: true };
+      default: {
+        const readsZero = !this.backing || offsetBytes >= this.backing.sizeBytes;
+        return { offsetBytes, lengthBytes, allocated: false, zero: readsZero, data: false };
+      }
+    }
+  }
+
+  private canMerge(previous: Extent, next: Extent): boolean {
+    if (previous.allocated !== next.allocated || previous.zero !== next.zero || previous.data !== next.data)
+      return false;
+    if (previous.compressed !== next.compressed) return false;
+    if (previous.hostOffsetBytes === undefined && next.hostOffsetBytes === undefined) return true;
+    return (
+      previous.hostOffsetBytes !== undefined &&
+      next.hostOffsetBytes === previous.hostOffsetBytes + previous.lengthBytes
+    );
+  }
+
+  async info(): Promise<ImageInfo> {
+    const header = this.image.header;
+    const file = this.image.file as { allocatedBytes?: () => Promise<number> };
+    const data: Record<string, unknown> = {
+      compat: header.version === 3 ? '1.1' : '0.10',
+      'compression-type': compressionTypeName(header.compressionType) ?? String(header.compressionType),
+    };
+    if (header.version === 3) {
+      data['lazy-refcounts'] = (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    }
+    data['refcount-bits'] = 2 ** header.refcountOrder;
+    if (header.version === 3) {
+      data.corrupt = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+      data['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    }
+    const info: ImageInfo = {
+      format: 'qcow2',
+      filename: this.image.path,
+      virtualSizeBytes: this.sizeBytes,
+      clusterSizeBytes: this.clusterSizeBytes,
+      dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
+      formatSpecific: { type: 'qcow2', data },
+    };
+    if (typeof file.allocatedBytes === 'function')
+      info.actualSizeBytes = await file.allocatedBytes.call(this.image.file);
+    if (header.backingFileName !== undefined) {
+      info.backingFilename = header.backingFileName;
+      info.fullBackingFilename = isAbsolute(header.backingFileName)
+        ? header.backingFileName
+        : resolve(dirname(this.image.path), header.backingFileName);
+      if (header.backingFormat) info.backingFormat = header.backingFormat;
+    }
+    return info;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (!this.isReadOnly) await this.lock.run(() => this.image.flush());
+    } finally {
+      await this.image.file.close();
+      if (this.backing) await this.backing.close();
+    }
+  }
+}

@@ -1,0 +1,44 @@
+// The qcow2 driver record: probe, open (with backing chain), create, check and measure, as QEMU's
+// BlockDriver table at the end of block/qcow2.c. The folder's only export is `qcow2Driver`.
+// Spec: QEMU docs/interop/qcow2.txt (versions 2 and 3).
+
+import type { BlockDevice } from '../../block-device.ts';
+import type { FormatDriver, OpenContext } from '../driver.ts';
+import { checkQcow2, rebuildRefcounts } from './check.ts';
+import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.ts';
+import { Qcow2Device } from './device.ts';
+import { probeQcow2 } from './header.ts';
+import { loadImage } from './load.ts';
+import { measureQcow2 } from './measure.ts';
+
+/** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
+async function openQcow2(context: OpenContext): Promise<BlockDevice> {
+  const image = await loadImage(context, rebuildRefcounts);
+  let backing: BlockDevice | undefined;
+  const name = image.header.backingFileName;
+  if (name !== undefined && name !== '' && context.openBacking) {
+    backing = await context.openBacking(name, image.header.backingFormat);
+  }
+  return new Qcow2Device(image, backing);
+}
+
+export const qcow2Driver: FormatDriver = {
+  name: 'qcow2',
+  description: 'QEMU copy-on-write image, versions 2 (compat=0.10) and 3 (compat=1.1)',
+  probe: (head) => probeQcow2(head),
+  capabilities: {
+    create: true,
+    write: true,
+    backing: true,
+    internalSnapshots: false,
+    check: true,
+    compression: ['zlib', 'zstd'],
+    encryption: [],
+    resize: 'none',
+  },
+  createOptions: QCOW2_CREATE_OPTIONS,
+  open: openQcow2,
+  create: createQcow2,
+  measure: measureQcow2,
+  check: checkQcow2,
+};

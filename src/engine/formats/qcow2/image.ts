@@ -1,0 +1,270 @@
+// The open qcow2 image's metadata state: header, L1 table, L2 table cache, refcounts, deferred frees,
+// and the flush order that makes a crash leave only leaks: data -> refcount blocks -> L2 -> L1 -> frees.
+// Implements qcow2.txt "Cluster mapping" lookups and L2 allocation; device.ts builds guest I/O on it.
+
+import { CorruptImageError } from '../../errors.ts';
+import type { HostFile } from '../../io/host-file.ts';
+import { clearEntry, decodeL2, type L2Mapping, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
+import { HEADER_FIELD, type Qcow2Header } from './header.ts';
+import { RefcountManager } from './refcount.ts';
+import { TableCache } from './table-cache.ts';
+
+/** Bytes of L2 tables kept in memory (qemu 7.2's default cap is 32 MiB; this covers 1 TiB at 64 KiB clusters). */
+export const DEFAULT_L2_CACHE_BYTES = 16 * 1024 * 1024;
+
+export interface Qcow2ImageParts {
+  file: HostFile;
+  path: string;
+  header: Qcow2Header;
+  l1: Buffer;
+  refcountTable: Buffer;
+  readOnly: boolean;
+  l2CacheBytes?: number;
+  refcountCacheBytes?: number;
+}
+
+export interface ClusterLookup {
+  mapping: L2Mapping;
+  /** Offset of the L2 table holding the entry, 0 when the L1 entry is empty. */
+  l2OffsetBytes: number;
+  l2Index: number;
+}
+
+const UNALLOCATED: L2Mapping = {
+  kind: 'unallocated',
+  hostOffsetBytes: 0,
+  copied: false,
+  compressedSizeBytes: 0,
+  hasReservedBits: false,
+};
+
+export class Qcow2Image {
+  readonly file: HostFile;
+  readonly path: string;
+  readonly header: Qcow2Header;
+  readonly clusterBits: number;
+  readonly clusterSizeBytes: number;
+  readonly l2EntryCount: number;
+  readonly l1: Buffer;
+  readonly l2Cache: TableCache;
+  readonly refcounts: RefcountManager;
+  readonly readOnly: boolean;
+  /** Host cluster runs whose reference was dropped in an L2/L1 entry not yet on disk. */
+  private pendingFrees: Array<{ firstCluster: number; clusterCount: number }> = [];
+  private l1DirtyFirst = Number.POSITIVE_INFINITY;
+  private l1DirtyLast = -1;
+
+  constructor(parts: Qcow2ImageParts) {
+    this.file = parts.file;
+    this.path = parts.path;
+    this.header = parts.header;
+    this.clusterBits = parts.header.clusterBits;
+    this.clusterSizeBytes = 2 ** this.clusterBits;
+    this.l2EntryCount = this.clusterSizeBytes / 8;
+    this.l1 = parts.l1;
+    this.readOnly = parts.readOnly;
+    this.refcounts = new RefcountManager({
+      file: parts.file,
+      path: parts.path,
+      clusterBits: this.clusterBits,
+      refcountOrder: parts.header.refcountOrder,
+      tableOffsetBytes: parts.header.refcountTableOffsetBytes,
+      table: parts.refcountTable,
+      cacheBytes: parts.refcountCacheBytes,
+      writeTableLocation: async (offsetBytes, clusterCount) => {
+        const field = Buffer.alloc(12);
+        field.writeBigUInt64BE(BigInt(offsetBytes), 0);
+        field.writeUInt32BE(clusterCount, 8);
+        await this.file.write(HEADER_FIELD.refcountTableOffset, field);
+        this.header.refcountTableOffsetBytes = offsetBytes;
+        this.header.refcountTableClusters = clusterCount;
+      },
+    });
+    // An L2 table is written only after the refcount blocks that account for what it names are durable.
+    this.l2Cache = new TableCache({
+      file: parts.file,
+      tableBytes: this.clusterSizeBytes,
+      capacityTables: Math.ceil((parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / this.clusterSizeBytes),
+      beforeWrite: async () => {
+        await this.refcounts.flush();
+        await this.file.sync();
+      },
+    });
+  }
+
+  get l1EntryCount(): number {
+    return this.l1.length / 8;
+  }
+
+  corrupt(message: string, offsetBytes?: number, lengthBytes?: number): CorruptImageError {
+    return new CorruptImageError({ file: this.path, offsetBytes, lengthBytes, message, fatal: true });
+  }
+
+  private checkL2Offset(l1Index: number, offsetBytes: number): void {
+    if (offsetBytes % this.clusterSizeBytes !== 0) {
+      throw this.corrupt(
+        `L2 table offset ${offsetBytes} of L1 entry ${l1Index} is not cluster aligned`,
+        this.header.l1TableOffsetBytes + l1Index * 8,
+        8,
+      );
+    }
+    if (offsetBytes < this.clusterSizeBytes) {
+      throw this.corrupt(
+        `L2 table of L1 entry ${l1Index} overlaps the header`,
+        this.header.l1TableOffsetBytes + l1Index * 8,
+        8,
+      );
+    }
+  }
+
+  /** The mapping of guest cluster `guestCluster` (no allocation). Throws CorruptImageError on bad tables. */
+  async lookup(guestCluster: number): Promise<ClusterLookup> {
+    const l1Index = Math.floor(guestCluster / this.l2EntryCount);
+    const l2Index = guestCluster % this.l2EntryCount;
+    if (l1Index >= this.l1EntryCount) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
+    const l2OffsetBytes = l1Offset(this.l1, l1Index);
+    if (l2OffsetBytes === 0) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
+    this.checkL2Offset(l1Index, l2OffsetBytes);
+    const table = this.l2Cache.peek(l2OffsetBytes) ?? (await this.l2Cache.get(l2OffsetBytes));
+    const mapping = decodeL2(table, l2Index, this.clusterBits);
+    if (
+      (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') &&
+      mapping.hostOffsetBytes % this.clusterSizeBytes !== 0
+    ) {
+      throw this.corrupt(
+        `data cluster offset ${mapping.hostOffsetBytes} of guest cluster ${guestCluster} is not cluster aligned`,
+        l2OffsetBytes + l2Index * 8,
+        8,
+      );
+    }
+    return { mapping, l2OffsetBytes, l2Index };
+  }
+
+  /** Number of guest clusters from `guestCluster` sharing its L1 entry (to skip empty L2 ranges fast). */
+  clustersLeftInL2(guestCluster: number): number {
+    return this.l2EntryCount - (guestCluster % this.l2EntryCount);
+  }
+
+  /**
+   * The L2 table for `guestCluster`, allocated (or copied, when shared with a snapshot) if needed.
+   * Returns its offset; the table is in the cache.
+   */
+  async writableL2(guestCluster: number): Promise<number> {
+    const l1Index = Math.floor(guestCluster / this.l2EntryCount);
+    if (l1Index >= this.l1EntryCount)
+      throw this.corrupt(`guest cluster ${guestCluster} lies past the L1 table`);
+    const oldOffsetBytes = l1Offset(this.l1, l1Index);
+    if (oldOffsetBytes !== 0) this.checkL2Offset(l1Index, oldOffsetBytes);
+    if (oldOffsetBytes !== 0 && l1Copied(this.l1, l1Index)) {
+      await this.l2Cache.get(oldOffsetBytes);
+      return oldOffsetBytes;
+    }
+    const oldTable = oldOffsetBytes === 0 ? undefined : Buffer.from(await this.l2Cache.get(oldOffsetBytes));
+    const newCluster = await this.refcounts.allocateClusters(1);
+    const newOffsetBytes = newCluster * this.clusterSizeBytes;
+    await this.l2Cache.create(newOffsetBytes, oldTable);
+    writeEntry(this.l1, l1Index, newOffsetBytes, true);
+    this.l1DirtyFirst = Math.min(this.l1DirtyFirst, l1Index);
+    this.l1DirtyLast = Math.max(this.l1DirtyLast, l1Index);
+    if (oldOffsetBytes !== 0) this.deferFree(oldOffsetBytes / this.clusterSizeBytes, 1);
+    return newOffsetBytes;
+  }
+
+  /** Sets L2 entry `l2Index` of the cached table at `l2OffsetBytes` (re-fetched: it may have been evicted). */
+  async setL2Entry(
+    l2OffsetBytes: number,
+    l2Index: number,
+    update: (table: Buffer, index: number) => void,
+  ): Promise<void> {
+    const table = this.l2Cache.peek(l2OffsetBytes) ?? (await this.l2Cache.get(l2OffsetBytes));
+    update(table, l2Index);
+    this.l2Cache.markDirty(l2OffsetBytes);
+  }
+
+  static setNormal(hostOffsetBytes: number): (table: Buffer, index: number) => void {
+    return (table, index) => writeEntry(table, index, hostOffsetBytes, true);
+  }
+
+  static setZero(hostOffsetBytes: number, copied: boolean): (table: Buffer, index: number) => void {
+    return (table, index) => writeEntry(table, index, hostOffsetBytes, copied, true);
+  }
+
+  static setUnallocated(): (table: Buffer, index: number) => void {
+    return (table, index) => clearEntry(table, index);
+  }
+
+  /** Drops the reference `mapping` holds once the entry that named it is on disk (at the next flush). */
+  releaseMapping(mapping: L2Mapping): void {
+    if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') {
+      this.deferFree(mapping.hostOffsetBytes / this.clusterSizeBytes, 1);
+    } else if (mapping.kind === 'compressed') {
+      const firstCluster = Math.floor(mapping.hostOffsetBytes / this.clusterSizeBytes);
+      const lastCluster = Math.floor(
+        (mapping.hostOffsetBytes + mapping.compressedSizeBytes - 1) / this.clusterSizeBytes,
+      );
+      this.deferFree(firstCluster, lastCluster - firstCluster + 1);
+    }
+  }
+
+  private deferFree(firstCluster: number, clusterCount: number): void {
+    const last = this.pendingFrees[this.pendingFrees.length - 1];
+    if (last && last.firstCluster + last.clusterCount === firstCluster) last.clusterCount += clusterCount;
+    else this.pendingFrees.push({ firstCluster, clusterCount });
+  }
+
+  /** Rewrites a header field in place (8 bytes unless `widthBytes` is 4). */
+  async writeHeaderField(offsetBytes: number, value: bigint | number, widthBytes: 4 | 8 = 8): Promise<void> {
+    const field = Buffer.alloc(widthBytes);
+    if (widthBytes === 8) field.writeBigUInt64BE(BigInt(value));
+    else field.writeUInt32BE(Number(value));
+    await this.file.write(offsetBytes, field);
+  }
+
+  get hasUnflushedMetadata(): boolean {
+    return (
+      this.l2Cache.hasDirty() ||
+      this.refcounts.blocks.hasDirty() ||
+      this.l1DirtyLast >= 0 ||
+      this.pendingFrees.length > 0
+    );
+  }
+
+  /**
+   * Makes every completed write durable in crash-safe order: data and refcount blocks, sync, L2 tables, sync,
+   * L1 entries, sync; only then are dropped references freed (refcount decrements written, synced).
+   */
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.refcounts.flush();
+    await this.file.sync();
+    if (this.l2Cache.hasDirty()) {
+      await this.l2Cache.flush();
+      await this.file.sync();
+    }
+    if (this.l1DirtyLast >= 0) {
+      const first = this.l1DirtyFirst;
+      const last = this.l1DirtyLast;
+      this.l1DirtyFirst = Number.POSITIVE_INFINITY;
+      this.l1DirtyLast = -1;
+      await this.file.write(
+        this.header.l1TableOffsetBytes + first * 8,
+        this.l1.subarray(first * 8, (last + 1) * 8),
+      );
+      await this.file.sync();
+    }
+    if (this.pendingFrees.length > 0) {
+      const frees = this.pendingFrees;
+      this.pendingFrees = [];
+      for (const { firstCluster, clusterCount } of frees) {
+        for (let index = 0; index < clusterCount; index++) {
+          const clusterIndex = firstCluster + index;
+          if ((await this.refcounts.get(clusterIndex)) === 0) continue;
+          const left = await this.refcounts.adjust(clusterIndex, -1);
+          if (left === 0) this.l2Cache.drop(clusterIndex * this.clusterSizeBytes);
+        }
+      }
+      await this.refcounts.flush();
+      await this.file.sync();
+    }
+  }
+}

@@ -1,0 +1,21 @@
+// A FIFO async mutex: serializes qcow2 metadata updates (allocation, L2 and refcount changes) so one
+// request's table edits never interleave with another's. Data reads run outside it once mapped.
+
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+
+  /** Runs `work` after every earlier holder has finished; the lock is released even when it throws. */
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    const previous = this.tail;
+    let release: () => void = () => undefined;
+    this.tail = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    await previous;
+    try {
+      return await work();
+    } finally {
+      release();
+    }
+  }
+}
