@@ -1,0 +1,60 @@
+// What every reconciler gets: API clients, the informer caches, settings, logging, metrics, Events,
+// and the write-through overlay that keeps a reconcile from acting on a cache older than its own
+// last write (informers lag writes by a watch round-trip).
+
+import type { KubernetesObject } from '@kubernetes/client-node';
+import type { EventRecorder } from './events.ts';
+import type { PodSettings } from './imager-job.ts';
+import type { Caches } from './informers.ts';
+import type { KubeClients } from './kube.ts';
+import type { Logger } from './logger.ts';
+import type { ControllerMetrics } from './metrics.ts';
+
+export interface ReconcileContext {
+  clients: KubeClients;
+  caches: Caches;
+  settings: PodSettings;
+  log: Logger;
+  metrics: ControllerMetrics;
+  events: EventRecorder;
+  overlay: WriteOverlay;
+  /** Clock (tests pin it). */
+  now: () => Date;
+}
+
+function revision(object: KubernetesObject | undefined): bigint {
+  const text = object?.metadata?.resourceVersion;
+  // resourceVersions are opaque; etcd's are integers, and this is only an optimisation (the imager
+  // and the deterministic names make acting on a stale object harmless), so non-numbers rank lowest.
+  return text && /^\d+$/.test(text) ? BigInt(text) : -1n;
+}
+
+/** The newest version of each object this controller wrote, until the cache catches up. */
+export class WriteOverlay {
+  private readonly objects = new Map<string, KubernetesObject>();
+
+  /** Remembers the object an API write returned. */
+  remember(object: KubernetesObject | undefined): void {
+    const uid = object?.metadata?.uid;
+    if (!uid) return;
+    const known = this.objects.get(uid);
+    if (!known || revision(object) >= revision(known)) this.objects.set(uid, object);
+  }
+
+  /** The newer of the cached object and the last written one. */
+  freshest<T extends KubernetesObject>(cached: T): T {
+    const uid = cached.metadata?.uid;
+    if (!uid) return cached;
+    const written = this.objects.get(uid);
+    if (!written) return cached;
+    if (revision(cached) >= revision(written)) {
+      this.objects.delete(uid);
+      return cached;
+    }
+    return written as T;
+  }
+
+  forget(uid: string | undefined): void {
+    if (uid) this.objects.delete(uid);
+  }
+}

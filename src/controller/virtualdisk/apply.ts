@@ -1,0 +1,128 @@
+// The only place VirtualDisk reconciles write to the API. Order matters for a controller killed at
+// any line: finalizer before children (so nothing is orphaned), children by deterministic name (a
+// re-run finds them), status before deleting recorded Jobs, finalizer removal last.
+
+import type { VirtualDisk } from '../../api/virtual-disk.ts';
+import { formatQuantityBytes } from '../../api/quantity.ts';
+import { createJob, deleteJob, patchFinalizer, patchStatus } from '../apply-common.ts';
+import { Reason } from '../conditions.ts';
+import type { ReconcileContext } from '../context.ts';
+import { apiMessageOf, createIfAbsent, ignoreNotFound, MERGE_PATCH } from '../kube.ts';
+import type { Logger } from '../logger.ts';
+import type { DesiredDisk } from './desired.ts';
+
+export async function applyDisk(
+  context: ReconcileContext,
+  disk: VirtualDisk,
+  desired: DesiredDisk,
+  log: Logger,
+): Promise<void> {
+  const namespace = disk.metadata.namespace ?? 'default';
+  const target = {
+    plural: 'virtualdisks' as const,
+    namespace,
+    name: disk.metadata.name,
+    resourceVersion: disk.metadata.resourceVersion,
+    finalizers: disk.metadata.finalizers,
+  };
+  const eventTarget = {
+    apiVersion: disk.apiVersion,
+    kind: 'VirtualDisk',
+    metadata: { ...disk.metadata, namespace },
+  };
+  const { core } = context.clients;
+
+  if (desired.addFinalizer) {
+    await patchFinalizer(context, target, true);
+    target.resourceVersion = undefined;
+    target.finalizers = [...(disk.metadata.finalizers ?? []), 'vdisk.dev/cleanup'];
+    log.debug('Added finalizer');
+  }
+  if (desired.createClaim) {
+    context.metrics.apiRequestsTotal.inc({ verb: 'create', resource: 'persistentvolumeclaims' });
+    if (
+      await createIfAbsent(
+        core.createNamespacedPersistentVolumeClaim({ namespace, body: desired.createClaim }),
+      )
+    ) {
+      const storage = desired.createClaim.spec?.resources?.requests?.storage;
+      log.info({ pvc: desired.createClaim.metadata?.name, storage }, 'Created PVC');
+      await context.events.record(
+        eventTarget,
+        'Normal',
+        Reason.CreatedClaim,
+        `Created PVC ${desired.createClaim.metadata?.name} of ${storage}`,
+      );
+    }
+  }
+  if (desired.expandClaimToBytes !== undefined && disk.status?.claimName) {
+    const storage = formatQuantityBytes(desired.expandClaimToBytes);
+    try {
+      context.metrics.apiRequestsTotal.inc({ verb: 'patch', resource: 'persistentvolumeclaims' });
+      await core.patchNamespacedPersistentVolumeClaim(
+        { name: disk.status.claimName, namespace, body: { spec: { resources: { requests: { storage } } } } },
+        MERGE_PATCH,
+      );
+      log.info({ pvc: disk.status.claimName, storage }, 'Expanded PVC');
+      await context.events.record(
+        eventTarget,
+        'Normal',
+        Reason.ExpandedClaim,
+        `Requested ${storage} for PVC ${disk.status.claimName}`,
+      );
+    } catch (err) {
+      // A storage class without expansion refuses; the image may still fit in the headroom.
+      log.warn({ err, pvc: disk.status.claimName, storage }, 'PVC expansion refused');
+      await context.events.record(
+        eventTarget,
+        'Warning',
+        Reason.ExpandedClaim,
+        `Could not expand PVC ${disk.status.claimName} to ${storage}: ${apiMessageOf(err)}`,
+      );
+    }
+  }
+  for (const job of desired.createJobs) {
+    if (await createJob(context, job)) {
+      log.info({ job: job.metadata?.name }, 'Created imager Job');
+      await context.events.record(
+        eventTarget,
+        'Normal',
+        Reason.CreatedJob,
+        `Created imager Job ${job.metadata?.name}`,
+      );
+    }
+  }
+  await patchStatus(
+    context,
+    target,
+    disk.status as Record<string, unknown> | undefined,
+    desired.status as Record<string, unknown>,
+  );
+  for (const name of desired.deleteJobs) {
+    await deleteJob(context, namespace, name);
+    log.info({ job: name }, 'Deleted imager Job');
+  }
+  const claimName = disk.status?.claimName ?? desired.status.claimName;
+  if (desired.deleteClaim && claimName) {
+    context.metrics.apiRequestsTotal.inc({ verb: 'delete', resource: 'persistentvolumeclaims' });
+    await ignoreNotFound(core.deleteNamespacedPersistentVolumeClaim({ name: claimName, namespace }));
+    log.info({ pvc: claimName }, 'Deleted PVC');
+  }
+  if (desired.releaseClaim && claimName) {
+    context.metrics.apiRequestsTotal.inc({ verb: 'patch', resource: 'persistentvolumeclaims' });
+    await ignoreNotFound(
+      core.patchNamespacedPersistentVolumeClaim(
+        { name: claimName, namespace, body: { metadata: { ownerReferences: null } } },
+        MERGE_PATCH,
+      ),
+    );
+    log.info({ pvc: claimName }, 'Released PVC (deletionPolicy Retain)');
+  }
+  for (const event of desired.events)
+    await context.events.record(eventTarget, event.type, event.reason, event.message);
+  if (desired.removeFinalizer) {
+    await patchFinalizer(context, target, false);
+    context.overlay.forget(disk.metadata.uid);
+    log.info('Removed finalizer');
+  }
+}
