@@ -2,11 +2,25 @@
 // Each command's argv parsing, rendering and exit codes live in its own file beside this one.
 
 import type { CliCommand } from '../command.ts';
+import { checkCommand } from './check.ts';
+import { compareCommand } from './compare.ts';
+import { convertCommand } from './convert.ts';
+import { createCommand } from './create.ts';
+import { infoCommand } from './info.ts';
+import { mapCommand } from './map.ts';
+import { measureCommand } from './measure.ts';
 import { partitionsCommand } from './partitions.ts';
 import { serveCommand } from './serve.ts';
 
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
+  checkCommand,
+  compareCommand,
+  convertCommand,
+  createCommand,
+  infoCommand,
+  mapCommand,
+  measureCommand,
   partitionsCommand,
   serveCommand,
 ];

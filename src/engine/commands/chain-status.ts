@@ -1,0 +1,145 @@
+// Block status across a backing chain, as qemu's img_map get_block_status walks it: a range is
+// answered by the first layer that allocates it; unallocated ranges fall to the backing device, and
+// read as zeros past the backing's end or where no backing exists. Shared by map, convert and compare.
+
+import type { BlockDevice } from '../block-device.ts';
+
+/** One run with a uniform answer from the chain. */
+export interface ChainExtent {
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Index of the layer that answered: 0 is the top image, 1 its backing, ... */
+  depth: number;
+  /** Some layer allocates the range (qemu's "present"). */
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  hostOffsetBytes?: number;
+  hostFile?: string;
+  compressed?: boolean;
+}
+
+/**
+ * Chain extents covering [offsetBytes, offsetBytes+lengthBytes), in order, possibly ending early
+ * (callers loop). With `topOnly` the top layer's unallocated ranges are reported as not present at
+ * depth 0 instead of asking the backing (convert -B copies only what the top layer holds).
+ */
+export async function chainBlockStatus(
+  device: BlockDevice,
+  offsetBytes: number,
+  lengthBytes: number,
+  topOnly = false,
+  depth = 0,
+): Promise<ChainExtent[]> {
+  const extents = await device.blockStatus(offsetBytes, lengthBytes);
+  const result: ChainExtent[] = [];
+  for (const extent of extents) {
+    if (extent.lengthBytes <= 0) break;
+    if (extent.allocated) {
+      result.push({
+        offsetBytes: extent.offsetBytes,
+        lengthBytes: extent.lengthBytes,
+        depth,
+        present: true,
+        zero: extent.zero,
+        data: extent.data,
+        hostOffsetBytes: extent.hostOffsetBytes,
+        hostFile: extent.hostFile,
+        compressed: extent.compressed,
+      });
+      continue;
+    }
+    const backing = device.backing;
+    const backingEndBytes =
+      backing && !topOnly
+        ? Math.min(backing.sizeBytes, extent.offsetBytes + extent.lengthBytes)
+        : extent.offsetBytes;
+    if (backing && !topOnly && extent.offsetBytes < backingEndBytes) {
+      const below = await chainBlockStatus(
+        backing,
+        extent.offsetBytes,
+        backingEndBytes - extent.offsetBytes,
+        false,
+        depth + 1,
+      );
+      result.push(...below);
+      const belowEnd =
+        below.length === 0
+          ? extent.offsetBytes
+          : (below.at(-1)?.offsetBytes ?? 0) + (below.at(-1)?.lengthBytes ?? 0);
+      // The backing answered only part of the range: stop here so the caller asks again from there.
+      if (belowEnd < backingEndBytes) return result;
+      if (backingEndBytes < extent.offsetBytes + extent.lengthBytes) {
+        result.push({
+          offsetBytes: backingEndBytes,
+          lengthBytes: extent.offsetBytes + extent.lengthBytes - backingEndBytes,
+          depth,
+          present: false,
+          zero: true,
+          data: false,
+        });
+      }
+      continue;
+    }
+    result.push({
+      offsetBytes: extent.offsetBytes,
+      lengthBytes: extent.lengthBytes,
+      depth,
+      present: false,
+      zero: !topOnly || !backing,
+      data: false,
+    });
+  }
+  return result;
+}
+
+/** Iterates chain extents over the whole of [offsetBytes, endBytes), looping over partial answers. */
+export async function* walkChain(
+  device: BlockDevice,
+  offsetBytes: number,
+  endBytes: number,
+  topOnly = false,
+): AsyncGenerator<ChainExtent> {
+  let positionBytes = offsetBytes;
+  while (positionBytes < endBytes) {
+    const extents = await chainBlockStatus(device, positionBytes, endBytes - positionBytes, topOnly);
+    if (extents.length === 0) {
+      // A driver that answers nothing would loop forever; treat the rest as data so it is copied.
+      yield {
+        offsetBytes: positionBytes,
+        lengthBytes: endBytes - positionBytes,
+        depth: 0,
+        present: true,
+        zero: false,
+        data: true,
+      };
+      return;
+    }
+    const before = positionBytes;
+    for (const extent of extents) {
+      const startBytes = Math.max(extent.offsetBytes, positionBytes);
+      const stopBytes = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
+      if (stopBytes <= startBytes) continue;
+      const shiftBytes = startBytes - extent.offsetBytes;
+      yield {
+        ...extent,
+        offsetBytes: startBytes,
+        lengthBytes: stopBytes - startBytes,
+        hostOffsetBytes:
+          extent.hostOffsetBytes === undefined ? undefined : extent.hostOffsetBytes + shiftBytes,
+      };
+      positionBytes = stopBytes;
+    }
+    if (positionBytes === before) {
+      yield {
+        offsetBytes: positionBytes,
+        lengthBytes: endBytes - positionBytes,
+        depth: 0,
+        present: true,
+        zero: false,
+        data: true,
+      };
+      return;
+    }
+  }
+}

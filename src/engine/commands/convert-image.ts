@@ -1,0 +1,81 @@
+// qemu-img convert from paths: open the source read-only (a snapshot of it with -l), create the
+// target (unless -n) with the source's size and -o options (a backing file with -B), open it, run
+// the copy loop of convert.ts, flush and close both. The imager agent and the CLI both call this.
+
+import type { BlockDevice } from '../block-device.ts';
+import { InvalidOptionError, UnsupportedError } from '../errors.ts';
+import { openImage } from '../open.ts';
+import { type ConvertDeviceOptions, type ConvertStats, convertDevice } from './convert.ts';
+import { createImage } from './create.ts';
+
+export interface ConvertImageRequest
+  extends Omit<ConvertDeviceOptions, 'targetHasBacking' | 'targetIsZeroed'> {
+  sourcePath: string;
+  /** `-f`; probed when absent. */
+  sourceFormat?: string;
+  /** `-l`: convert this internal snapshot of the source instead of its active state. */
+  sourceSnapshot?: string;
+  targetPath: string;
+  /** `-O`; raw when absent. */
+  targetFormat?: string;
+  /** `-o` options for the target, in qemu spelling. */
+  options?: Record<string, string>;
+  /** `-B` / `-F`: the target gets this backing file, and only what the source's top layer holds is copied. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** `-n`: the target exists already; it is opened, not created. */
+  skipCreate?: boolean;
+  /** `--target-is-zero` (with -n): the existing target reads as zeros. */
+  targetIsZero?: boolean;
+}
+
+/** Converts one image to another; throws VdiskError subclasses, leaving a partial target on failure. */
+export async function convertImage(request: ConvertImageRequest): Promise<ConvertStats> {
+  const targetFormat = request.targetFormat ?? 'raw';
+  if (request.targetIsZero && !request.skipCreate) {
+    throw new InvalidOptionError({
+      option: 'target-is-zero',
+      message: '--target-is-zero requires use of -n flag',
+    });
+  }
+  let source: BlockDevice | undefined;
+  let snapshot: BlockDevice | undefined;
+  let target: BlockDevice | undefined;
+  try {
+    source = await openImage(request.sourcePath, {
+      format: request.sourceFormat,
+      readOnly: true,
+      allowBackingEscape: true,
+    });
+    if (request.sourceSnapshot !== undefined) {
+      if (!source.snapshots)
+        throw new UnsupportedError({
+          format: source.formatName,
+          feature: 'snapshots',
+          message: `${request.sourcePath}: the format has no internal snapshots`,
+        });
+      snapshot = await source.snapshots.open(request.sourceSnapshot);
+    }
+    const from = snapshot ?? source;
+    if (!request.skipCreate) {
+      await createImage({
+        path: request.targetPath,
+        format: targetFormat,
+        sizeBytes: from.sizeBytes,
+        options: request.options ?? {},
+        backingFile: request.backingFile,
+        backingFormat: request.backingFormat,
+      });
+    }
+    target = await openImage(request.targetPath, { format: targetFormat, allowBackingEscape: true });
+    return await convertDevice(from, target, {
+      ...request,
+      targetHasBacking: request.backingFile !== undefined,
+      targetIsZeroed: request.skipCreate ? (request.targetIsZero ?? false) : true,
+    });
+  } finally {
+    await target?.close();
+    await snapshot?.close().catch(() => undefined);
+    await source?.close().catch(() => undefined);
+  }
+}
