@@ -188,3 +188,52 @@ export async function writeSeededRaw(
   }
   return path;
 }
+
+/**
+ * Copies a raw file's non-zero content into `device` with writes of `chunkBytes` (default an odd size,
+ * so writes straddle clusters), as a naive convert would.
+ */
+export async function copyRawInto(rawPath: string, device: BlockDevice, chunkBytes = 45_000): Promise<void> {
+  const file = await NodeHostFile.open(rawPath, { readOnly: true });
+  try {
+    const sizeBytes = await file.sizeBytes();
+    const buffer = new Uint8Array(chunkBytes);
+    for (let at = 0; at < sizeBytes; at += chunkBytes) {
+      const part = buffer.subarray(0, Math.min(chunkBytes, sizeBytes - at));
+      await file.read(at, part);
+      if (part.some((byte) => byte !== 0)) await device.write(at, part);
+    }
+    await device.flush();
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * Writes `bytes` as an image in `dir`, opens it read-only as `format`, reads its first MiB and block
+ * status; returns the error thrown (or undefined). For malformed-input tests.
+ */
+export async function tryOpenBytes(
+  dir: string,
+  format: string,
+  bytes: Uint8Array,
+  name = 'bad.img',
+): Promise<unknown> {
+  const { openImage } = await import('../../src/engine/open.ts');
+  const path = join(dir, name);
+  const { writeFile } = await import('node:fs/promises');
+  await writeFile(path, bytes);
+  try {
+    const device = await openImage(path, { readOnly: true, format, noBacking: true });
+    try {
+      await device.read(0, new Uint8Array(Math.min(device.sizeBytes, 1 << 20)));
+      await device.blockStatus(0, device.sizeBytes);
+      await device.info();
+    } finally {
+      await device.close();
+    }
+    return undefined;
+  } catch (err) {
+    return err;
+  }
+}

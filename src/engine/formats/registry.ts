@@ -7,13 +7,17 @@ import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
+import { qedDriver } from './qed/driver.ts';
 import { rawDriver } from './raw.ts';
+import { vdiDriver } from './vdi/driver.ts';
 import { vpcDriver } from './vpc/driver.ts';
 
 export const formatRegistry: readonly FormatDriver[] = [
   // (drivers are listed here, raw last: it is the probe of last resort)
   bochsDriver,
   cloopDriver,
+  qedDriver,
+  vdiDriver,
   vpcDriver,
   qcow2Driver,
   rawDriver,
