@@ -40,7 +40,7 @@ export interface NbdServerOptions {
   port?: number;
   /** TCP bind address (qemu-nbd -b), default 127.0.0.1. */
   host?: string;
-  /** Most simultaneous clients (qemu-nbd -e), default 100; more are refused at accept. */
+  /** Most simultaneous clients (qemu-nbd -e), default 100; more wait for a slot (up to 64, then refused). */
   maxConnections?: number;
   /** Keep serving after the last client leaves (qemu-nbd -t). Default true for the API. */
   persistent?: boolean;
@@ -63,6 +63,9 @@ export interface NbdServerHandle {
   /** Resolves once the server has stopped (after close(), or after the last client when not persistent). */
   closed: Promise<void>;
 }
+
+/** Clients queued beyond the connection limit; more are refused at accept. */
+const MAX_WAITING_CLIENTS = 64;
 
 function uriFor(address: NbdServerHandle['address'], exportName: string): string {
   const path = encodeURIComponent(exportName);
@@ -129,16 +132,39 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     resolveClosed = resolve;
   });
 
+  const maxConnections = options.maxConnections ?? 100;
+  // Clients over the limit wait, un-greeted, for a slot (as qemu-nbd leaves them in its accept backlog).
+  const waiting: Socket[] = [];
+  let activeConnections = 0;
+
   const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
-    const conn = ++connectionNumber;
     sockets.add(socket);
     socket.once('close', () => {
       sockets.delete(socket);
+      const waitingIndex = waiting.indexOf(socket);
+      if (waitingIndex >= 0) waiting.splice(waitingIndex, 1);
       if (!persistent && sockets.size === 0 && !shuttingDown) void handle.close();
     });
-    void serveConnection(socket, conn);
+    if (activeConnections < maxConnections) {
+      begin(socket);
+    } else if (waiting.length < MAX_WAITING_CLIENTS) {
+      socket.on('error', () => undefined);
+      waiting.push(socket);
+    } else {
+      socket.destroy();
+    }
   });
-  server.maxConnections = options.maxConnections ?? 100;
+
+  function begin(socket: Socket): void {
+    activeConnections++;
+    void serveConnection(socket, ++connectionNumber).finally(() => {
+      activeConnections--;
+      while (activeConnections < maxConnections && waiting.length > 0 && !shuttingDown) {
+        const next = waiting.shift()!;
+        if (!next.destroyed) begin(next);
+      }
+    });
+  }
 
   async function serveConnection(socket: Socket, conn: number): Promise<void> {
     const connectionLog = log;

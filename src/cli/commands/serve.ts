@@ -214,17 +214,23 @@ function forkIntoBackground(argv: readonly string[], io: CliIo): Promise<number>
   if (!script) throw new CliUsageError('--fork: cannot find the vdisk entry point');
   const child = fork(script, ['serve', ...argv.filter((arg) => arg !== '--fork')], {
     detached: true,
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    // No inherited stdio: the caller's pipes must close when this command returns, as a daemon's do.
+    stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
     env: { ...process.env, [FORK_CHILD_ENV]: '1' },
   });
   return new Promise((resolveExit) => {
-    child.once('message', () => {
+    let failure = '';
+    child.on('message', (message: unknown) => {
+      if (typeof message === 'object' && message !== null && 'error' in message) {
+        failure = String((message as { error: unknown }).error);
+        return;
+      }
       child.disconnect();
       child.unref();
       resolveExit(0);
     });
     child.once('exit', (code) => {
-      io.stderr('vdisk: the background server exited before it was ready\n');
+      io.stderr(`vdisk: ${failure || 'the background server exited before it was ready'}\n`);
       resolveExit(code || 1);
     });
   });
@@ -345,5 +351,14 @@ export const serveCommand: CliCommand = {
   name: 'serve',
   synopsis: SYNOPSIS,
   summary: 'Serve an image over NBD (qemu-nbd)',
-  run: runServe,
+  async run(argv, io) {
+    try {
+      return await runServe(argv, io);
+    } catch (err) {
+      // The --fork child has no stderr: its parent prints the reason instead.
+      if (process.env[FORK_CHILD_ENV] && process.send)
+        process.send({ error: err instanceof Error ? err.message : String(err) });
+      throw err;
+    }
+  },
 };

@@ -15,14 +15,16 @@ import {
 /** A connected socket with an accumulating receive buffer. */
 export class RawClient {
   readonly socket: Socket;
-  private received = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private receivedBytes = 0;
   private waiters: (() => void)[] = [];
   closed = false;
 
   private constructor(socket: Socket) {
     this.socket = socket;
     socket.on('data', (chunk: Buffer) => {
-      this.received = Buffer.concat([this.received, chunk]);
+      this.chunks.push(chunk);
+      this.receivedBytes += chunk.length;
       this.wake();
     });
     socket.on('close', () => {
@@ -52,17 +54,26 @@ export class RawClient {
   /** Resolves with exactly `lengthBytes` bytes, or rejects once the server closed without them. */
   async read(lengthBytes: number, timeoutMs = 5000): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.received.length < lengthBytes) {
-      if (this.closed) throw new Error(`connection closed with ${this.received.length}/${lengthBytes} bytes`);
+    while (this.receivedBytes < lengthBytes) {
+      if (this.closed) throw new Error(`connection closed with ${this.receivedBytes}/${lengthBytes} bytes`);
       if (Date.now() > deadline) throw new Error('timed out waiting for the server');
       await new Promise<void>((resolve) => {
         this.waiters.push(resolve);
         setTimeout(resolve, 50);
       });
     }
-    const out = this.received.subarray(0, lengthBytes);
-    this.received = this.received.subarray(lengthBytes);
-    return Buffer.from(out);
+    const out = Buffer.allocUnsafe(lengthBytes);
+    let filled = 0;
+    while (filled < lengthBytes) {
+      const chunk = this.chunks[0]!;
+      const used = Math.min(chunk.length, lengthBytes - filled);
+      chunk.copy(out, filled, 0, used);
+      filled += used;
+      if (used === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(used);
+    }
+    this.receivedBytes -= lengthBytes;
+    return out;
   }
 
   /** Waits until the server closes the connection (true) or `timeoutMs` passes (false). */

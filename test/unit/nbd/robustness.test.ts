@@ -251,7 +251,7 @@ describe('NBD server lifecycle', () => {
     }
   });
 
-  it('refuses clients beyond the connection limit and stops after the last one unless persistent', async () => {
+  it('holds clients beyond the connection limit until a slot frees, and stops after the last one unless persistent', async () => {
     const folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-limit-'));
     const socketPath = join(folder, 'nbd.sock');
     const disk = createMemoryDevice(MIB);
@@ -265,8 +265,10 @@ describe('NBD server lifecycle', () => {
       const first = await RawClient.connect(socketPath);
       await handshake(first);
       const second = await RawClient.connect(socketPath);
-      expect(await second.waitClosed()).toBe(true);
+      await expect(second.read(18, 300)).rejects.toThrow(/timed out/);
       first.close();
+      expect(await handshake(second)).toBe(MIB);
+      second.close();
       await server.closed;
       expect(server.connectionCount).toBe(0);
     } finally {

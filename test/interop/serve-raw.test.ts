@@ -1,0 +1,162 @@
+// `vdisk serve` on raw images, checked with qemu's and libnbd's own clients: qemu-img info/compare,
+// qemu-io writes, nbdinfo maps identical to qemu-nbd's for the same file, nbdcopy both ways
+// (4 connections), and qemu-nbd's process behaviour (exit after the last client, SIGTERM, -r, --fork).
+
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hasTool, run } from '../unit/nbd/tools.ts';
+import { type ServerProcess, startQemuNbd, startVdiskServe, VDISK_BIN } from './serve-helpers.ts';
+
+const tools = ['qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo', 'nbdcopy'];
+const missing = tools.filter((tool) => !hasTool(tool));
+if (missing.length > 0)
+  console.warn(
+    `SKIPPED serve-raw interop: missing ${missing.join(', ')} (apt-get install qemu-utils libnbd-bin)`,
+  );
+
+describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnbd clients', () => {
+  let folder: string;
+  let image: string;
+  const servers: ServerProcess[] = [];
+
+  async function serve(args: string[]): Promise<ServerProcess> {
+    const server = await startVdiskServe(args);
+    servers.push(server);
+    return server;
+  }
+
+  async function ok(command: string, args: string[]): Promise<string> {
+    const result = await run(command, args);
+    if (result.code !== 0)
+      throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+    return result.stdout;
+  }
+
+  beforeAll(async () => {
+    folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-raw-'));
+    image = join(folder, 'disk.raw');
+    await ok('qemu-img', ['create', '-f', 'raw', image, '8M']);
+    await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 0x11 0 64k',
+      '-c',
+      'write -P 0x22 1M 1M',
+      '-c',
+      'write -P 0x33 5000k 12k',
+      image,
+    ]);
+  });
+
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await rm(folder, { recursive: true, force: true });
+  });
+
+  it('reports the same size, content and allocation map as qemu-nbd for the same file', async () => {
+    const socket = join(folder, 'vdisk.sock');
+    const vdisk = await serve(['-t', '-r', '-f', 'raw', '-k', socket, image]);
+    const qemu = await startQemuNbd(join(folder, 'qemu.sock'), ['-t', '-r', '-f', 'raw', '-A', image]);
+    servers.push(qemu);
+    const info = JSON.parse(await ok('qemu-img', ['info', '--output=json', vdisk.uri])) as {
+      'virtual-size': number;
+    };
+    expect(info['virtual-size']).toBe(8 * 1024 * 1024);
+    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, vdisk.uri])).toContain(
+      'identical',
+    );
+    expect(await ok('nbdinfo', ['--map', vdisk.uri])).toBe(await ok('nbdinfo', ['--map', qemu.uri]));
+    expect(await ok('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
+      await ok('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
+    );
+    expect(await ok('qemu-img', ['map', '--output=json', '-f', 'raw', vdisk.uri])).toBe(
+      await ok('qemu-img', ['map', '--output=json', '-f', 'raw', qemu.uri]),
+    );
+    expect((await run('nbdinfo', ['--is', 'readonly', vdisk.uri])).code).toBe(0);
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 512', vdisk.uri]);
+    expect(write.stdout + write.stderr).toMatch(/Operation not permitted|read-only|Permission denied/i);
+    await vdisk.stop();
+    await qemu.stop();
+  });
+
+  it('takes qemu-io writes over TCP that land in the file, then exits after the last client', async () => {
+    const vdisk = await serve(['-f', 'raw', '-p', '0', image]);
+    expect(vdisk.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/$/);
+    await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 0xab 2M 64k',
+      '-c',
+      'write -z 1M 4k',
+      '-c',
+      'flush',
+      '-c',
+      'read -P 0xab 2M 64k',
+      vdisk.uri,
+    ]);
+    // Not persistent (no -t): qemu-nbd's behaviour is to exit once the client has gone.
+    expect(await vdisk.exited).toBe(0);
+    const check = await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'read -P 0xab 2M 64k',
+      '-c',
+      'read -P 0 1M 4k',
+      '-c',
+      'read -P 0x22 1028k 4k',
+      image,
+    ]);
+    expect(check).not.toMatch(/Pattern verification failed/);
+  });
+
+  it('copies byte-exact with nbdcopy over 4 connections, both ways', async () => {
+    const socket = join(folder, 'copy.sock');
+    const vdisk = await serve(['-t', '-e', '4', '-f', 'raw', '-k', socket, image]);
+    expect((await run('nbdinfo', ['--can', 'multi-conn', vdisk.uri])).code).toBe(0);
+    const copy = join(folder, 'copy.raw');
+    await ok('nbdcopy', ['--connections=4', vdisk.uri, copy]);
+    expect((await readFile(copy)).equals(await readFile(image))).toBe(true);
+    const source = join(folder, 'source.raw');
+    await ok('qemu-img', ['create', '-f', 'raw', source, '8M']);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 3M', '-c', 'write -P 0x6d 6M 1M', source]);
+    await ok('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
+    expect(await vdisk.stop()).toBe(0);
+    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, image])).toContain('identical');
+    expect(existsSync(socket)).toBe(false);
+  });
+
+  it('detaches with --fork once listening and removes its pid file on SIGTERM', async () => {
+    const socket = join(folder, 'fork.sock');
+    const pidFile = join(folder, 'serve.pid');
+    const started = await run(process.execPath, [
+      VDISK_BIN,
+      'serve',
+      '--fork',
+      '-t',
+      '--pid-file',
+      pidFile,
+      '-f',
+      'raw',
+      '-k',
+      socket,
+      image,
+    ]);
+    expect(started.code).toBe(0);
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    try {
+      expect(await ok('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`])).toBe(`${8 * 1024 * 1024}\n`);
+    } finally {
+      process.kill(pid, 'SIGTERM');
+    }
+    const deadline = Date.now() + 10_000;
+    while (existsSync(pidFile) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(existsSync(pidFile)).toBe(false);
+  });
+});
