@@ -1,7 +1,14 @@
 // Wraps every opened device, as nbdkit's backend.c wraps plugins: range, integer and read-only checks
 // happen once here, so drivers trust their arguments. Errors name the image file and the offending range.
 
-import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from './block-device.ts';
+import type {
+  BlockDevice,
+  Extent,
+  ImageInfo,
+  SnapshotOperations,
+  WriteOptions,
+  WriteZeroesOptions,
+} from './block-device.ts';
 import { InvalidOptionError, PermissionError } from './errors.ts';
 
 export interface GuardOptions {
@@ -15,9 +22,39 @@ export class GuardedDevice implements BlockDevice {
   readonly inner: BlockDevice;
   private readonly guard: GuardOptions;
 
+  // Optional abilities are present exactly when the inner device has them, so callers can test them.
+  readonly writeCompressed?: (offsetBytes: number, data: Uint8Array) => Promise<void>;
+  readonly resize?: (
+    sizeBytes: number,
+    options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean },
+  ) => Promise<void>;
+
   constructor(inner: BlockDevice, guard: GuardOptions) {
     this.inner = inner;
     this.guard = guard;
+    const writeCompressed = inner.writeCompressed?.bind(inner);
+    if (writeCompressed) {
+      this.writeCompressed = async (offsetBytes, data) => {
+        this.checkRange('compressed write', offsetBytes, data.length);
+        this.checkWritable('compressed write', offsetBytes, data);
+        if (data.length === 0) return;
+        await writeCompressed(offsetBytes, data);
+      };
+    }
+    const resize = inner.resize?.bind(inner);
+    if (resize) {
+      this.resize = async (sizeBytes, options) => {
+        this.checkWritable('resize', Number.MAX_SAFE_INTEGER);
+        await resize(sizeBytes, options);
+      };
+    }
+  }
+
+  get compressedWriteUnitBytes(): number | undefined {
+    return this.inner.compressedWriteUnitBytes;
+  }
+  get snapshots(): SnapshotOperations | undefined {
+    return this.inner.snapshots;
   }
 
   get sizeBytes(): number {
@@ -37,7 +74,12 @@ export class GuardedDevice implements BlockDevice {
   }
 
   private checkRange(operation: string, offsetBytes: number, lengthBytes: number): void {
-    if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes < 0) {
+    if (
+      !Number.isSafeInteger(offsetBytes) ||
+      !Number.isSafeInteger(lengthBytes) ||
+      offsetBytes < 0 ||
+      lengthBytes < 0
+    ) {
       throw new InvalidOptionError({
         option: 'offset',
         value: offsetBytes,
@@ -55,7 +97,10 @@ export class GuardedDevice implements BlockDevice {
 
   private checkWritable(operation: string, offsetBytes: number, data?: Uint8Array): void {
     if (this.inner.isReadOnly) {
-      throw new PermissionError({ file: this.guard.file, message: `${operation} refused: the image is open read-only` });
+      throw new PermissionError({
+        file: this.guard.file,
+        message: `${operation} refused: the image is open read-only`,
+      });
     }
     if (this.guard.sectorZeroGuard && offsetBytes < 512) {
       const sector = new Uint8Array(512);

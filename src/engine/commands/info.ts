@@ -24,6 +24,8 @@ export async function imageInfoChain(
   let layerPath = path;
   while (layer && result.length < MAX_CHAIN_DEPTH) {
     const info = { ...(await layer.info()), filename: layerPath };
+    // Drivers with internal snapshots may leave the list to their snapshot operations.
+    if (info.snapshots === undefined && layer.snapshots) info.snapshots = await layer.snapshots.list();
     if (info.backingFilename) info.fullBackingFilename = combineBackingPath(layerPath, info.backingFilename);
     result.push(info);
     if (!backingChain || !info.fullBackingFilename) break;
