@@ -52,9 +52,9 @@ export function imageFileName(format: DiskFormat | string): string {
   return format === 'raw' ? 'disk.img' : `disk.${format}`;
 }
 
-/** Frozen image of an external snapshot, relative to the PVC root. */
+/** Frozen image of an external snapshot, beside the overlay at the PVC root (backing names stay plain). */
 export function externalSnapshotFile(snapshotName: string): string {
-  return `snapshots/${snapshotName}.qcow2`;
+  return `snapshot-${snapshotName}.qcow2`;
 }
 
 /** Labels label values may hold (63 characters, alphanumeric ends); longer names are hashed. */
