@@ -2,6 +2,7 @@
 // carriage return, redrawn each time progress moves by at least 1%, then a newline at the end. Off a
 // terminal each redraw is a line of its own, so logs stay readable.
 
+import { formatFixed } from './c-format.ts';
 import type { CliIo } from './command.ts';
 
 export interface ProgressPrinter {
@@ -18,7 +19,7 @@ export function progressPrinter(io: CliIo, enabled: boolean): ProgressPrinter {
   let lastPrinted = -1;
   const print = (percent: number): void => {
     lastPrinted = percent;
-    io.stdout(`    (${percent.toFixed(2)}/100%)${terminator}`);
+    io.stdout(`    (${formatFixed(percent, 2)}/100%)${terminator}`);
   };
   print(0);
   return {

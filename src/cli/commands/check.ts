@@ -5,6 +5,7 @@
 import { checkImage } from '../../engine/commands/check.ts';
 import { isVdiskError } from '../../engine/errors.ts';
 import type { CheckReport, RepairMode } from '../../engine/formats/driver.ts';
+import { formatFixed } from '../c-format.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { outputFormat, printHelpIfAsked, requireOperands } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
@@ -58,7 +59,7 @@ export function checkHuman(report: CheckReport): string {
   const total = report.totalClusters ?? 0;
   const allocated = report.allocatedClusters ?? 0;
   if (total !== 0 && allocated !== 0) {
-    const percent = (value: number, of: number): string => ((value * 100) / of).toFixed(2);
+    const percent = (value: number, of: number): string => formatFixed((value * 100) / of, 2);
     out += `${allocated}/${total} = ${percent(allocated, total)}% allocated, ${percent(report.fragmentedClusters ?? 0, allocated)}% fragmented, ${percent(report.compressedClusters ?? 0, allocated)}% compressed clusters\n`;
   }
   if (report.imageEndOffsetBytes) out += `Image end offset: ${report.imageEndOffsetBytes}\n`;

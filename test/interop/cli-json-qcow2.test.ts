@@ -1,0 +1,103 @@
+// vdisk's info (with --backing-chain), map and check print what qemu-img 7.2 prints for qcow2 images
+// and backing chains made by qemu-img itself: JSON byte for byte, human forms, exit statuses.
+
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatRegistry } from '../../src/engine/formats/registry.ts';
+import { hasTool, mustRun, scratch, tool, vdisk, warnMissing } from './cli-helpers.ts';
+
+const HAS_QEMU = hasTool('qemu-img') && hasTool('qemu-io');
+const HAS_QCOW2 = formatRegistry.some((driver) => driver.name === 'qcow2');
+warnMissing('qemu-img', 'cli-json-qcow2.test.ts');
+if (!HAS_QCOW2) console.warn('SKIPPED cli-json-qcow2.test.ts: no qcow2 driver is registered yet');
+
+describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk on qcow2 chains, beside qemu-img', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let base: string;
+  let top: string;
+  let overRaw: string;
+
+  beforeAll(async () => {
+    ({ dir, cleanup } = await scratch('cli-qcow2'));
+    base = join(dir, 'base.qcow2');
+    top = join(dir, 'top.qcow2');
+    overRaw = join(dir, 'over-raw.qcow2');
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', base, '4M']);
+    mustRun('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 1 0 64k',
+      '-c',
+      'write -z 1M 64k',
+      '-c',
+      'write -P 3 3M 128k',
+      base,
+    ]);
+    // Relative backing names, resolved against the overlay's folder.
+    mustRun(
+      'qemu-img',
+      ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2', '6M'],
+      dir,
+    );
+    mustRun('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 2 32k 64k',
+      '-c',
+      'write -z 2M 64k',
+      '-c',
+      'write -P 4 5M 64k',
+      top,
+    ]);
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', 'base.raw', '2M'], dir);
+    mustRun('qemu-io', ['-f', 'raw', '-c', 'write -P 5 256k 8k', join(dir, 'base.raw')]);
+    mustRun(
+      'qemu-img',
+      [
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-b',
+        'base.raw',
+        '-F',
+        'raw',
+        '-o',
+        'cluster_size=4096',
+        'over-raw.qcow2',
+      ],
+      dir,
+    );
+  });
+  afterAll(async () => cleanup?.());
+
+  const same = async (args: string[]): Promise<void> => {
+    const qemu = tool('qemu-img', args);
+    const ours = await vdisk(args);
+    expect({ code: ours.code, stdout: ours.stdout }).toEqual({ code: qemu.code, stdout: qemu.stdout });
+  };
+
+  it('info --output=json and human, one image and the whole chain', async () => {
+    for (const path of [base, top, overRaw]) {
+      await same(['info', '--output=json', path]);
+      await same(['info', path]);
+      await same(['info', '--backing-chain', '--output=json', path]);
+      await same(['info', '--backing-chain', path]);
+    }
+  });
+
+  it('map --output=json across the chain: depth, present, zero, data, offset', async () => {
+    for (const path of [base, top, overRaw]) await same(['map', '--output=json', path]);
+    await same(['map', base]);
+  });
+
+  it('check --output=json and human on clean images', async () => {
+    for (const path of [base, top]) {
+      await same(['check', '--output=json', path]);
+      await same(['check', path]);
+    }
+  });
+});

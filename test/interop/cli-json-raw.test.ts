@@ -1,0 +1,67 @@
+// vdisk's info, map, measure and check print what qemu-img 7.2 prints for the same raw images:
+// JSON byte for byte (keys, order, layout) and the human forms, plus check's exit status 63.
+
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hasTool, mustRun, scratch, tool, vdisk, warnMissing } from './cli-helpers.ts';
+
+const HAS_QEMU = hasTool('qemu-img') && hasTool('qemu-io');
+warnMissing('qemu-img', 'cli-json-raw.test.ts');
+
+describe.skipIf(!HAS_QEMU)('vdisk on raw images, beside qemu-img', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let sparse: string;
+  let odd: string;
+
+  beforeAll(async () => {
+    ({ dir, cleanup } = await scratch('cli-raw'));
+    sparse = join(dir, 'sparse.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', sparse, '8M']);
+    mustRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 1M 192k', '-c', 'write -P 0x22 5M 4k', sparse]);
+    odd = join(dir, 'odd size.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', odd, '1000']);
+  });
+  afterAll(async () => cleanup?.());
+
+  const same = async (args: string[]): Promise<void> => {
+    const qemu = tool('qemu-img', args);
+    const ours = await vdisk(args);
+    expect({ code: ours.code, stdout: ours.stdout }).toEqual({ code: qemu.code, stdout: qemu.stdout });
+  };
+
+  it('info --output=json and human', async () => {
+    for (const path of [sparse, odd]) {
+      await same(['info', '--output=json', path]);
+      await same(['info', path]);
+      await same(['info', '-f', 'raw', '--output=json', path]);
+    }
+  });
+
+  it('map --output=json and human, whole and windowed', async () => {
+    await same(['map', '--output=json', sparse]);
+    await same(['map', sparse]);
+    await same(['map', '--output=json', '--start-offset=1M', '--max-length=2M', sparse]);
+  });
+
+  it('measure for raw output, from a file and from --size', async () => {
+    await same(['measure', '--output=json', '-O', 'raw', sparse]);
+    await same(['measure', '-O', 'raw', sparse]);
+    await same(['measure', '--output=json', '-O', 'raw', '--size', '1000']);
+    await same(['measure', '-O', 'raw', '--size', '3G']);
+  });
+
+  it('check says raw has no checks, with exit status 63', async () => {
+    const qemu = tool('qemu-img', ['check', sparse]);
+    const ours = await vdisk(['check', sparse]);
+    expect(ours.code).toBe(qemu.code);
+    expect(ours.stderr.replace(/^vdisk: /, '')).toBe(qemu.stderr.replace(/^qemu-img: /, ''));
+  });
+
+  it('info on a missing file fails with exit status 1 and names the file', async () => {
+    const missing = join(dir, 'missing.raw');
+    const ours = await vdisk(['info', missing]);
+    expect(ours.code).toBe(tool('qemu-img', ['info', missing]).code);
+    expect(ours.stderr).toBe(`vdisk: ${missing}: No such file or directory\n`);
+  });
+});
