@@ -103,10 +103,15 @@ export async function compareImages(
   while (positionBytes < commonBytes) {
     const statusA = await statusAt(a, positionBytes, commonBytes);
     const statusB = await statusAt(b, positionBytes, commonBytes);
-    if (
-      options.strict &&
-      (statusA.present !== statusB.present || statusA.zero !== statusB.zero || statusA.data !== statusB.data)
-    ) {
+    // qemu compares whole status words, which carry BDRV_BLOCK_EOF when the run reaches the end.
+    const eofA = statusA.offsetBytes + statusA.lengthBytes >= a.sizeBytes;
+    const eofB = statusB.offsetBytes + statusB.lengthBytes >= b.sizeBytes;
+    const sameStatus =
+      statusA.present === statusB.present &&
+      statusA.zero === statusB.zero &&
+      statusA.data === statusB.data &&
+      eofA === eofB;
+    if (options.strict && !sameStatus) {
       return { kind: 'status-mismatch', offsetBytes: positionBytes };
     }
     const stopBytes = Math.min(
