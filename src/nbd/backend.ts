@@ -135,19 +135,55 @@ class SharedExclusiveLock {
   }
 }
 
-/** Minimum run of zeros worth an OFFSET_HOLE chunk; shorter holes travel as data. */
-const MIN_HOLE_CHUNK_BYTES = 4096;
-/** Most chunks one READ reply is split into; the rest goes as one data chunk. */
+/** Zeros are looked for in aligned granules of this size. */
+const ZERO_GRANULE_BYTES = 4096;
+/** Shorter zero runs travel as data: a chunk header per few KiB would cost more than it saves. */
+const MIN_HOLE_CHUNK_BYTES = 32 * 1024;
+/** Most chunks one READ reply is split into; beyond that it goes as one data chunk. */
 const MAX_READ_SEGMENTS = 64;
 const ZERO_PROBE = Buffer.alloc(64 * 1024);
 
-function isAllZero(data: Uint8Array): boolean {
-  const view = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  for (let at = 0; at < view.length; at += ZERO_PROBE.length) {
-    const end = Math.min(at + ZERO_PROBE.length, view.length);
-    if (view.compare(ZERO_PROBE, 0, end - at, at, end) !== 0) return false;
+/** True when data[start, end) is all zero bytes (memcmp against a zero page; stops at the first non-zero). */
+function isZeroRange(data: Buffer, start: number, end: number): boolean {
+  for (let at = start; at < end; at += ZERO_PROBE.length) {
+    const stop = Math.min(at + ZERO_PROBE.length, end);
+    if (data.compare(ZERO_PROBE, 0, stop - at, at, stop) !== 0) return false;
   }
   return true;
+}
+
+function isAllZero(data: Uint8Array): boolean {
+  return isZeroRange(Buffer.from(data.buffer, data.byteOffset, data.byteLength), 0, data.byteLength);
+}
+
+/** Splits bytes read at `offsetBytes` into data slices (no copies) and hole runs. */
+export function splitZeroRuns(offsetBytes: number, data: Buffer, dontFragment: boolean): ReadSegment[] {
+  const runs: { start: number; end: number; zero: boolean }[] = [];
+  let at = 0;
+  while (at < data.length) {
+    const granuleEnd =
+      (Math.floor((offsetBytes + at) / ZERO_GRANULE_BYTES) + 1) * ZERO_GRANULE_BYTES - offsetBytes;
+    const next = Math.min(data.length, granuleEnd);
+    const zero = isZeroRange(data, at, next);
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero) last.end = next;
+    else runs.push({ start: at, end: next, zero });
+    at = next;
+  }
+  if (runs.length === 1 && runs[0]!.zero) return [{ kind: 'hole', offsetBytes, lengthBytes: data.length }];
+  const merged: { start: number; end: number; zero: boolean }[] = [];
+  for (const run of runs) {
+    const zero = run.zero && run.end - run.start >= MIN_HOLE_CHUNK_BYTES;
+    const last = merged[merged.length - 1];
+    if (last && last.zero === zero) last.end = run.end;
+    else merged.push({ start: run.start, end: run.end, zero });
+  }
+  if (dontFragment || merged.length > MAX_READ_SEGMENTS) return [{ kind: 'data', offsetBytes, data }];
+  return merged.map((run) =>
+    run.zero
+      ? { kind: 'hole', offsetBytes: offsetBytes + run.start, lengthBytes: run.end - run.start }
+      : { kind: 'data', offsetBytes: offsetBytes + run.start, data: data.subarray(run.start, run.end) },
+  );
 }
 
 /**
@@ -207,51 +243,23 @@ export class NbdBackend {
     }
   }
 
-  /** Reads `lengthBytes` (<= MAX_PAYLOAD_BYTES) at `offsetBytes` into a new buffer. */
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    this.checkRange(offsetBytes, lengthBytes, false);
-    return this.guard(false, async () => {
-      const buffer = Buffer.allocUnsafe(lengthBytes);
-      await this.export.device.read(offsetBytes, buffer);
-      return buffer;
-    });
+  /** Fills `buffer` (<= MAX_PAYLOAD_BYTES) with the bytes at `offsetBytes`. */
+  read(offsetBytes: number, buffer: Buffer): Promise<void> {
+    this.checkRange(offsetBytes, buffer.length, false);
+    return this.guard(false, () => this.export.device.read(offsetBytes, buffer));
   }
 
   /**
-   * A READ as structured-reply segments: ranges that read as zeros become holes (unless `dontFragment`,
-   * which yields one data segment, or one hole when the whole range is zeros).
+   * A READ as structured-reply segments: runs of zeros become holes (unless `dontFragment`, which
+   * yields one data segment, or one hole when the whole range is zeros). Zeros are found in the bytes
+   * read rather than through block status: one device call per request keeps the pipeline short, and
+   * a zero run is a hole to the client however the image stores it.
    */
-  readSegments(offsetBytes: number, lengthBytes: number, dontFragment: boolean): Promise<ReadSegment[]> {
-    this.checkRange(offsetBytes, lengthBytes, false);
+  readSegments(offsetBytes: number, buffer: Buffer, dontFragment: boolean): Promise<ReadSegment[]> {
+    this.checkRange(offsetBytes, buffer.length, false);
     return this.guard(false, async () => {
-      const extents = await chainStatus(this.export.device, offsetBytes, lengthBytes, MAX_READ_SEGMENTS * 4);
-      const runs: { offsetBytes: number; lengthBytes: number; zero: boolean }[] = [];
-      for (const extent of extents) {
-        const zero = extent.zero && extent.lengthBytes >= MIN_HOLE_CHUNK_BYTES;
-        const last = runs[runs.length - 1];
-        if (last && last.zero === zero) last.lengthBytes += extent.lengthBytes;
-        else runs.push({ offsetBytes: extent.offsetBytes, lengthBytes: extent.lengthBytes, zero });
-      }
-      const covered = runs.reduce((sum, run) => sum + run.lengthBytes, 0);
-      if (covered < lengthBytes)
-        runs.push({ offsetBytes: offsetBytes + covered, lengthBytes: lengthBytes - covered, zero: false });
-      if (runs.length === 1 && runs[0]!.zero) return [{ kind: 'hole', offsetBytes, lengthBytes }];
-      if (dontFragment || runs.length > MAX_READ_SEGMENTS) {
-        const data = Buffer.allocUnsafe(lengthBytes);
-        await this.export.device.read(offsetBytes, data);
-        return [{ kind: 'data', offsetBytes, data }];
-      }
-      const segments: ReadSegment[] = [];
-      for (const run of runs) {
-        if (run.zero) {
-          segments.push({ kind: 'hole', offsetBytes: run.offsetBytes, lengthBytes: run.lengthBytes });
-        } else {
-          const data = Buffer.allocUnsafe(run.lengthBytes);
-          await this.export.device.read(run.offsetBytes, data);
-          segments.push({ kind: 'data', offsetBytes: run.offsetBytes, data });
-        }
-      }
-      return segments;
+      await this.export.device.read(offsetBytes, buffer);
+      return splitZeroRuns(offsetBytes, buffer, dontFragment);
     });
   }
 

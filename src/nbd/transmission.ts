@@ -14,6 +14,7 @@ import {
   NbdCommandError,
   toNbdError,
 } from './backend.ts';
+import { giveBuffer, takeBuffer } from './buffer-pool.ts';
 import type { NegotiatedSession } from './handshake.ts';
 import {
   type BlockStatusDescriptor,
@@ -55,6 +56,9 @@ export interface TransmissionLimits {
   /** Read lengths plus write payloads running at once (default 64 MiB; one larger request may run alone). */
   maxInFlightBytes: number;
 }
+
+/** Reply bytes queued in the socket beyond which no new request is started (until 'drain'). */
+const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
 
 export const DEFAULT_LIMITS: TransmissionLimits = {
   maxInFlightRequests: 16,
@@ -332,11 +336,6 @@ export class TransmissionSession {
             `read longer than ${MAX_PAYLOAD_BYTES} bytes`,
           );
         }
-        if (!this.structured) {
-          const data = await this.backend.read(offsetBytes, lengthBytes);
-          this.send([encodeSimpleReply(0, cookie), data]);
-          return;
-        }
         await this.sendRead(request);
         return;
       case NBD_CMD_WRITE:
@@ -369,23 +368,38 @@ export class TransmissionSession {
     this.send([encodeSimpleReply(0, cookie)]);
   }
 
-  /** Structured READ: OFFSET_DATA / OFFSET_HOLE chunks, the last one flagged DONE. */
+  /**
+   * READ into a pooled buffer, returned to the pool once the socket has written it. Structured:
+   * OFFSET_DATA / OFFSET_HOLE chunks, the last flagged DONE; simple: header then the bytes.
+   */
   private async sendRead(request: Request): Promise<void> {
-    const dontFragment = (request.flags & NBD_CMD_FLAG_DF) !== 0;
-    const segments = await this.backend.readSegments(request.offsetBytes, request.lengthBytes, dontFragment);
-    const buffers: Buffer[] = [];
-    segments.forEach((segment, index) => {
-      const flags = index === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
-      if (segment.kind === 'hole') {
-        buffers.push(encodeOffsetHole(flags, request.cookie, segment.offsetBytes, segment.lengthBytes));
+    const buffer = takeBuffer(request.lengthBytes);
+    let replies: Buffer[];
+    try {
+      if (this.structured) {
+        const dontFragment = (request.flags & NBD_CMD_FLAG_DF) !== 0;
+        const segments = await this.backend.readSegments(request.offsetBytes, buffer, dontFragment);
+        replies = [];
+        segments.forEach((segment, index) => {
+          const flags = index === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+          if (segment.kind === 'hole') {
+            replies.push(encodeOffsetHole(flags, request.cookie, segment.offsetBytes, segment.lengthBytes));
+          } else {
+            replies.push(
+              encodeOffsetDataHeader(flags, request.cookie, segment.offsetBytes, segment.data.length),
+              segment.data,
+            );
+          }
+        });
       } else {
-        buffers.push(
-          encodeOffsetDataHeader(flags, request.cookie, segment.offsetBytes, segment.data.length),
-          segment.data,
-        );
+        await this.backend.read(request.offsetBytes, buffer);
+        replies = [encodeSimpleReply(0, request.cookie), buffer];
       }
-    });
-    this.send(buffers);
+    } catch (err) {
+      giveBuffer(buffer);
+      throw err;
+    }
+    this.send(replies, () => giveBuffer(buffer));
   }
 
   /** BLOCK_STATUS: one chunk per selected context; REQ_ONE answers with a single descriptor. */
@@ -427,14 +441,27 @@ export class TransmissionSession {
     }
   }
 
-  /** Writes one reply's buffers back to back (corked: one writev), noting backpressure. */
-  private send(buffers: Buffer[]): void {
-    if (this.socket.destroyed || this.socket.writableEnded) return;
+  /**
+   * Writes one reply's buffers back to back (corked: one writev), noting backpressure. `written`
+   * runs once the socket is done with the buffers (or has failed).
+   */
+  private send(buffers: Buffer[], written?: () => void): void {
+    if (this.socket.destroyed || this.socket.writableEnded) {
+      written?.();
+      return;
+    }
     this.socket.cork();
     let ok = true;
-    for (const buffer of buffers) ok = this.socket.write(buffer);
+    buffers.forEach((buffer, index) => {
+      ok =
+        index === buffers.length - 1 && written
+          ? this.socket.write(buffer, () => written())
+          : this.socket.write(buffer);
+    });
     this.socket.uncork();
-    if (!ok || this.socket.writableNeedDrain) this.waitingForDrain = true;
+    // Replies may queue up to a bound before reading stops: stopping at the first full socket buffer
+    // would leave the pipeline empty while the kernel drains it.
+    if (!ok && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) this.waitingForDrain = true;
   }
 }
 

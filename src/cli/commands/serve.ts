@@ -237,6 +237,9 @@ function forkIntoBackground(argv: readonly string[], io: CliIo): Promise<number>
 }
 
 async function runServe(argv: string[], io: CliIo): Promise<number> {
+  // Image I/O runs on libuv's thread pool; its default of 4 threads caps the requests served at once.
+  // Read when the pool first starts, which has not happened yet in this process.
+  process.env.UV_THREADPOOL_SIZE ??= '16';
   const parsed = getopt(argv, OPTIONS);
   if (hasFlag(parsed, 'help')) {
     io.stdout(HELP);

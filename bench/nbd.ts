@@ -1,0 +1,224 @@
+// NBD throughput benchmark: nbdcopy reads (1 and 4 connections) of a raw and a qcow2 export and
+// nbdcopy writes into a qcow2 export, served in the same run by `vdisk serve`, qemu-nbd and
+// `nbdkit file` (raw only: Debian 12's nbdkit has no qcow2 decoder). Reports MiB/s, the ratio to
+// qemu-nbd and the server's peak RSS. Run alone: `node bench/nbd.ts [--size-mib=1024]`.
+
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { formatRegistry } from '../src/engine/formats/registry.ts';
+
+const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
+
+export interface NbdBenchRow {
+  /** What was copied: `read raw`, `read qcow2`, `write qcow2`. */
+  workload: string;
+  server: 'vdisk' | 'qemu-nbd' | 'nbdkit';
+  connections: number;
+  mibPerSecond: number;
+  /** Throughput relative to qemu-nbd on the same workload and connection count. */
+  ratioToQemuNbd: number | undefined;
+  peakRssMib: number;
+}
+
+export interface NbdBenchOptions {
+  sizeMib?: number;
+  /** Progress lines (default: stderr). */
+  log?: (line: string) => void;
+}
+
+function hasTool(name: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function peakRssMib(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Math.round(Number(match[1]) / 1024) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(path)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server for ${path} did not start`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  // vdisk creates the socket inside listen(); give every server a moment past bind.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+}
+
+function startServer(
+  server: NbdBenchRow['server'],
+  format: string,
+  image: string,
+  socket: string,
+  readOnly: boolean,
+): ChildProcess {
+  const ro = readOnly ? ['-r'] : [];
+  const command =
+    server === 'vdisk'
+      ? [process.execPath, VDISK_BIN, 'serve', '-t', '-e', '4', ...ro, '-f', format, '-k', socket, image]
+      : server === 'qemu-nbd'
+        ? ['qemu-nbd', '-t', '-e', '4', ...ro, '-f', format, '-k', socket, image]
+        : ['nbdkit', '-f', ...ro, '-U', socket, 'file', `file=${image}`];
+  return spawn(command[0]!, command.slice(1), { stdio: 'ignore', detached: true });
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.pid === undefined) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  process.kill(-child.pid, 'SIGTERM');
+  const timer = setTimeout(() => child.pid !== undefined && process.kill(-child.pid, 'SIGKILL'), 20_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+let socketCounter = 0;
+
+/** One nbdcopy under one server; returns seconds and the server's peak RSS. */
+async function measure(
+  server: NbdBenchRow['server'],
+  format: string,
+  image: string,
+  folder: string,
+  connections: number,
+  direction: 'read' | 'write',
+  source: string,
+): Promise<{ seconds: number; rssMib: number }> {
+  const socket = join(folder, `${server}-${++socketCounter}.sock`);
+  const child = startServer(server, format, image, socket, direction === 'read');
+  try {
+    await waitForSocket(socket, child);
+    const uri = `nbd+unix:///?socket=${socket}`;
+    const args =
+      direction === 'read'
+        ? [`--connections=${connections}`, uri, 'null:']
+        : [`--connections=${connections}`, '--flush', source, uri];
+    const started = performance.now();
+    execFileSync('nbdcopy', args, { stdio: 'ignore' });
+    const seconds = (performance.now() - started) / 1000;
+    return { seconds, rssMib: peakRssMib(child.pid) };
+  } finally {
+    await stopServer(child);
+  }
+}
+
+/** Runs the whole matrix; skips servers or formats this machine lacks. */
+export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBenchRow[]> {
+  const sizeMib = options.sizeMib ?? 1024;
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  for (const tool of ['qemu-img', 'qemu-io', 'nbdcopy', 'qemu-nbd']) {
+    if (!hasTool(tool)) throw new Error(`bench/nbd.ts needs ${tool}`);
+  }
+  const servers: NbdBenchRow['server'][] = [
+    'vdisk',
+    'qemu-nbd',
+    ...(hasTool('nbdkit') ? (['nbdkit'] as const) : []),
+  ];
+  const folder = await mkdtemp(join(tmpdir(), 'vdisk-bench-nbd-'));
+  const rows: NbdBenchRow[] = [];
+  try {
+    const raw = join(folder, 'disk.raw');
+    const qcow2 = join(folder, 'disk.qcow2');
+    // Fully written (no holes), so every byte crosses the wire.
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', raw, `${sizeMib}M`]);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a 0 ${sizeMib}M`, raw], { stdio: 'ignore' });
+    execFileSync('qemu-img', ['convert', '-O', 'qcow2', '-f', 'raw', raw, qcow2]);
+    const qcow2Readable = formatRegistry.some((driver) => driver.name === 'qcow2');
+
+    const add = (
+      workload: string,
+      server: NbdBenchRow['server'],
+      connections: number,
+      seconds: number,
+      rssMib: number,
+    ): void => {
+      const row: NbdBenchRow = {
+        workload,
+        server,
+        connections,
+        mibPerSecond: Math.round(sizeMib / seconds),
+        ratioToQemuNbd: undefined,
+        peakRssMib: rssMib,
+      };
+      rows.push(row);
+      log(
+        `${workload.padEnd(12)} ${server.padEnd(9)} x${connections}  ${String(row.mibPerSecond).padStart(6)} MiB/s  rss ${rssMib} MiB`,
+      );
+    };
+
+    for (const connections of [1, 4]) {
+      for (const server of servers) {
+        const result = await measure(server, 'raw', raw, folder, connections, 'read', '');
+        add('read raw', server, connections, result.seconds, result.rssMib);
+      }
+      for (const server of servers.filter((name) => name !== 'nbdkit')) {
+        if (server === 'vdisk' && !qcow2Readable) continue;
+        try {
+          const result = await measure(server, 'qcow2', qcow2, folder, connections, 'read', '');
+          add('read qcow2', server, connections, result.seconds, result.rssMib);
+        } catch (err) {
+          log(`read qcow2 ${server}: failed (${err instanceof Error ? err.message : String(err)})`);
+        }
+      }
+    }
+    for (const server of servers.filter((name) => name !== 'nbdkit')) {
+      const target = join(folder, `target-${server}.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', target, `${sizeMib}M`]);
+      try {
+        const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw);
+        add('write qcow2', server, 1, result.seconds, result.rssMib);
+        execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, target]);
+      } catch (err) {
+        log(`write qcow2 ${server}: failed (${err instanceof Error ? err.message : String(err)})`);
+      } finally {
+        await rm(target, { force: true });
+      }
+    }
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
+  for (const row of rows) {
+    const reference = rows.find(
+      (candidate) =>
+        candidate.workload === row.workload &&
+        candidate.connections === row.connections &&
+        candidate.server === 'qemu-nbd',
+    );
+    row.ratioToQemuNbd = reference
+      ? Math.round((row.mibPerSecond / reference.mibPerSecond) * 100) / 100
+      : undefined;
+  }
+  return rows;
+}
+
+/** The rows as a Markdown table. */
+export function formatNbdBench(rows: readonly NbdBenchRow[]): string {
+  const lines = [
+    '| workload | server | conns | MiB/s | vs qemu-nbd | peak RSS MiB |',
+    '|---|---|---|---|---|---|',
+  ];
+  for (const row of rows) {
+    lines.push(
+      `| ${row.workload} | ${row.server} | ${row.connections} | ${row.mibPerSecond} | ${row.ratioToQemuNbd ?? '-'} | ${row.peakRssMib} |`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+if (process.argv[1] && import.meta.filename === process.argv[1]) {
+  const sizeArg = process.argv.find((arg) => arg.startsWith('--size-mib='));
+  const rows = await runNbdBench({ sizeMib: sizeArg ? Number(sizeArg.slice('--size-mib='.length)) : 1024 });
+  process.stdout.write(formatNbdBench(rows));
+}
