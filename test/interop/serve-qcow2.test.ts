@@ -1,0 +1,132 @@
+// `vdisk serve` on qcow2 images and backing chains: maps (base:allocation and qemu:allocation-depth)
+// equal qemu-nbd's for the same chain, qemu-io and nbdcopy writes that leave an image qemu-img check
+// calls clean, and -s (writes go to a throw-away overlay) leaving the image untouched. Issue 5.
+
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hasTool, run } from '../unit/nbd/tools.ts';
+import { type ServerProcess, startQemuNbd, startVdiskServe } from './serve-helpers.ts';
+
+const tools = ['qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo', 'nbdcopy'];
+const missing = tools.filter((tool) => !hasTool(tool));
+if (missing.length > 0)
+  console.warn(
+    `SKIPPED serve-qcow2 interop: missing ${missing.join(', ')} (apt-get install qemu-utils libnbd-bin)`,
+  );
+
+describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () => {
+  let folder: string;
+  let base: string;
+  let top: string;
+  const servers: ServerProcess[] = [];
+
+  async function ok(command: string, args: string[]): Promise<string> {
+    const result = await run(command, args);
+    if (result.code !== 0)
+      throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+    return result.stdout;
+  }
+
+  beforeAll(async () => {
+    folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-qcow2-'));
+    base = join(folder, 'base.qcow2');
+    top = join(folder, 'top.qcow2');
+    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
+    await ok('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 0x11 0 2M',
+      '-c',
+      'write -z 4M 1M',
+      '-c',
+      'write -P 0x22 8M 64k',
+      base,
+    ]);
+    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
+    await ok('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 1M 2M', '-c', 'write -z 8M 64k', top]);
+  });
+
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await rm(folder, { recursive: true, force: true });
+  });
+
+  it('maps a backing chain exactly as qemu-nbd does, and reads the same bytes', async () => {
+    const vdisk = await startVdiskServe(['-t', '-r', '-f', 'qcow2', '-k', join(folder, 'v.sock'), top]);
+    servers.push(vdisk);
+    const qemu = await startQemuNbd(join(folder, 'q.sock'), ['-t', '-r', '-f', 'qcow2', '-A', top]);
+    servers.push(qemu);
+    expect(await ok('nbdinfo', ['--map', vdisk.uri])).toBe(await ok('nbdinfo', ['--map', qemu.uri]));
+    expect(await ok('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
+      await ok('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
+    );
+    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', vdisk.uri, qemu.uri])).toContain(
+      'identical',
+    );
+    const viaVdisk = join(folder, 'via-vdisk.raw');
+    await ok('nbdcopy', [vdisk.uri, viaVdisk]);
+    expect(await ok('qemu-img', ['compare', '-F', 'qcow2', viaVdisk, top])).toContain('identical');
+    await vdisk.stop();
+    await qemu.stop();
+  });
+
+  it('takes writes from qemu-io and nbdcopy that leave a clean, identical image', async () => {
+    const image = join(folder, 'rw.qcow2');
+    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    const source = join(folder, 'source.raw');
+    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '16M']);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 5M', '-c', 'write -P 0x55 9M 3M', source]);
+    const vdisk = await startVdiskServe([
+      '-t',
+      '-e',
+      '4',
+      '-f',
+      'qcow2',
+      '-k',
+      join(folder, 'rw.sock'),
+      image,
+    ]);
+    servers.push(vdisk);
+    await ok('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
+    await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 0x66 14M 512k',
+      '-c',
+      'write -z 0 64k',
+      '-c',
+      'discard 9M 1M',
+      vdisk.uri,
+    ]);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 14M 512k', '-c', 'write -z 0 64k', source]);
+    expect(await vdisk.stop()).toBe(0);
+    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
+    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', source, image])).toContain(
+      'identical',
+    );
+  });
+
+  it('with -s keeps the image untouched while clients see their writes', async () => {
+    const before = await readFile(top);
+    const vdisk = await startVdiskServe(['-s', '-t', '-k', join(folder, 's.sock'), top]);
+    servers.push(vdisk);
+    const io = await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 0x77 0 1M',
+      '-c',
+      'read -P 0x77 0 1M',
+      '-c',
+      'read -P 0x33 1M 1M',
+      vdisk.uri,
+    ]);
+    expect(io).not.toMatch(/Pattern verification failed/);
+    expect(await vdisk.stop()).toBe(0);
+    expect((await readFile(top)).equals(before)).toBe(true);
+  });
+});
