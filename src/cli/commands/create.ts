@@ -87,7 +87,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
       .map(([key, value]) => ` ${key}=${value}`)
       .join('');
     const backing = backingFile ? ` backing_file=${backingFile} backing_fmt=${backingFormat}` : '';
-    io.stdout(`Formatting '${path}', fmt=${format}${shown} size=${createdBytes}${backing}\n`);
+    io.stdout(`Formatting '${path}', fmt=${format} size=${createdBytes}${backing}${shown}\n`);
   }
   return 0;
 }
