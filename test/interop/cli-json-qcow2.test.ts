@@ -91,7 +91,7 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk on qcow2 chains, beside qemu-img
 
   it('map --output=json across the chain: depth, present, zero, data, offset', async () => {
     for (const path of [base, top, overRaw]) await same(['map', '--output=json', path]);
-    await same(['map', base]);
+    for (const path of [base, top, overRaw]) await same(['map', path]);
   });
 
   it('check --output=json and human on clean images', async () => {

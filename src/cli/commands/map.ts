@@ -1,6 +1,8 @@
 // `vdisk map`: qemu-img map's options and both outputs (qemu-img.c, dump_map_entry): JSON lines in
 // qemu's fixed member order, or the human table of data extents with their host offsets.
 
+import type { BlockDevice } from '../../engine/block-device.ts';
+import { combineBackingPath } from '../../engine/commands/info.ts';
 import { type MapEntry, mapImage } from '../../engine/commands/map.ts';
 import { UnsupportedError } from '../../engine/errors.ts';
 import { parseSize } from '../../engine/size.ts';
@@ -18,6 +20,24 @@ and at which host offset, as qemu-img map does.
 export function mapEntryJson(entry: MapEntry): string {
   const offset = entry.offsetBytes === undefined ? '' : `, "offset": ${entry.offsetBytes}`;
   return `{ "start": ${entry.startBytes}, "length": ${entry.lengthBytes}, "depth": ${entry.depth}, "present": ${entry.present}, "zero": ${entry.zero}, "data": ${entry.data}${offset}}`;
+}
+
+/**
+ * Names qemu prints in the human table's File column: backing layers as path_combine builds them
+ * from the top image's name (open.ts resolves them to absolute paths to open them).
+ */
+async function layerNames(device: BlockDevice, path: string): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  let layer: BlockDevice | undefined = device;
+  let name = path;
+  for (let depth = 0; layer && depth < 256; depth += 1) {
+    const info = await layer.info();
+    names.set(info.filename, name);
+    if (!info.backingFilename) break;
+    name = combineBackingPath(name, info.backingFilename);
+    layer = layer.backing;
+  }
+  return names;
 }
 
 function hex(value: number): string {
@@ -54,6 +74,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
       }
       io.stdout(']\n');
     } else {
+      const names = await layerNames(device, path);
       io.stdout(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
       for await (const entry of mapImage(device, startBytes, lengthBytes)) {
         if (entry.data && entry.offsetBytes === undefined) {
@@ -65,7 +86,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
         }
         if (entry.data && !entry.zero) {
           io.stdout(
-            `${hex(entry.startBytes).padEnd(16)}${hex(entry.lengthBytes).padEnd(16)}${hex(entry.offsetBytes ?? 0).padEnd(16)}${entry.hostFile ?? ''}\n`,
+            `${hex(entry.startBytes).padEnd(16)}${hex(entry.lengthBytes).padEnd(16)}${hex(entry.offsetBytes ?? 0).padEnd(16)}${names.get(entry.hostFile ?? '') ?? entry.hostFile ?? ''}\n`,
           );
         }
       }
