@@ -133,11 +133,12 @@ export class PodRunner {
       const gracePeriodMs =
         (pod.metadata?.deletionGracePeriodSeconds ?? pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
       if (worker !== undefined) await worker.terminate(gracePeriodMs);
+      // gracePeriodSeconds must be in the body: when there is a body, the apiserver ignores the query's.
       await this.#core.deleteNamespacedPod({
         name,
         namespace,
         gracePeriodSeconds: 0,
-        body: { preconditions: { uid } },
+        body: { gracePeriodSeconds: 0, preconditions: { uid } },
       });
       this.#log.info('Deleted Pod', { pod: `${namespace}/${name}` });
     } catch (err) {
