@@ -1,0 +1,75 @@
+// Runs one command as a child process and measures its wall time and peak resident memory: with
+// GNU time (`/usr/bin/time -f "%e %M"`, max RSS in KiB) when installed, else by polling VmHWM in
+// /proc/<pid>/status (the kernel's own high-water mark, so a missed poll loses nothing but the tail).
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface ProcessCost {
+  seconds: number;
+  peakRssMib: number;
+  exitCode: number;
+  stderr: string;
+}
+
+const GNU_TIME = '/usr/bin/time';
+
+function spawnAndWait(
+  command: string,
+  args: string[],
+  onStart?: (pid: number) => void,
+): Promise<{ exitCode: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (stderr.length < 64 * 1024) stderr += chunk.toString();
+    });
+    child.on('error', reject);
+    if (child.pid !== undefined) onStart?.(child.pid);
+    child.on('close', (code) => resolve({ exitCode: code ?? -1, stderr }));
+  });
+}
+
+/** Runs `command args` to completion; never throws for a non-zero exit (see exitCode). */
+export async function measureProcess(command: string, args: string[]): Promise<ProcessCost> {
+  if (existsSync(GNU_TIME)) {
+    const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-time-'));
+    try {
+      const report = join(dir, 'time.txt');
+      const { exitCode, stderr } = await spawnAndWait(GNU_TIME, [
+        '-f',
+        '%e %M',
+        '-o',
+        report,
+        command,
+        ...args,
+      ]);
+      const [seconds = 'NaN', kib = 'NaN'] =
+        (await readFile(report, 'utf8')).trim().split('\n').at(-1)?.split(' ') ?? [];
+      return { seconds: Number(seconds), peakRssMib: Number(kib) / 1024, exitCode, stderr };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  let peakKib = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const started = process.hrtime.bigint();
+  const { exitCode, stderr } = await spawnAndWait(command, args, (pid) => {
+    timer = setInterval(() => {
+      readFile(`/proc/${pid}/status`, 'utf8').then(
+        (status) => {
+          const match = /VmHWM:\s+(\d+) kB/.exec(status);
+          if (match) peakKib = Math.max(peakKib, Number(match[1]));
+        },
+        () => undefined,
+      );
+    }, 20);
+  });
+  clearInterval(timer);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  return { seconds, peakRssMib: peakKib / 1024, exitCode, stderr };
+}

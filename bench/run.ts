@@ -1,0 +1,147 @@
+// `npm run bench`: vdisk beside qemu-img in one run, on one 1 GiB guest (half seeded random data,
+// half zeros). For each workload it prints both tools' wall time and peak RSS and the ratio
+// vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present.
+// Options: --size-mib=N (default 1024), --skip-nbd, --keep (leave the scratch folder).
+
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeGuest } from './make-guest.ts';
+import { measureProcess, type ProcessCost } from './measure-process.ts';
+
+const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
+
+interface Workload {
+  name: string;
+  /** Arguments after `qemu-img` / `vdisk`, with `{tool}` replaced by `q` or `v` in output names. */
+  args: (tool: 'q' | 'v') => string[];
+  /** For convert: the output to check with qemu-img compare against the source. */
+  verify?: { source: string; output: (tool: 'q' | 'v') => string };
+}
+
+function argument(name: string): string | undefined {
+  return process.argv.find((arg) => arg.startsWith(`--${name}=`))?.split('=')[1];
+}
+
+function row(cells: string[], widths: number[]): string {
+  return cells
+    .map((cell, index) => (index === 0 ? cell.padEnd(widths[index] ?? 0) : cell.padStart(widths[index] ?? 0)))
+    .join('  ');
+}
+
+async function main(): Promise<void> {
+  const sizeMib = Number(argument('size-mib') ?? 1024);
+  const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-'));
+  const path = (name: string): string => join(dir, name);
+  const log = (line: string): void => {
+    process.stderr.write(`${line}\n`);
+  };
+  try {
+    log(`bench: making a ${sizeMib} MiB guest in ${dir}`);
+    await makeGuest(path('src.raw'), sizeMib);
+    // The chain: a qcow2 base made by qemu-img, and an overlay rewriting an eighth of the guest.
+    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path('src.raw'), path('base.qcow2')]);
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      'base.qcow2',
+      '-F',
+      'qcow2',
+      path('top.qcow2'),
+    ]);
+    const eighthMib = Math.max(1, Math.floor(sizeMib / 8));
+    execFileSync(
+      'qemu-io',
+      ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, path('top.qcow2')],
+      { stdio: 'ignore' },
+    );
+    execFileSync('cat', [path('src.raw'), path('base.qcow2')], { stdio: 'ignore', maxBuffer: 0 });
+
+    const workloads: Workload[] = [
+      {
+        name: 'convert raw -> qcow2',
+        args: (t) => ['convert', '-f', 'raw', '-O', 'qcow2', path('src.raw'), path(`${t}-1.qcow2`)],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-1.qcow2`) },
+      },
+      {
+        name: 'convert qcow2 -> raw',
+        args: (t) => ['convert', '-f', 'qcow2', '-O', 'raw', path('base.qcow2'), path(`${t}-2.raw`)],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-2.raw`) },
+      },
+      {
+        name: 'convert raw -> qcow2 -c',
+        args: (t) => ['convert', '-c', '-f', 'raw', '-O', 'qcow2', path('src.raw'), path(`${t}-3.qcow2`)],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-3.qcow2`) },
+      },
+      {
+        name: 'convert qcow2 chain -> qcow2',
+        args: (t) => ['convert', '-O', 'qcow2', path('top.qcow2'), path(`${t}-4.qcow2`)],
+        verify: { source: path('top.qcow2'), output: (t) => path(`${t}-4.qcow2`) },
+      },
+      { name: 'check (raw -> qcow2 result)', args: (t) => ['check', path(`${t}-1.qcow2`)] },
+    ];
+
+    const widths = [30, 9, 9, 7, 10, 10, 7];
+    const lines = [
+      row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x'], widths),
+    ];
+    for (const workload of workloads) {
+      log(`bench: ${workload.name}`);
+      const qemu: ProcessCost = await measureProcess('qemu-img', workload.args('q'));
+      const vdisk: ProcessCost = await measureProcess(process.execPath, [VDISK_BIN, ...workload.args('v')]);
+      for (const [tool, cost] of [
+        ['qemu-img', qemu],
+        ['vdisk', vdisk],
+      ] as const) {
+        if (cost.exitCode !== 0)
+          log(`bench: ${tool} ${workload.name} exited ${cost.exitCode}: ${cost.stderr.trim()}`);
+      }
+      let note = '';
+      if (workload.verify) {
+        try {
+          execFileSync('qemu-img', ['compare', workload.verify.source, workload.verify.output('v')], {
+            stdio: 'ignore',
+          });
+        } catch {
+          note = '  (vdisk output DIFFERS)';
+        }
+      }
+      lines.push(
+        row(
+          [
+            workload.name,
+            qemu.seconds.toFixed(2),
+            vdisk.seconds.toFixed(2),
+            (vdisk.seconds / qemu.seconds).toFixed(2),
+            qemu.peakRssMib.toFixed(0),
+            vdisk.peakRssMib.toFixed(0),
+            (vdisk.peakRssMib / qemu.peakRssMib).toFixed(2),
+          ],
+          widths,
+        ) + note,
+      );
+    }
+    process.stdout.write(
+      `\nvdisk vs qemu-img ${execFileSync('qemu-img', ['--version'], { encoding: 'utf8' })
+        .split('\n')[0]
+        ?.replace(/^qemu-img version /, '')}, ${sizeMib} MiB guest (half data, half zeros)\n`,
+    );
+    process.stdout.write(`${lines.join('\n')}\n`);
+
+    const nbdBench = join(import.meta.dirname, 'nbd.ts');
+    if (!process.argv.includes('--skip-nbd') && existsSync(nbdBench)) {
+      const { runNbdBench, formatNbdBench } = (await import('./nbd.ts')) as typeof import('./nbd.ts');
+      process.stdout.write(`\n${formatNbdBench(await runNbdBench({ sizeMib, log }))}\n`);
+    }
+  } finally {
+    if (process.argv.includes('--keep')) log(`bench: kept ${dir}`);
+    else await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
