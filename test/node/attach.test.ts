@@ -7,7 +7,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/main.ts';
@@ -164,19 +164,10 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
     await rm(dir, { recursive: true, force: true });
   });
 
-  function baseArgs(image: string, id: string): string[] {
-    return [
-      '--image',
-      image,
-      '--id',
-      id,
-      '--socket',
-      nbdSocket,
-      '--connect',
-      GUEST_NBD_ADDRESS,
-      '--timeout-seconds',
-      '20',
-    ];
+  /** `viaUnixSocket`: nbd-client connects with `-unix` (the production default) to a guest-side relay. */
+  function baseArgs(image: string, id: string, viaUnixSocket = false): string[] {
+    const connect = viaUnixSocket ? [] : ['--connect', GUEST_NBD_ADDRESS];
+    return ['--image', image, '--id', id, '--socket', nbdSocket, ...connect, '--timeout-seconds', '20'];
   }
 
   async function expectNothingLeft(): Promise<void> {
@@ -253,8 +244,12 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
         { filesystem: 'vfat', label: 'efi', type: 'efi' },
       ],
     };
+    // This attach takes the production path: `nbd-client -unix <socket>`. The guest cannot see the
+    // host's socket, so a relay in the guest listens on the same path and forwards to the host's.
+    const relay = `mkdir -p ${dirname(nbdSocket)} && (socat UNIX-LISTEN:${nbdSocket},fork TCP:${GUEST_NBD_ADDRESS} </dev/null >/dev/null 2>&1 &)`;
+    expect((await vm.shell.sh(relay)).exitCode).toBe(0);
     const args = [
-      ...baseArgs(image, 'gpt'),
+      ...baseArgs(image, 'gpt', true),
       '--layout',
       JSON.stringify(layout),
       '--mount',
@@ -262,7 +257,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
       '--mount',
       '2:/mnt/efi',
     ];
-    const writer = startAgent(vm, args);
+    const writer = startAgent(vm, args, 'attach-gpt-unix-socket');
     expect(await writer.nextReport(), writer.stderr()).toMatchObject({
       table: 'gpt',
       filesystemsCreated: [
@@ -290,7 +285,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
     const before = createHash('sha256')
       .update(await readFile(image))
       .digest('hex');
-    const reader = startAgent(vm, [...args, '--read-only']);
+    const reader = startAgent(vm, [...args, '--read-only'], 'attach-gpt-read-only');
     expect(await reader.nextReport(), reader.stderr()).toMatchObject({
       phase: 'Attached',
       readOnly: true,

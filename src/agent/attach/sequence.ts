@@ -113,12 +113,18 @@ export async function cleanStale(
   node: NodeOps,
   sleep: (ms: number) => Promise<void>,
 ): Promise<string[]> {
-  const candidates = new Set<string>();
+  // Device name -> the pid its binding had when this agent made it (undefined: found by a mount path).
+  const candidates = new Map<string, string | undefined>();
   const state = await node.readFile(stateFile(config));
   if (state !== undefined) {
     try {
-      const device = (JSON.parse(state) as { device?: unknown }).device;
-      if (typeof device === 'string' && /^\/dev\/nbd\d+$/.test(device)) candidates.add(device.slice(5));
+      const parsed = JSON.parse(state) as { device?: unknown; pid?: unknown };
+      if (typeof parsed.device === 'string' && /^\/dev\/nbd\d+$/.test(parsed.device)) {
+        candidates.set(
+          parsed.device.slice(5),
+          typeof parsed.pid === 'string' && parsed.pid !== '' ? parsed.pid : undefined,
+        );
+      }
     } catch {
       // A torn state file: the mount scan below still finds the device.
     }
@@ -127,12 +133,15 @@ export async function cleanStale(
   for (const mount of config.mounts) {
     const entry = mounts.find((candidate) => candidate.target === mount.path);
     const match = entry && /^\/dev\/(?:mapper\/)?(nbd\d+)(?:p\d+)?$/.exec(entry.source);
-    if (match?.[1]) candidates.add(match[1]);
+    if (match?.[1]) candidates.set(match[1], undefined);
   }
   const cleaned: string[] = [];
-  for (const name of candidates) {
+  for (const [name, recordedPid] of candidates) {
     const onDevice = mounts.filter((mount) => isOnDevice(mount.source, name)).reverse();
-    const bound = await node.isNbdBound(name);
+    const pid = (await node.readFile(`/sys/block/${name}/pid`))?.trim() ?? '';
+    // Bound since by another client (our binding went away and someone took the device): not ours.
+    if (recordedPid !== undefined && pid !== '' && pid !== recordedPid && onDevice.length === 0) continue;
+    const bound = pid !== '';
     if (onDevice.length === 0 && !bound) continue;
     for (const mount of onDevice) {
       if ((await node.runner.run('umount', [mount.target])).exitCode !== 0)
@@ -254,9 +263,11 @@ export async function attach(config: AttachConfig, deps: AttachDeps): Promise<At
     attachment.nbdName = await bindNbd(config, node);
     const devicePath = `/dev/${attachment.nbdName}`;
     attachment.report.device = devicePath;
+    // The binding's pid tells a restarted agent whether the device is still the one it bound.
+    const pid = (await node.readFile(`/sys/block/${attachment.nbdName}/pid`))?.trim() ?? '';
     await node.check('mkdir', ['-p', config.stateDir]);
     await node.check('tee', [stateFile(config)], {
-      input: `${JSON.stringify({ device: devicePath, imagePath: config.imagePath })}\n`,
+      input: `${JSON.stringify({ device: devicePath, pid, imagePath: config.imagePath })}\n`,
     });
     log('Bound nbd device', { device: devicePath });
 

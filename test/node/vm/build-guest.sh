@@ -25,7 +25,7 @@ if [[ ! -f "$KDIR/.done" ]]; then
 fi
 KVER=$(cat "$KDIR/version")
 
-BINS=(nbd-client kpartx dmsetup mkfs.ext4 mke2fs e2fsck mkfs.vfat fsck.vfat blkid lsblk mount umount blockdev)
+BINS=(nbd-client kpartx dmsetup mkfs.ext4 mke2fs e2fsck mkfs.vfat fsck.vfat blkid lsblk mount umount blockdev socat)
 HASH=$(cat "$HERE/build-guest.sh" "$HERE/guest-init.sh" "$HERE/guest-cmdloop.sh" | sha256sum | cut -c1-12)
 INITRD="$CACHE/initramfs-$KVER-$HASH.cpio.gz"
 if [[ ! -f "$INITRD" ]]; then

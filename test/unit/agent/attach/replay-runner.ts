@@ -1,6 +1,7 @@
 // A CommandRunner that replays a transcript recorded in the node tier's VM (test/node, with
 // VDISK_NODE_TRANSCRIPT_DIR set): each command must be the next one recorded, and gets the recorded
-// result. Paths that differ per run (the image's temp folder) are mapped with `substitutions`.
+// result. Paths that differ per run (the image's temp folder) are mapped from the recorded ones to
+// this run's with `substitutions` (applied to the transcript's side, in order).
 
 import { readFileSync } from 'node:fs';
 import type {
@@ -35,8 +36,8 @@ export class ReplayRunner implements CommandRunner {
     const actual = [command, ...args].join(' ');
     if (!expected)
       throw new Error(`command #${this.position + 1} '${actual}' is past the end of the transcript`);
-    const wanted = [expected.command, ...expected.args].join(' ');
-    if (actual !== wanted || this.normalize(options?.input) !== this.normalize(expected.input)) {
+    const wanted = this.normalize([expected.command, ...expected.args].join(' '));
+    if (actual !== wanted || options?.input !== this.normalize(expected.input)) {
       throw new Error(
         `command #${this.position + 1}: ran '${actual}' (input ${JSON.stringify(options?.input)}), transcript has '${wanted}' (input ${JSON.stringify(expected.input)})`,
       );

@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseAttachArgv } from '../../../../src/agent/attach/config.ts';
 import { serveInProcess } from '../../../../src/agent/attach/serve.ts';
@@ -23,6 +23,14 @@ function recordedImagePath(runner: ReplayRunner): string {
   const tee = runner.entries.find((entry) => entry.command === 'tee');
   return (JSON.parse(tee?.input ?? '{}') as { imagePath: string }).imagePath;
 }
+
+const GPT_LAYOUT = {
+  table: 'gpt',
+  partitions: [
+    { size: '96Mi', filesystem: 'ext4', label: 'root' },
+    { filesystem: 'vfat', label: 'efi', type: 'efi' },
+  ],
+} as const;
 
 describe('attach sequence', () => {
   let dir: string;
@@ -58,7 +66,11 @@ describe('attach sequence', () => {
 
   async function replay(transcript: string, image: string, args: string[]) {
     const runner = ReplayRunner.load(new URL(`./transcripts/${transcript}.json`, import.meta.url));
-    const replayWithPaths = new ReplayRunner(runner.entries, [[recordedImagePath(runner), image]]);
+    const recorded = recordedImagePath(runner);
+    const replayWithPaths = new ReplayRunner(runner.entries, [
+      [recorded, image],
+      [dirname(recorded), dir],
+    ]);
     const deps: AttachDeps = { runner: replayWithPaths, serve: serveInProcess, sleep: noSleep };
     const attachment = await attach(parseAttachArgv(args), deps);
     const attached = structuredClone(attachment.report);
@@ -125,6 +137,42 @@ describe('attach sequence', () => {
       'nbd-client -d /dev/nbd0',
       'cat /sys/block/nbd0/pid',
     ]);
+  });
+
+  it('GPT with ext4 + vfat over `nbd-client -unix` (the production connect), then read-only', async () => {
+    const image = blankImage('gpt.img', 256 * MiB);
+    const args = [
+      '--image',
+      image,
+      '--id',
+      'gpt',
+      '--socket',
+      join(dir, 'nbd.sock'),
+      '--timeout-seconds',
+      '20',
+      '--layout',
+      JSON.stringify(GPT_LAYOUT),
+      '--mount',
+      '1:/mnt/root',
+      '--mount',
+      '2:/mnt/efi',
+    ];
+    const writer = await replay('attach-gpt-unix-socket', image, args);
+    expect(writer.runner.finished).toBe(true);
+    expect(writer.attached).toMatchObject({
+      table: 'gpt',
+      filesystemsCreated: [
+        { partition: 1, filesystem: 'ext4' },
+        { partition: 2, filesystem: 'vfat' },
+      ],
+      partitions: [
+        { number: 1, start: MiB, size: 96 * MiB, mountPath: '/mnt/root' },
+        { number: 2, start: 97 * MiB, mountPath: '/mnt/efi' },
+      ],
+    });
+    const reader = await replay('attach-gpt-read-only', image, [...args, '--read-only']);
+    expect(reader.runner.finished).toBe(true);
+    expect(reader.attached).toMatchObject({ readOnly: true, layoutApplied: false, filesystemsCreated: [] });
   });
 
   function scripted(overrides: Array<[RegExp, ReturnType<typeof ok>]>): ScriptedRunner {
