@@ -10,6 +10,7 @@ import { qcow2Driver } from './qcow2/driver.ts';
 import { qedDriver } from './qed/driver.ts';
 import { rawDriver } from './raw.ts';
 import { vdiDriver } from './vdi/driver.ts';
+import { vmdkDriver } from './vmdk/driver.ts';
 import { vpcDriver } from './vpc/driver.ts';
 
 export const formatRegistry: readonly FormatDriver[] = [
@@ -17,6 +18,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   bochsDriver,
   cloopDriver,
   qedDriver,
+  vmdkDriver,
   vdiDriver,
   vpcDriver,
   qcow2Driver,

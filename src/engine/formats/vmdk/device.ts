@@ -1,0 +1,403 @@
+// The guest view of a VMDK: its extents (FLAT / ZERO / sparse) laid end to end, reads falling through
+// unallocated grains to the parent, allocating writes (grain appended, data before the grain table),
+// write-once compressed grains for stream-optimized extents, block status and qemu's info fields.
+
+import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
+import { PermissionError, UnsupportedError } from '../../errors.ts';
+import type { HostFile } from '../../io/host-file.ts';
+import { actualSizeOf } from '../common/binary.ts';
+import type { CheckIssue } from '../driver.ts';
+import type { Descriptor } from './descriptor.ts';
+import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
+
+const COPY_CHUNK_BYTES = 1024 * 1024;
+const ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
+
+export interface OpenedExtent {
+  kind: 'flat' | 'zero' | 'sparse';
+  /** Guest offset where the extent starts. */
+  startBytes: number;
+  sizeBytes: number;
+  /** qemu's extent "format" in info: the descriptor's type, '' for a sparse file opened directly. */
+  typeName: string;
+  path: string;
+  file: HostFile | undefined;
+  flatOffsetBytes: number;
+  sparse: SparseExtent | undefined;
+  isReadOnly: boolean;
+}
+
+type Piece =
+  | { kind: 'data'; lengthBytes: number; file: HostFile; path: string; hostOffsetBytes: number }
+  | { kind: 'zero'; lengthBytes: number }
+  | { kind: 'unallocated'; lengthBytes: number }
+  | {
+      kind: 'compressed';
+      lengthBytes: number;
+      extent: OpenedExtent;
+      mapping: GrainMapping & { kind: 'compressed' };
+    };
+
+export interface VmdkDeviceInit {
+  path: string;
+  descriptor: Descriptor;
+  extents: OpenedExtent[];
+  isReadOnly: boolean;
+  backing: BlockDevice | undefined;
+  /** Files owned by the device besides the extents' (the descriptor file), closed with it. */
+  otherFiles: HostFile[];
+}
+
+export class VmdkDevice implements BlockDevice {
+  readonly formatName = 'vmdk';
+  readonly preferredBlockSizeBytes = 512;
+  readonly sizeBytes: number;
+  readonly isReadOnly: boolean;
+  readonly backing: BlockDevice | undefined;
+  readonly path: string;
+  readonly descriptor: Descriptor;
+  readonly extents: OpenedExtent[];
+  readonly compressedWriteUnitBytes?: number;
+  private readonly otherFiles: HostFile[];
+  private closed = false;
+
+  constructor(init: VmdkDeviceInit) {
+    this.path = init.path;
+    this.descriptor = init.descriptor;
+    this.extents = init.extents;
+    this.isReadOnly = init.isReadOnly;
+    this.backing = init.backing;
+    this.otherFiles = init.otherFiles;
+    const last = init.extents[init.extents.length - 1];
+    this.sizeBytes = last ? last.startBytes + last.sizeBytes : 0;
+    const compressed = init.extents.find((extent) => extent.sparse?.isCompressed);
+    if (compressed?.sparse) this.compressedWriteUnitBytes = compressed.sparse.grainBytes;
+  }
+
+  private extentAt(offsetBytes: number): OpenedExtent {
+    let low = 0;
+    let high = this.extents.length - 1;
+    while (low < high) {
+      const middle = (low + high + 1) >> 1;
+      if (this.extents[middle]!.startBytes <= offsetBytes) low = middle;
+      else high = middle - 1;
+    }
+    return this.extents[low]!;
+  }
+
+  private async pieceAt(offsetBytes: number, maxLengthBytes: number): Promise<Piece> {
+    const extent = this.extentAt(offsetBytes);
+    const inExtentBytes = offsetBytes - extent.startBytes;
+    const lengthBytes = Math.min(maxLengthBytes, extent.sizeBytes - inExtentBytes);
+    if (extent.kind === 'zero') return { kind: 'zero', lengthBytes };
+    if (extent.kind === 'flat') {
+      return {
+        kind: 'data',
+        lengthBytes,
+        file: extent.file!,
+        path: extent.path,
+        hostOffsetBytes: extent.flatOffsetBytes + inExtentBytes,
+      };
+    }
+    const mapping = await extent.sparse!.lookup(inExtentBytes, lengthBytes);
+    if (mapping.kind === 'data') {
+      return {
+        kind: 'data',
+        lengthBytes: mapping.lengthBytes,
+        file: extent.file!,
+        path: extent.path,
+        hostOffsetBytes: mapping.hostOffsetBytes,
+      };
+    }
+    if (mapping.kind === 'compressed')
+      return { kind: 'compressed', lengthBytes: mapping.lengthBytes, extent, mapping };
+    return { kind: mapping.kind, lengthBytes: mapping.lengthBytes };
+  }
+
+  async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < buffer.length) {
+      const piece = await this.pieceAt(offsetBytes + done, buffer.length - done);
+      const part = buffer.subarray(done, done + piece.lengthBytes);
+      if (piece.kind === 'data') {
+        const count = await piece.file.read(piece.hostOffsetBytes, part);
+        if (count < part.length) part.fill(0, count);
+      } else if (piece.kind === 'zero') {
+        part.fill(0);
+      } else if (piece.kind === 'compressed') {
+        const grain = await piece.extent.sparse!.readCompressedGrain(piece.mapping.grainHostOffsetBytes);
+        part.set(
+          grain.subarray(piece.mapping.offsetInGrainBytes, piece.mapping.offsetInGrainBytes + part.length),
+        );
+      } else {
+        await this.readBacking(offsetBytes + done, part);
+      }
+      done += piece.lengthBytes;
+    }
+  }
+
+  private async readBacking(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    const backing = this.backing;
+    if (!backing || offsetBytes >= backing.sizeBytes) {
+      buffer.fill(0);
+      return;
+    }
+    const inBacking = Math.min(buffer.length, backing.sizeBytes - offsetBytes);
+    await backing.read(offsetBytes, buffer.subarray(0, inBacking));
+    buffer.fill(0, inBacking);
+  }
+
+  private requireWritable(extent: OpenedExtent): void {
+    if (this.isReadOnly)
+      throw new PermissionError({ file: this.path, message: 'write refused: the image is open read-only' });
+    if (extent.isReadOnly)
+      throw new PermissionError({
+        file: extent.path,
+        message: 'write refused: the extent is RDONLY in the descriptor',
+      });
+  }
+
+  async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const at = offsetBytes + done;
+      const extent = this.extentAt(at);
+      this.requireWritable(extent);
+      const piece = await this.pieceAt(at, data.length - done);
+      const part = data.subarray(done, done + piece.lengthBytes);
+      if (piece.kind === 'data') await piece.file.write(piece.hostOffsetBytes, part);
+      else if (extent.kind === 'zero')
+        throw new UnsupportedError({ format: 'vmdk', feature: 'writing to a ZERO extent' });
+      else await this.writeGrain(extent, at, part, piece);
+      done += piece.lengthBytes;
+    }
+    if (options?.fua) await this.flush();
+  }
+
+  /** Writes `part` (inside one grain) into an unallocated, zeroed or compressed grain. */
+  private async writeGrain(
+    extent: OpenedExtent,
+    offsetBytes: number,
+    part: Uint8Array,
+    piece: Piece,
+  ): Promise<void> {
+    const sparse = extent.sparse!;
+    const inExtentBytes = offsetBytes - extent.startBytes;
+    const grainIndex = Math.floor(inExtentBytes / sparse.grainBytes);
+    const grainGuestBytes = extent.startBytes + grainIndex * sparse.grainBytes;
+    const grainLengthBytes = Math.min(
+      sparse.grainBytes,
+      extent.startBytes + extent.sizeBytes - grainGuestBytes,
+    );
+    if (sparse.isCompressed) {
+      if (piece.kind === 'compressed') {
+        throw new UnsupportedError({
+          format: 'vmdk',
+          feature: 'rewriting a compressed grain',
+          message: `${extent.path}: Could not write to allocated cluster for streamOptimized`,
+        });
+      }
+      const grain = new Uint8Array(sparse.grainBytes);
+      if (piece.kind === 'unallocated')
+        await this.readBacking(grainGuestBytes, grain.subarray(0, grainLengthBytes));
+      grain.set(part, offsetBytes - grainGuestBytes);
+      await sparse.writeCompressedGrain(grainIndex, grain);
+      return;
+    }
+    if (!sparse.canAllocate(grainIndex)) {
+      throw new UnsupportedError({
+        format: 'vmdk',
+        feature: 'allocating grain tables',
+        message: `${extent.path}: grain ${grainIndex} has no grain table`,
+      });
+    }
+    const hostGrainBytes = await sparse.reserveGrain();
+    // The reserved grain reads as zeros; copy in the parent's bytes around `part` (a zeroed grain stays zero).
+    if (piece.kind === 'unallocated' && this.backing) {
+      const chunk = new Uint8Array(Math.min(COPY_CHUNK_BYTES, grainLengthBytes));
+      for (let at = 0; at < grainLengthBytes; at += chunk.length) {
+        const slice = chunk.subarray(0, Math.min(chunk.length, grainLengthBytes - at));
+        await this.readBacking(grainGuestBytes + at, slice);
+        if (slice.some((byte) => byte !== 0)) await extent.file!.write(hostGrainBytes + at, slice);
+      }
+    }
+    await extent.file!.write(hostGrainBytes + (offsetBytes - grainGuestBytes), part);
+    await sparse.commitGrain(grainIndex, hostGrainBytes);
+  }
+
+  async writeCompressed(offsetBytes: number, data: Uint8Array): Promise<void> {
+    const extent = this.extentAt(offsetBytes);
+    this.requireWritable(extent);
+    const piece = await this.pieceAt(offsetBytes, data.length);
+    if (extent.kind !== 'sparse' || !extent.sparse?.isCompressed) {
+      await this.write(offsetBytes, data);
+      return;
+    }
+    await this.writeGrain(extent, offsetBytes, data.subarray(0, piece.lengthBytes), piece);
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
+    let done = 0;
+    while (done < lengthBytes) {
+      const at = offsetBytes + done;
+      const extent = this.extentAt(at);
+      const piece = await this.pieceAt(at, lengthBytes - done);
+      const alreadyZero = piece.kind === 'zero' || (piece.kind === 'unallocated' && !this.backing);
+      if (!alreadyZero) {
+        this.requireWritable(extent);
+        const sparse = extent.sparse;
+        const inExtentBytes = at - extent.startBytes;
+        const wholeGrain =
+          sparse !== undefined &&
+          inExtentBytes % sparse.grainBytes === 0 &&
+          piece.lengthBytes === sparse.grainBytes;
+        if (sparse?.hasZeroGrain && wholeGrain && !sparse.isCompressed) {
+          await sparse.zeroGrain(inExtentBytes / sparse.grainBytes);
+        } else {
+          if (options?.fastOnly) throw new UnsupportedError({ format: 'vmdk', feature: 'fast zero' });
+          for (let written = 0; written < piece.lengthBytes; written += COPY_CHUNK_BYTES) {
+            await this.write(
+              at + written,
+              ZEROS.subarray(0, Math.min(COPY_CHUNK_BYTES, piece.lengthBytes - written)),
+            );
+          }
+        }
+      }
+      done += piece.lengthBytes;
+    }
+    if (options?.fua) await this.flush();
+  }
+
+  async discard(_offsetBytes: number, _lengthBytes: number): Promise<void> {
+    // A hint: VMDK keeps the old grains (as qemu does).
+  }
+
+  async flush(): Promise<void> {
+    if (this.isReadOnly) return;
+    const synced = new Set<HostFile>();
+    for (const extent of this.extents) {
+      if (extent.file && !synced.has(extent.file)) {
+        synced.add(extent.file);
+        await extent.file.sync();
+      }
+    }
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    const result: Extent[] = [];
+    let done = 0;
+    while (done < lengthBytes && result.length < 4096) {
+      const at = offsetBytes + done;
+      const piece = await this.pieceAt(at, lengthBytes - done);
+      const extent: Extent = {
+        offsetBytes: at,
+        lengthBytes: piece.lengthBytes,
+        allocated: piece.kind !== 'unallocated',
+        zero: piece.kind === 'zero' || (piece.kind === 'unallocated' && !this.backing),
+        data: piece.kind === 'data' || piece.kind === 'compressed',
+      };
+      if (piece.kind === 'data') {
+        extent.hostOffsetBytes = piece.hostOffsetBytes;
+        extent.hostFile = piece.path;
+      }
+      if (piece.kind === 'compressed') extent.compressed = true;
+      const last = result[result.length - 1];
+      const contiguous =
+        last !== undefined &&
+        last.allocated === extent.allocated &&
+        last.zero === extent.zero &&
+        last.data === extent.data &&
+        last.compressed === extent.compressed &&
+        last.hostFile === extent.hostFile &&
+        (last.hostOffsetBytes === undefined
+          ? extent.hostOffsetBytes === undefined
+          : last.hostOffsetBytes + last.lengthBytes === extent.hostOffsetBytes);
+      if (contiguous) last.lengthBytes += extent.lengthBytes;
+      else result.push(extent);
+      done += piece.lengthBytes;
+    }
+    return result;
+  }
+
+  async info(): Promise<ImageInfo> {
+    let actualSizeBytes = 0;
+    const counted = new Set<HostFile>();
+    for (const file of [...this.otherFiles, ...this.extents.map((extent) => extent.file)]) {
+      if (!file || counted.has(file)) continue;
+      counted.add(file);
+      actualSizeBytes += (await actualSizeOf(file)) ?? 0;
+    }
+    const firstSparse = this.extents.find((extent) => extent.sparse)?.sparse;
+    const info: ImageInfo = {
+      format: 'vmdk',
+      filename: this.path,
+      virtualSizeBytes: this.sizeBytes,
+      actualSizeBytes,
+      formatSpecific: {
+        type: 'vmdk',
+        data: {
+          cid: this.descriptor.cid,
+          'parent-cid': this.descriptor.parentCid,
+          'create-type': this.descriptor.createType,
+          extents: this.extents.map((extent) => {
+            const entry: Record<string, unknown> = {};
+            if (extent.sparse?.isCompressed) entry.compressed = true;
+            entry['virtual-size'] = extent.sizeBytes;
+            entry.filename = extent.path;
+            if (extent.sparse) entry['cluster-size'] = extent.sparse.grainBytes;
+            entry.format = extent.typeName;
+            return entry;
+          }),
+        },
+      },
+    };
+    if (firstSparse) info.clusterSizeBytes = firstSparse.grainBytes;
+    if (this.descriptor.parentFileNameHint !== undefined && this.descriptor.parentCid !== 0xffffffff) {
+      info.backingFilename = this.descriptor.parentFileNameHint;
+    }
+    return info;
+  }
+
+  /** qemu's vmdk_co_check: every allocated grain must start inside its file; stops at the first that does not. */
+  async checkGrains(): Promise<CheckIssue[]> {
+    for (const extent of this.extents) {
+      const sparse = extent.sparse;
+      if (!sparse) continue;
+      for (let at = 0; at < extent.sizeBytes; ) {
+        let mapping: GrainMapping;
+        try {
+          mapping = await sparse.lookup(at, extent.sizeBytes - at);
+        } catch (err) {
+          const sector = (extent.startBytes + at) / 512;
+          const offsetBytes = (err as { offsetBytes?: number }).offsetBytes;
+          return [
+            {
+              code: 'corruption',
+              message: `ERROR: cluster offset for sector ${sector} points after EOF`,
+              offsetBytes,
+              fixable: false,
+            },
+          ];
+        }
+        at += mapping.lengthBytes;
+      }
+    }
+    return [];
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.flush();
+    } finally {
+      const closedFiles = new Set<HostFile>();
+      for (const file of [...this.extents.map((extent) => extent.file), ...this.otherFiles]) {
+        if (!file || closedFiles.has(file)) continue;
+        closedFiles.add(file);
+        await file.close().catch(() => undefined);
+      }
+      if (this.backing) await this.backing.close();
+    }
+  }
+}
