@@ -22,7 +22,9 @@ export async function requiredClaimBytes(spec: VirtualDiskSpec): Promise<number>
   if (driver?.measure) {
     try {
       const measured = await driver.measure({ sizeBytes, options: spec.formatOptions ?? {} });
-      imageBytes = measured.fullyAllocatedBytes;
+      // A fully allocated image holds at least every guest byte; anything less is not a measure.
+      if (Number.isFinite(measured.fullyAllocatedBytes) && measured.fullyAllocatedBytes >= sizeBytes)
+        imageBytes = measured.fullyAllocatedBytes;
     } catch {
       // A bad format option is reported by the imager with its code; the estimate sizes the claim.
     }

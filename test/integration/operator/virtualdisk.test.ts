@@ -1,0 +1,223 @@
+// The operator against the tier's real kube-apiserver, controller-manager (Job controller, garbage
+// collector) and local node (imager pods run as processes): generated CRDs validate, blank disks
+// become Ready with images qemu-img reads, deletion cleans up per deletionPolicy.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { BatchV1Api, CoreV1Api, type CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { API_GROUP, API_VERSION } from '../../../src/api/common.ts';
+import type { Manager } from '../../../src/controller/manager.ts';
+import {
+  controlPlane,
+  createTestNamespace,
+  describeWithControlPlane,
+  eventually,
+} from '../../controlplane/vitest.ts';
+import {
+  claimFolder,
+  createDisk,
+  customApi,
+  installCrds,
+  readObject,
+  startController,
+  waitForPhase,
+} from './helpers.ts';
+
+const MIB = 1024 * 1024;
+
+function qemuInfo(path: string): { 'virtual-size': number; format: string } {
+  return JSON.parse(execFileSync('qemu-img', ['info', '--output=json', path], { encoding: 'utf8' }));
+}
+
+function apiMessage(err: unknown): string {
+  const body = (err as { body?: unknown }).body;
+  const text = typeof body === 'string' ? body : JSON.stringify(body ?? '');
+  try {
+    return (JSON.parse(text) as { message?: string }).message ?? text;
+  } catch {
+    return text;
+  }
+}
+
+describeWithControlPlane('VirtualDisk on a real control plane', () => {
+  let kubeConfig: KubeConfig;
+  let custom: CustomObjectsApi;
+  let namespace: string;
+  let manager: Manager;
+
+  beforeAll(async () => {
+    const plane = controlPlane();
+    kubeConfig = plane.kubeConfig();
+    custom = customApi(kubeConfig);
+    await installCrds(kubeConfig, plane.kubectlPath, plane.kubeconfigPath);
+    namespace = await createTestNamespace(kubeConfig, 'vd');
+    manager = await startController(kubeConfig, namespace);
+  });
+
+  afterAll(async () => {
+    await manager?.stop();
+  });
+
+  it('rejects invalid VirtualDisks with readable messages', async () => {
+    const attempts: Array<[Record<string, unknown>, RegExp]> = [
+      [
+        { size: '1Gi', source: { blank: {}, http: { url: 'http://x/y' } } },
+        /exactly one of blank, http, virtualDisk or snapshot/,
+      ],
+      [{ size: '1Gi', source: {} }, /exactly one of blank, http, virtualDisk or snapshot/],
+      [{ size: 'lots', source: { blank: {} } }, /spec.size/],
+      [{ size: '0', source: { blank: {} } }, /size must be a positive quantity/],
+      [{ size: '1Gi', format: 'iso', source: { blank: {} } }, /spec.format: Unsupported value: "iso"/],
+    ];
+    for (const [index, [spec, message]] of attempts.entries()) {
+      const error = await createDisk(custom, namespace, `bad-${index}`, spec).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(error, JSON.stringify(spec)).toBeDefined();
+      expect(apiMessage(error)).toMatch(message);
+    }
+  });
+
+  it('refuses shrinking and changing format or source of an existing disk', async () => {
+    await createDisk(custom, namespace, 'immutable', { size: '2Mi', format: 'raw', source: { blank: {} } });
+    const patch = async (spec: Record<string, unknown>) =>
+      custom
+        .patchNamespacedCustomObject(
+          {
+            group: API_GROUP,
+            version: API_VERSION,
+            namespace,
+            plural: 'virtualdisks',
+            name: 'immutable',
+            body: { spec },
+          },
+          (await import('../../../src/controller/kube.ts')).MERGE_PATCH,
+        )
+        .then(
+          () => 'accepted',
+          (err: unknown) => apiMessage(err),
+        );
+    expect(await patch({ size: '1Mi' })).toMatch(/size may only grow/);
+    expect(await patch({ format: 'qcow2' })).toMatch(/format is immutable/);
+    expect(await patch({ source: { http: { url: 'http://x/y' } } })).toMatch(/source is immutable/);
+    expect(await patch({ size: '3Mi' })).toBe('accepted');
+  });
+
+  it.each([
+    ['qcow2', 'disk.qcow2'],
+    ['raw', 'disk.img'],
+  ])('makes a blank %s disk Ready with an image qemu-img reads', async (format, fileName) => {
+    const name = `blank-${format}`;
+    await createDisk(custom, namespace, name, { size: '16Mi', format, source: { blank: {} } });
+    const disk = await waitForPhase(custom, namespace, 'virtualdisks', name, 'Ready');
+    const status = disk.status as {
+      claimName: string;
+      image: Record<string, unknown>;
+      conditions: Array<Record<string, unknown>>;
+    };
+    expect(status.image).toMatchObject({ path: fileName, format, virtualSize: 16 * MIB });
+    expect(status.conditions.find((c) => c.type === 'Ready')).toMatchObject({
+      status: 'True',
+      reason: 'ImageReady',
+    });
+    expect(status.conditions.find((c) => c.type === 'Progressing')).toMatchObject({ status: 'False' });
+    const folder = await claimFolder(kubeConfig, namespace, status.claimName);
+    expect(qemuInfo(join(folder, fileName))).toMatchObject({ format, 'virtual-size': 16 * MIB });
+    // The imager Job is removed once its result is recorded.
+    const batch = kubeConfig.makeApiClient(BatchV1Api);
+    await eventually(
+      'imager Jobs removed',
+      () => batch.listNamespacedJob({ namespace, labelSelector: `vdisk.dev/disk=${name}` }),
+      (list) => list.items.length === 0,
+    );
+  });
+
+  it('grows the image when spec.size grows', async () => {
+    await createDisk(custom, namespace, 'grow', { size: '4Mi', format: 'raw', source: { blank: {} } });
+    await waitForPhase(custom, namespace, 'virtualdisks', 'grow', 'Ready');
+    await custom.patchNamespacedCustomObject(
+      {
+        group: API_GROUP,
+        version: API_VERSION,
+        namespace,
+        plural: 'virtualdisks',
+        name: 'grow',
+        body: { spec: { size: '12Mi' } },
+      },
+      (await import('../../../src/controller/kube.ts')).MERGE_PATCH,
+    );
+    const disk = await eventually(
+      'disk grown',
+      () => readObject(custom, namespace, 'virtualdisks', 'grow'),
+      (read) =>
+        (read.status as { image?: { virtualSize?: number } })?.image?.virtualSize === 12 * MIB &&
+        read.status?.phase === 'Ready',
+    );
+    const folder = await claimFolder(kubeConfig, namespace, (disk.status as { claimName: string }).claimName);
+    expect(qemuInfo(join(folder, 'disk.img'))['virtual-size']).toBe(12 * MIB);
+  });
+
+  it('deletes Jobs, pods and the PVC with the disk (Delete), keeps the PVC with Retain', async () => {
+    const core = kubeConfig.makeApiClient(CoreV1Api);
+    const batch = kubeConfig.makeApiClient(BatchV1Api);
+    for (const policy of ['Delete', 'Retain']) {
+      const name = `del-${policy.toLowerCase()}`;
+      await createDisk(custom, namespace, name, {
+        size: '2Mi',
+        format: 'raw',
+        source: { blank: {} },
+        deletionPolicy: policy,
+      });
+      const disk = await waitForPhase(custom, namespace, 'virtualdisks', name, 'Ready');
+      const claimName = (disk.status as { claimName: string }).claimName;
+      await custom.deleteNamespacedCustomObject({
+        group: API_GROUP,
+        version: API_VERSION,
+        namespace,
+        plural: 'virtualdisks',
+        name,
+      });
+      await eventually(
+        `VirtualDisk ${name} gone`,
+        () =>
+          readObject(custom, namespace, 'virtualdisks', name).then(
+            () => 'present',
+            (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
+          ),
+        (state) => state === 'gone',
+      );
+      await eventually(
+        'no Jobs or pods left',
+        async () => {
+          const jobs = await batch.listNamespacedJob({ namespace, labelSelector: `vdisk.dev/disk=${name}` });
+          const pods = await core.listNamespacedPod({ namespace, labelSelector: `vdisk.dev/disk=${name}` });
+          return jobs.items.length + pods.items.length;
+        },
+        (count) => count === 0,
+      );
+      const claimState = () =>
+        core.readNamespacedPersistentVolumeClaim({ name: claimName, namespace }).then(
+          (claim) =>
+            claim.metadata?.deletionTimestamp
+              ? 'deleting'
+              : claim.metadata?.ownerReferences?.length
+                ? 'owned'
+                : 'released',
+          (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
+        );
+      if (policy === 'Delete') await eventually('PVC deleted', claimState, (state) => state === 'gone');
+      else expect(await claimState()).toBe('released');
+    }
+  });
+
+  it('serves /metrics and /readyz', async () => {
+    const base = `http://127.0.0.1:${manager.httpPort}`;
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/vdisk_reconcile_total\{kind="VirtualDisk",result="success"\} \d+/);
+    expect(metrics).toMatch(/vdisk_imager_jobs_created_total\{operation="create"\} \d+/);
+    expect(existsSync(join(controlPlane().repoRoot, 'crds'))).toBe(true);
+  });
+});
