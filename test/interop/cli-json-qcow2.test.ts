@@ -94,6 +94,20 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk on qcow2 chains, beside qemu-img
     for (const path of [base, top, overRaw]) await same(['map', path]);
   });
 
+  it('measure -O qcow2 for sizes, options and a source image', async (context) => {
+    const probe = await vdisk(['measure', '--output=json', '-O', 'qcow2', '--size', '1G']);
+    if (JSON.parse(probe.stdout).required === 0) {
+      console.warn(
+        'SKIPPED qcow2 measure comparison: the qcow2 driver measure still answers 0 (not implemented yet)',
+      );
+      context.skip();
+    }
+    await same(['measure', '--output=json', '-O', 'qcow2', '--size', '1G']);
+    await same(['measure', '-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '100M']);
+    await same(['measure', '--output=json', '-O', 'qcow2', base]);
+    await same(['measure', '--output=json', '-O', 'qcow2', top]);
+  });
+
   it('check --output=json and human on clean images', async () => {
     for (const path of [base, top]) {
       await same(['check', '--output=json', path]);
