@@ -93,6 +93,13 @@ export interface ChainExtent {
   depth: number;
 }
 
+/**
+ * Formats whose devices take overlapping writes safely: raw is positional I/O; qcow2 serialises its
+ * own metadata updates (qcow2/mutex.ts). Other drivers get one mutating request at a time. Flush is
+ * always exclusive, which is what orders it after every write it must cover.
+ */
+const CONCURRENT_WRITE_FORMATS = new Set(['raw', 'qcow2']);
+
 /** Readers share, writers exclude: drivers need not cope with a write racing other I/O on one device. */
 class SharedExclusiveLock {
   private readers = 0;
@@ -195,9 +202,12 @@ export class NbdBackend {
   readonly sizeBytes: number;
   readonly isReadOnly: boolean;
   private readonly lock = new SharedExclusiveLock();
+  /** Writes wait for every other request unless the format is known to take them concurrently. */
+  private readonly writesExclusive: boolean;
 
   constructor(exportConfig: NbdExport) {
     this.export = exportConfig;
+    this.writesExclusive = !CONCURRENT_WRITE_FORMATS.has(exportConfig.device.formatName);
     this.sizeBytes = exportConfig.device.sizeBytes;
     this.isReadOnly = Boolean(exportConfig.readOnly) || exportConfig.device.isReadOnly;
   }
@@ -267,7 +277,7 @@ export class NbdBackend {
     this.checkWritable();
     this.checkRange(offsetBytes, data.length, true);
     const detect = this.export.detectZeroes ?? 'off';
-    return this.guard(true, async () => {
+    return this.guard(this.writesExclusive, async () => {
       if (detect !== 'off' && isAllZero(data)) {
         await this.export.device.writeZeroes(offsetBytes, data.length, {
           fua,
@@ -286,7 +296,7 @@ export class NbdBackend {
   ): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes, true);
-    return this.guard(true, async () => {
+    return this.guard(this.writesExclusive, async () => {
       try {
         await this.export.device.writeZeroes(offsetBytes, lengthBytes, {
           fua: options.fua,
@@ -308,7 +318,7 @@ export class NbdBackend {
     this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes, true);
     if (!this.export.discard) return Promise.resolve();
-    return this.guard(true, async () => {
+    return this.guard(this.writesExclusive, async () => {
       await this.export.device.discard(offsetBytes, lengthBytes);
       if (fua) await this.export.device.flush();
     });

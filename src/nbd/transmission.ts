@@ -242,7 +242,7 @@ export class TransmissionSession {
         pending.remainingBytes -= step;
         if (pending.remainingBytes > 0) break;
         this.pending = undefined;
-        if (pending.buffer) this.dispatch(pending.request, pending.buffer);
+        if (pending.buffer) this.dispatch(pending.request, pending.buffer, true);
         else
           this.dispatchError(
             pending.request,
@@ -268,7 +268,7 @@ export class TransmissionSession {
           continue;
         }
         // Oversized payloads are read and dropped in place (never buffered), then refused.
-        const buffer = lengthBytes <= MAX_PAYLOAD_BYTES ? Buffer.allocUnsafe(lengthBytes) : undefined;
+        const buffer = lengthBytes <= MAX_PAYLOAD_BYTES ? takeBuffer(lengthBytes) : undefined;
         this.pending = { request, remainingBytes: lengthBytes, buffer, filledBytes: 0 };
         continue;
       }
@@ -285,13 +285,16 @@ export class TransmissionSession {
     this.track(request, 0, async () => this.sendError(request, error));
   }
 
-  private dispatch(request: Request, payload: Buffer | undefined): void {
+  /** Runs one request; a `pooled` payload goes back to the buffer pool once the device has it. */
+  private dispatch(request: Request, payload: Buffer | undefined, pooled = false): void {
     const bytes = request.type === NBD_CMD_READ ? request.lengthBytes : (payload?.length ?? 0);
     this.track(request, bytes, async () => {
       try {
         await this.execute(request, payload);
       } catch (err) {
         await this.sendError(request, toNbdError(err));
+      } finally {
+        if (pooled && payload) giveBuffer(payload);
       }
     });
   }
