@@ -1,0 +1,171 @@
+// vmdk images created and written by vdisk, checked by qemu-img 7.2: every subformat qemu-img creates
+// gets qemu's header, file names and descriptor fields, passes `qemu-img check`, and `qemu-img compare`
+// finds it identical to the seeded raw it was filled from; zeroed grains, compressed (stream) writes and
+// children of a parent (parentCID, parentFileNameHint) are read back by qemu-img the same way.
+
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openImage } from '../../src/engine/open.ts';
+import { copyImageInto } from '../helpers/copy-image.ts';
+import {
+  createWithDriver,
+  has,
+  run,
+  runStatus,
+  scratchDir,
+  seededBytes,
+  writeSeededRaw,
+} from '../helpers/format-harness.ts';
+
+const hasQemuImg = has('qemu-img');
+if (!hasQemuImg) console.warn('SKIPPING vmdk write tests: qemu-img (Debian qemu-utils) is not installed');
+
+let dir: string;
+let cleanup: () => Promise<void>;
+beforeAll(async () => ({ dir, cleanup } = await scratchDir()));
+afterAll(async () => cleanup());
+
+function qemuInfo(path: string) {
+  return JSON.parse(run('qemu-img', ['info', '--output=json', path]));
+}
+
+describe.skipIf(!hasQemuImg)('vmdk images written by vdisk', () => {
+  const subformats = [
+    'monolithicSparse',
+    'monolithicFlat',
+    'twoGbMaxExtentSparse',
+    'twoGbMaxExtentFlat',
+    'streamOptimized',
+  ];
+  for (const subformat of subformats) {
+    it(`creates ${subformat} like qemu-img; qemu-img checks and compares it clean after writes`, async () => {
+      const sizeBytes = 5 * 1024 * 1024 + 512;
+      const ours = join(dir, `ours-${subformat}.vmdk`);
+      const theirs = join(dir, `theirs-${subformat}.vmdk`);
+      await createWithDriver('vmdk', ours, sizeBytes, {
+        subformat,
+        adapter_type: 'lsilogic',
+        hwversion: '7',
+      });
+      run('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'vmdk',
+        '-o',
+        `subformat=${subformat},adapter_type=lsilogic,hwversion=7`,
+        theirs,
+        String(sizeBytes),
+      ]);
+      const [ourInfo, theirInfo] = [qemuInfo(ours), qemuInfo(theirs)];
+      expect(ourInfo['virtual-size']).toBe(theirInfo['virtual-size']);
+      expect(ourInfo['format-specific'].data['create-type']).toBe(subformat);
+      const strip = (extents: Array<Record<string, unknown>>) =>
+        extents.map(({ filename, ...rest }) => ({
+          ...rest,
+          filename: String(filename).replace(/.*(ours|theirs)-/, ''),
+        }));
+      expect(strip(ourInfo['format-specific'].data.extents)).toEqual(
+        strip(theirInfo['format-specific'].data.extents),
+      );
+      if (!subformat.endsWith('Flat')) {
+        // Same sparse header as qemu's, byte for byte (descriptors differ only in CID and names).
+        const firstExtent = (path: string) =>
+          subformat.startsWith('twoGb') ? path.replace(/\.vmdk$/, '-s001.vmdk') : path;
+        const [ourHeader, theirHeader] = [
+          await readFile(firstExtent(ours)),
+          await readFile(firstExtent(theirs)),
+        ];
+        expect(ourHeader.subarray(0, 512).equals(theirHeader.subarray(0, 512))).toBe(true);
+        expect(ourHeader.length).toBe(theirHeader.length);
+      }
+      const descriptorText =
+        subformat.startsWith('monolithicSparse') || subformat === 'streamOptimized'
+          ? ''
+          : await readFile(ours, 'latin1');
+      if (descriptorText) expect(descriptorText).toContain('ddb.adapterType = "lsilogic"');
+
+      const raw = await writeSeededRaw(dir, `fill-${subformat}.raw`, sizeBytes, 13);
+      await copyImageInto(raw, ours, 'vmdk');
+      const checked = runStatus('qemu-img', ['check', ours]);
+      expect(checked.stdout).toContain('No errors were found on the image.');
+      const compared = runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'vmdk', raw, ours]);
+      expect(compared.stdout).toContain('Images are identical');
+      expect(compared.status).toBe(0);
+    });
+  }
+
+  it('writes zeroed grains (zeroed_grain=on) that qemu-img reads as zeros', async () => {
+    const path = join(dir, 'zeroed.vmdk');
+    await createWithDriver('vmdk', path, 2 * 1024 * 1024, { zeroed_grain: 'on' });
+    const device = await openImage(path, { format: 'vmdk' });
+    try {
+      await device.write(0, seededBytes(256 * 1024, 4));
+      await device.writeZeroes(64 * 1024, 128 * 1024);
+    } finally {
+      await device.close();
+    }
+    const expected = Buffer.from(seededBytes(256 * 1024, 4));
+    expected.fill(0, 64 * 1024, 192 * 1024);
+    const qemuRaw = join(dir, 'zeroed.raw');
+    run('qemu-img', ['convert', '-O', 'raw', path, qemuRaw]);
+    expect((await readFile(qemuRaw)).subarray(0, 256 * 1024).equals(expected)).toBe(true);
+    const map = JSON.parse(run('qemu-img', ['map', '--output=json', path])) as Array<{
+      start: number;
+      zero: boolean;
+      data: boolean;
+    }>;
+    expect(map.find((entry) => entry.start === 64 * 1024)).toMatchObject({ zero: true, data: false });
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+  });
+
+  it('writes compressed grains to a streamOptimized image, once each, as qemu does', async () => {
+    const path = join(dir, 'compressed.vmdk');
+    await createWithDriver('vmdk', path, 1024 * 1024, { subformat: 'streamOptimized' });
+    const device = await openImage(path, { format: 'vmdk' });
+    const grain = seededBytes(64 * 1024, 8);
+    try {
+      expect(device.compressedWriteUnitBytes).toBe(64 * 1024);
+      const inner = (
+        device as unknown as { inner: { writeCompressed(offset: number, data: Uint8Array): Promise<void> } }
+      ).inner;
+      await inner.writeCompressed(128 * 1024, grain);
+      await expect(inner.writeCompressed(128 * 1024, grain)).rejects.toMatchObject({ code: 'VDISK_ENOTSUP' });
+    } finally {
+      await device.close();
+    }
+    const qemuRaw = join(dir, 'compressed.raw');
+    run('qemu-img', ['convert', '-O', 'raw', path, qemuRaw]);
+    const bytes = await readFile(qemuRaw);
+    expect(bytes.subarray(128 * 1024, 192 * 1024).equals(Buffer.from(grain))).toBe(true);
+    expect(bytes.subarray(0, 128 * 1024).every((byte) => byte === 0)).toBe(true);
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+  });
+
+  it('creates a child of a vmdk parent that qemu-img reads through to the parent', async () => {
+    const parent = join(dir, 'base.vmdk');
+    const child = join(dir, 'overlay.vmdk');
+    const raw = await writeSeededRaw(dir, 'base.raw', 4 * 1024 * 1024, 17);
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, parent]);
+    await createWithDriver('vmdk', child, 4 * 1024 * 1024, {}, { file: 'base.vmdk', format: 'vmdk' });
+    const childInfo = qemuInfo(child);
+    expect(childInfo['backing-filename']).toBe('base.vmdk');
+    expect(childInfo['format-specific'].data['parent-cid']).toBe(
+      qemuInfo(parent)['format-specific'].data.cid,
+    );
+    const device = await openImage(child);
+    const patch = seededBytes(1000, 99);
+    try {
+      await device.write(1024 * 1024 + 300, patch);
+    } finally {
+      await device.close();
+    }
+    const expected = await readFile(raw);
+    expected.set(patch, 1024 * 1024 + 300);
+    const qemuRaw = join(dir, 'overlay.raw');
+    run('qemu-img', ['convert', '-O', 'raw', child, qemuRaw]);
+    expect((await readFile(qemuRaw)).equals(expected)).toBe(true);
+    expect(runStatus('qemu-img', ['check', child]).status).toBe(0);
+  });
+});
