@@ -2,6 +2,8 @@
 // (one export, shared by every connection, flushed on close). Injectable, so unit tests and the
 // node tier can swap the server without touching the attach sequence.
 
+import { mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { startNbdServer } from '../../nbd/server.ts';
 
@@ -24,6 +26,7 @@ export type ServeFn = (request: ServeRequest) => Promise<RunningServer>;
 
 /** vdisk's own NBD server, persistent (the kernel may reconnect), writes passed through with FUA and FLUSH honoured. */
 export const serveInProcess: ServeFn = async (request) => {
+  await mkdir(dirname(request.socketPath), { recursive: true, mode: 0o700 });
   const handle = await startNbdServer({
     socketPath: request.socketPath,
     persistent: true,

@@ -44,7 +44,7 @@ describe('vdisk-agent attach', () => {
         '--id',
         'd1',
         '--socket',
-        join(dir, 's.sock'),
+        join(dir, 'run', 'vdisk', 's.sock'),
         '--layout',
         '{"table":"gpt","partitions":[{"size":"16Mi","filesystem":"ext4"},{"filesystem":"vfat"}]}',
         '--mount',
@@ -81,7 +81,7 @@ describe('vdisk-agent attach', () => {
       device: '/dev/nbd0',
     });
     expect(commands.calls).toContain(
-      `nbd-client -unix ${join(dir, 's.sock')} /dev/nbd0 -N disk -b 512 -t 30`,
+      `nbd-client -unix ${join(dir, 'run', 'vdisk', 's.sock')} /dev/nbd0 -N disk -b 512 -t 30`,
     );
     expect(commands.calls).toContain('mkfs.vfat /dev/mapper/nbd0p2');
     expect(commands.calls).toContain('mount -o noatime /dev/mapper/nbd0p2 /mnt/b');
