@@ -3,7 +3,7 @@
 // The compile cache keeps the stripped, compiled modules between runs (in os.tmpdir(), or
 // NODE_COMPILE_CACHE), cutting start-up from ~1.5 s and ~100 MiB to ~0.3 s and ~70 MiB; Node
 // skips it silently where the folder is not writable, and NODE_DISABLE_COMPILE_CACHE=1 turns it off.
-import { enableCompileCache } from 'node:module';
+import * as nodeModule from 'node:module';
 
-enableCompileCache();
+nodeModule.enableCompileCache?.();
 await import('../src/cli/main.ts');

@@ -1,6 +1,7 @@
 // vdisk's info (with --backing-chain), map and check print what qemu-img 7.2 prints for qcow2 images
 // and backing chains made by qemu-img itself: JSON byte for byte, human forms, exit statuses.
 
+import { copyFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatRegistry } from '../../src/engine/formats/registry.ts';
@@ -106,6 +107,37 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk on qcow2 chains, beside qemu-img
     await same(['measure', '-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '100M']);
     await same(['measure', '--output=json', '-O', 'qcow2', base]);
     await same(['measure', '--output=json', '-O', 'qcow2', top]);
+  });
+
+  it('check reports a leaked cluster as qemu-img does (exit 3), and -r leaks repairs it', async () => {
+    // A fresh 64 KiB-cluster image keeps its refcount block at 0x20000: give cluster 10 a refcount
+    // nothing references, and make the file long enough to hold it.
+    const leaky = join(dir, 'leaky.qcow2');
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', leaky, '4M']);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 64k', leaky]);
+    const handle = await open(leaky, 'r+');
+    await handle.write(Buffer.from([0, 1]), 0, 2, 0x20000 + 10 * 2);
+    await handle.truncate(11 * 65536);
+    await handle.close();
+    for (const args of [
+      ['check', leaky],
+      ['check', '--output=json', leaky],
+    ]) {
+      const qemu = tool('qemu-img', args);
+      const ours = await vdisk(args);
+      expect({ code: ours.code, stdout: ours.stdout, stderr: ours.stderr }).toEqual({
+        code: 3,
+        stdout: qemu.stdout,
+        stderr: qemu.stderr,
+      });
+    }
+    const [forQemu, forUs] = [join(dir, 'leaky-q.qcow2'), join(dir, 'leaky-v.qcow2')];
+    await copyFile(leaky, forQemu);
+    await copyFile(leaky, forUs);
+    const qemu = tool('qemu-img', ['check', '-r', 'leaks', forQemu]);
+    const ours = await vdisk(['check', '-r', 'leaks', forUs]);
+    expect({ code: ours.code, stdout: ours.stdout }).toEqual({ code: qemu.code, stdout: qemu.stdout });
+    expect(tool('qemu-img', ['check', forUs]).code).toBe(0);
   });
 
   it('check --output=json and human on clean images', async () => {

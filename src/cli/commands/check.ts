@@ -4,7 +4,7 @@
 
 import { checkImage } from '../../engine/commands/check.ts';
 import { isVdiskError } from '../../engine/errors.ts';
-import type { CheckReport, RepairMode } from '../../engine/formats/driver.ts';
+import type { CheckIssue, CheckReport, RepairMode } from '../../engine/formats/driver.ts';
 import { formatFixed } from '../c-format.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { outputFormat, printHelpIfAsked, requireOperands } from '../common.ts';
@@ -66,6 +66,17 @@ export function checkHuman(report: CheckReport): string {
   return out;
 }
 
+/** One problem in qemu's wording: drivers give the detail, the CLI the qemu prefix for its code. */
+export function issueLine(issue: CheckIssue, repair: RepairMode): string {
+  const repairing = issue.fixable && (repair === 'all' || (repair === 'leaks' && issue.code === 'leak'));
+  if (repairing) return `Repairing ${issue.message}`;
+  if (issue.code === 'leak')
+    return /^Leaked\b/.test(issue.message) ? issue.message : `Leaked ${issue.message}`;
+  if (issue.code === 'corruption')
+    return /^ERROR\b/.test(issue.message) ? issue.message : `ERROR ${issue.message}`;
+  return issue.message;
+}
+
 /** Exit status for a finished check, as qemu-img's img_check decides it. */
 export function checkExitCode(report: CheckReport): number {
   if (report.checkErrors) return 1;
@@ -105,7 +116,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     }
     throw err;
   }
-  for (const issue of result.report.issues) io.stderr(`${issue.message}\n`);
+  for (const issue of result.report.issues) io.stderr(`${issueLine(issue, repair)}\n`);
   let report = result.report;
   if (repair !== 'none' && (report.leaksFixed || report.corruptionsFixed)) {
     if (output === 'human' && !quiet) {
