@@ -159,4 +159,30 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
       await new Promise((resolve) => setTimeout(resolve, 50));
     expect(existsSync(pidFile)).toBe(false);
   });
+  it.skipIf(!hasTool('sfdisk'))('serves one partition with -P, reads and writes confined to it', async () => {
+    const disk = join(folder, 'parted.raw');
+    await ok('qemu-img', ['create', '-q', '-f', 'raw', disk, '16M']);
+    const sfdisk = await run('sh', [
+      '-c',
+      `printf 'label: gpt\\nstart=2048, size=4096\\nstart=8192, size=16384\\n' | sfdisk -q ${disk}`,
+    ]);
+    expect(sfdisk.code).toBe(0);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 4M 1M', disk]);
+    const vdisk = await serve(['-t', '-P', '2', '-f', 'raw', '-k', join(folder, 'part.sock'), disk]);
+    expect(await ok('nbdinfo', ['--size', vdisk.uri])).toBe(`${8 * 1024 * 1024}\n`);
+    const io = await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'read -P 0x99 0 1M',
+      '-c',
+      'write -P 0x42 7M 1M',
+      vdisk.uri,
+    ]);
+    expect(io).not.toMatch(/Pattern verification failed/);
+    expect(await vdisk.stop()).toBe(0);
+    expect(
+      await ok('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 11M 1M', '-c', 'read -P 0 12M 3M', disk]),
+    ).not.toMatch(/Pattern verification failed/);
+  });
 });

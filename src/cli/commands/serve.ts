@@ -12,12 +12,13 @@ import { InvalidOptionError } from '../../engine/errors.ts';
 import { findDriver } from '../../engine/formats/registry.ts';
 import { NodeHostFile } from '../../engine/io/host-file.ts';
 import { openImage } from '../../engine/open.ts';
+import { openPartition } from '../../nbd/partition-window.ts';
 import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../nbd/server.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
 
 const SYNOPSIS =
-  'serve [-f fmt] [-r] [-x name] [-D description] [-k socket | -b addr -p port] [-e shared] [-t] [-s] [-l snapshot] ' +
+  'serve [-f fmt] [-r] [-x name] [-D description] [-k socket | -b addr -p port] [-e shared] [-t] [-s] [-l snapshot] [-P partition] ' +
   '[--discard=ignore|unmap] [--detect-zeroes=off|on|unmap] [--pid-file=file] [--fork] [--tls-creds=id] filename';
 
 const HELP = `usage: vdisk ${SYNOPSIS}
@@ -34,6 +35,7 @@ Serve a disk image over NBD (as qemu-nbd does).
   -t, --persistent           keep serving after the last client disconnects
   -s, --snapshot             writes go to a temporary qcow2 overlay, discarded on exit
   -l, --load-snapshot=NAME   serve an internal snapshot (read-only)
+  -P, --partition=NUM        serve only partition NUM (MBR or GPT, numbered as Linux does)
       --discard=MODE         ignore (default) or unmap: pass TRIM on to the image
       --detect-zeroes=MODE   off (default), on or unmap: turn all-zero writes into zero writes
       --pid-file=PATH        write the server's pid once it listens
@@ -58,6 +60,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { short: 's', long: 'snapshot', takesValue: false },
   { short: 'l', long: 'load-snapshot', takesValue: true },
   { short: 'v', long: 'verbose', takesValue: false },
+  { short: 'P', long: 'partition', takesValue: true },
   { long: 'discard', takesValue: true },
   { long: 'detect-zeroes', takesValue: true },
   { long: 'pid-file', takesValue: true },
@@ -298,6 +301,18 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
     device = await snapshotOf.snapshots.open(snapshotName);
   } else {
     device = await openImage(path, { format, readOnly });
+  }
+
+  const partition = lastValue(parsed, 'partition');
+  if (partition !== undefined) {
+    const number = integerOption('partition', partition, 1, 1, 128);
+    const whole = device;
+    device = await openPartition(whole, number, path).catch(async (err: unknown) => {
+      await whole.close();
+      await snapshotOf?.close();
+      await cleanup();
+      throw err;
+    });
   }
 
   let server: NbdServerHandle;
