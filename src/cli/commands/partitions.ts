@@ -59,10 +59,23 @@ function renderHuman(path: string, sizeBytes: number, table: PartitionTable | un
     `Disk identifier: ${table.diskId}`,
     '',
   );
-  const header = ['Device', 'Boot', 'Start', 'End', 'Sectors', 'StartBytes', 'SizeBytes', 'Size', 'Type'];
+  const isGpt = table.table === 'gpt';
+  // GPT has no boot flag column (fdisk drops it too) but has partition names.
+  const header = [
+    'Device',
+    ...(isGpt ? [] : ['Boot']),
+    'Start',
+    'End',
+    'Sectors',
+    'StartBytes',
+    'SizeBytes',
+    'Size',
+    'Type',
+    ...(isGpt ? ['Name'] : []),
+  ];
   const rows = table.partitions.map((p) => [
     `${path}${/\d$/.test(path) ? 'p' : ''}${p.number}`,
-    p.bootable ? '*' : '',
+    ...(isGpt ? [] : [p.bootable ? '*' : '']),
     String(p.startSector),
     String(p.startSector + p.sectorCount - 1),
     String(p.sectorCount),
@@ -70,6 +83,7 @@ function renderHuman(path: string, sizeBytes: number, table: PartitionTable | un
     String(p.sizeBytes),
     formatHumanSize(p.sizeBytes),
     p.typeName ?? p.type,
+    ...(isGpt ? [p.name ?? ''] : []),
   ]);
   const widths = header.map((title, column) =>
     Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),
@@ -77,7 +91,7 @@ function renderHuman(path: string, sizeBytes: number, table: PartitionTable | un
   const format = (row: string[]) =>
     row
       .map((cell, column) =>
-        column === 0 || column === row.length - 1
+        column === 0 || column >= header.indexOf('Type')
           ? cell.padEnd(widths[column] ?? 0)
           : cell.padStart(widths[column] ?? 0),
       )
