@@ -7,7 +7,6 @@ import zlib from 'node:zlib';
 
 const inflateRaw = promisify(zlib.inflateRaw);
 const deflateRaw = promisify(zlib.deflateRaw);
-const zstdDecompress = promisify(zlib.zstdDecompress);
 const zstdCompress = promisify(zlib.zstdCompress);
 
 export const COMPRESSION_ZLIB = 0;
@@ -29,17 +28,39 @@ export async function decompressCluster(
   clusterSizeBytes: number,
   compressionType: number,
 ): Promise<Buffer | undefined> {
-  try {
-    const options = { maxOutputLength: clusterSizeBytes };
-    const output =
-      compressionType === COMPRESSION_ZSTD
-        ? await zstdDecompress(payload, options)
-        : await inflateRaw(payload, options);
-    if (output.length < clusterSizeBytes) return undefined;
-    return output;
-  } catch {
-    return undefined;
+  if (compressionType !== COMPRESSION_ZSTD) {
+    try {
+      const output = await inflateRaw(payload, { maxOutputLength: clusterSizeBytes });
+      return output.length < clusterSizeBytes ? undefined : output;
+    } catch {
+      return undefined;
+    }
   }
+  // A zstd frame followed by sector padding: stream it and stop once one cluster came out, as qemu does
+  // (the padding would otherwise be parsed as a truncated second frame).
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    let settled = false;
+    const stream = zlib.createZstdDecompress();
+    const finish = (): void => {
+      if (settled) return;
+      settled = true;
+      stream.destroy();
+      resolve(
+        total >= clusterSizeBytes ? Buffer.concat(chunks, total).subarray(0, clusterSizeBytes) : undefined,
+      );
+    };
+    stream.on('data', (chunk: Buffer) => {
+      if (settled) return;
+      chunks.push(chunk);
+      total += chunk.length;
+      if (total >= clusterSizeBytes) finish();
+    });
+    stream.on('error', finish);
+    stream.on('end', finish);
+    stream.end(payload);
+  });
 }
 
 /**

@@ -345,6 +345,17 @@ async function preallocate(
   const image = await loadImage({ file, path, readOnly: false }, async () => undefined);
   const clusterSizeBytes = image.clusterSizeBytes;
   const guestClusters = Math.ceil(settings.sizeBytes / clusterSizeBytes);
+  if (settings.preallocation !== 'metadata') {
+    // qemu sizes the file first and gives it a refcount table covering the whole of it, placed after the L1.
+    const l2Tables = Math.ceil(guestClusters / image.l2EntryCount);
+    const fileClusters =
+      image.refcounts.tableLocation.clusterCount +
+      3 +
+      Math.ceil((image.l1EntryCount * 8) / clusterSizeBytes) +
+      l2Tables +
+      guestClusters;
+    await image.refcounts.moveTable(Math.ceil(fileClusters / image.refcounts.entriesPerBlock));
+  }
   const runs: Array<{ offsetBytes: number; lengthBytes: number }> = [];
   for (let guestCluster = 0; guestCluster < guestClusters; ) {
     const l2OffsetBytes = await image.writableL2(guestCluster);

@@ -216,16 +216,18 @@ export class RefcountManager {
   private async findFree(count: number): Promise<number> {
     let start = this.freeClusterHint;
     let runLength = 0;
+    let sawFree = false;
     for (let clusterIndex = start; ; clusterIndex++) {
-      const free =
-        !this.isReserved(clusterIndex) &&
-        !this.inUseHint?.(clusterIndex) &&
-        (await this.get(clusterIndex)) === 0;
+      const reserved = this.isReserved(clusterIndex);
+      const free = !reserved && !this.inUseHint?.(clusterIndex) && (await this.get(clusterIndex)) === 0;
       if (!free) {
+        // Clusters in use before the first free one never need scanning again.
+        if (!sawFree && !reserved) this.freeClusterHint = clusterIndex + 1;
         runLength = 0;
         start = clusterIndex + 1;
         continue;
       }
+      sawFree = true;
       runLength++;
       if (runLength === count) return start;
     }
@@ -364,6 +366,32 @@ export class RefcountManager {
     await this.options.writeTableLocation(this.tableOffsetBytes, newClusters);
     await this.options.file.sync();
     await this.free(oldOffsetBytes / this.clusterSizeBytes, oldClusters);
+  }
+
+  /**
+   * Moves the refcount table to the first free clusters, sized for `entryCount` entries (qemu's
+   * qcow2_refcount_area placement for falloc/full preallocation). Writes it, points the header at it, frees the old one.
+   */
+  async moveTable(entryCount: number): Promise<void> {
+    const clusterCount = Math.max(
+      this.table.length / this.clusterSizeBytes,
+      Math.ceil((entryCount * 8) / this.clusterSizeBytes),
+    );
+    const start = await this.allocateClusters(clusterCount);
+    const newTable = Buffer.alloc(clusterCount * this.clusterSizeBytes);
+    this.table.copy(newTable);
+    await this.flushBlocks();
+    await this.options.file.write(start * this.clusterSizeBytes, newTable);
+    await this.options.file.sync();
+    const oldOffsetBytes = this.tableOffsetBytes;
+    const oldClusters = this.table.length / this.clusterSizeBytes;
+    this.table = newTable;
+    this.tableOffsetBytes = start * this.clusterSizeBytes;
+    this.dirtyTableIndexes.clear();
+    await this.options.writeTableLocation(this.tableOffsetBytes, clusterCount);
+    await this.options.file.sync();
+    await this.free(oldOffsetBytes / this.clusterSizeBytes, oldClusters);
+    this.freeClusterHint = Math.min(this.freeClusterHint, oldOffsetBytes / this.clusterSizeBytes);
   }
 
   /** Writes dirty refcount blocks (no sync). */
