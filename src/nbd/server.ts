@@ -167,10 +167,10 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   }
 
   async function serveConnection(socket: Socket, conn: number): Promise<void> {
-    const connectionLog = log;
-    socket.on('error', (err) => connectionLog.debug({ conn, err }, 'Socket error'));
+    const connectionLog = log.child ? log.child({ conn }) : log;
+    socket.on('error', (err) => connectionLog.debug({ err }, 'Socket error'));
     const timer = setTimeout(() => {
-      connectionLog.warn({ conn, handshakeTimeoutMs }, 'Handshake timed out');
+      connectionLog.warn({ handshakeTimeoutMs }, 'Handshake timed out');
       socket.destroy();
     }, handshakeTimeoutMs);
     try {
@@ -178,22 +178,22 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       clearTimeout(timer);
       if (!session) return;
       if (session.socket !== socket)
-        session.socket.on('error', (err) => connectionLog.debug({ conn, err }, 'TLS error'));
-      connectionLog.info(
-        { conn, export: session.exportName, structured: session.structuredReplies },
-        'Client connected',
-      );
-      const transmission = new TransmissionSession(session, { limits: options.limits, log: connectionLog });
+        session.socket.on('error', (err) => connectionLog.debug({ err }, 'TLS error'));
+      const sessionLog = connectionLog.child
+        ? connectionLog.child({ export: session.exportName })
+        : connectionLog;
+      sessionLog.info({ structured: session.structuredReplies, tls: session.isTls }, 'Client connected');
+      const transmission = new TransmissionSession(session, { limits: options.limits, log: sessionLog });
       sessions.add(transmission);
       if (shuttingDown) void transmission.shutdown('server shutting down');
       await transmission.start();
       sessions.delete(transmission);
-      connectionLog.info({ conn }, 'Client disconnected');
+      connectionLog.info({}, 'Client disconnected');
     } catch (err) {
       clearTimeout(timer);
       if (!(err instanceof StreamClosedError)) {
         connectionLog.warn(
-          { conn, err },
+          { err },
           err instanceof HandshakeAbortedError ? 'Handshake refused' : 'Connection failed',
         );
       }

@@ -70,6 +70,8 @@ export interface NbdLogger {
   debug(fields: Record<string, unknown>, message: string): void;
   info(fields: Record<string, unknown>, message: string): void;
   warn(fields: Record<string, unknown>, message: string): void;
+  /** A logger adding `fields` to every line (pino's child); the server makes one per connection. */
+  child?(fields: Record<string, unknown>): NbdLogger;
 }
 
 export const silentLogger: NbdLogger = { debug() {}, info() {}, warn() {} };

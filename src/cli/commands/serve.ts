@@ -7,6 +7,7 @@ import { fork } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pino } from 'pino';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { InvalidOptionError } from '../../engine/errors.ts';
 import { findDriver } from '../../engine/formats/registry.ts';
@@ -336,6 +337,10 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
       persistent: hasFlag(parsed, 'persistent'),
       handshakeTimeoutMs: handshakeLimitSeconds * 1000,
       tls,
+      // -v: control-path lines as JSON on stderr (per-request lines stay at debug).
+      ...(hasFlag(parsed, 'verbose')
+        ? { log: pino({ base: { component: 'nbd' } }, pino.destination({ fd: 2, sync: true })) }
+        : {}),
     });
   } catch (err) {
     await device.close();
