@@ -1,5 +1,5 @@
 // Runs one command as a child process and measures its wall time and peak resident memory: with
-// GNU time (`/usr/bin/time -f "%e %M"`, max RSS in KiB) when installed, else by polling VmHWM in
+// GNU time (`/usr/bin/time -f "%M"`, max RSS in KiB) when installed, else by polling VmHWM in
 // /proc/<pid>/status (the kernel's own high-water mark, so a missed poll loses nothing but the tail).
 
 import { spawn } from 'node:child_process';
@@ -40,17 +40,12 @@ export async function measureProcess(command: string, args: string[]): Promise<P
     const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-time-'));
     try {
       const report = join(dir, 'time.txt');
-      const { exitCode, stderr } = await spawnAndWait(GNU_TIME, [
-        '-f',
-        '%e %M',
-        '-o',
-        report,
-        command,
-        ...args,
-      ]);
-      const [seconds = 'NaN', kib = 'NaN'] =
-        (await readFile(report, 'utf8')).trim().split('\n').at(-1)?.split(' ') ?? [];
-      return { seconds: Number(seconds), peakRssMib: Number(kib) / 1024, exitCode, stderr };
+      // Wall time from our own clock (GNU time's %e has 10 ms steps); peak memory from its %M.
+      const started = process.hrtime.bigint();
+      const { exitCode, stderr } = await spawnAndWait(GNU_TIME, ['-f', '%M', '-o', report, command, ...args]);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const kib = (await readFile(report, 'utf8')).trim().split('\n').at(-1) ?? 'NaN';
+      return { seconds, peakRssMib: Number(kib) / 1024, exitCode, stderr };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

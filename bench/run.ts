@@ -115,8 +115,8 @@ async function main(): Promise<void> {
         row(
           [
             workload.name,
-            qemu.seconds.toFixed(2),
-            vdisk.seconds.toFixed(2),
+            qemu.seconds.toFixed(3),
+            vdisk.seconds.toFixed(3),
             (vdisk.seconds / qemu.seconds).toFixed(2),
             qemu.peakRssMib.toFixed(0),
             vdisk.peakRssMib.toFixed(0),

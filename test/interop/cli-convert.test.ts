@@ -131,6 +131,25 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk convert judged by qemu-img', () 
     expect(over).toBeLessThan(flat);
   });
 
+  it('with -B over a source without backing, zero-writes what the source leaves unallocated', async () => {
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', path('lonely.qcow2'), '8M']);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 9 1M 64k', path('lonely.qcow2')]);
+    const result = await vdisk([
+      'convert',
+      '-O',
+      'qcow2',
+      '-B',
+      path('base.qcow2'),
+      '-F',
+      'qcow2',
+      path('lonely.qcow2'),
+      path('lonely-over.qcow2'),
+    ]);
+    expect(result.code).toBe(0);
+    clean('lonely-over.qcow2');
+    identical('lonely.qcow2', 'lonely-over.qcow2');
+  });
+
   it('with -n writes into an existing image, zeroing what was there', async () => {
     mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', path('existing.qcow2'), '24M']);
     mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x77 0 24M', path('existing.qcow2')]);

@@ -126,7 +126,9 @@ export async function convertDevice(
   };
 
   const kindOf = (extent: ChainExtent): Kind => {
-    if (targetHasBacking && !extent.present) return 'skip';
+    // Unallocated in the top layer and falling to the source's backing: the target's backing has it.
+    // (Unallocated with no source backing reads as zeros, which the target's backing would hide.)
+    if (targetHasBacking && !extent.present && !extent.zero) return 'skip';
     if (!extent.zero) return 'copy';
     return targetIsZeroed ? 'skip' : 'zero';
   };
