@@ -135,10 +135,17 @@ function debugfsCat(dir: string, image: string, offsetBytes: number, file: strin
   }
 }
 
-function makeImage(dir: string, name: string, sizeBytes: number): string {
-  const image = join(dir, `${name}.${hasQcow2 ? 'qcow2' : 'img'}`);
-  if (hasQcow2) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(sizeBytes)]);
-  else execFileSync('truncate', ['-s', String(sizeBytes), image]);
+/** A blank image made by `vdisk create` (qcow2 once its driver is registered, raw before). */
+async function makeImage(dir: string, name: string, sizeBytes: number): Promise<string> {
+  const format = hasQcow2 ? 'qcow2' : 'raw';
+  const image = join(dir, `${name}.${format}`);
+  let stderr = '';
+  const code = await runCli(['create', '-q', '-f', format, image, String(sizeBytes)], {
+    stdout: () => undefined,
+    stderr: (t) => (stderr += t),
+    isTty: false,
+  });
+  expect(code, stderr).toBe(0);
   return image;
 }
 
@@ -178,7 +185,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
   }
 
   it('attaches a 4 GiB image with an MBR + ext4 layout, keeps a file across detach and re-attach', async () => {
-    const image = makeImage(dir, 'mbr', 4 * GiB);
+    const image = await makeImage(dir, 'mbr', 4 * GiB);
     const args = [
       ...baseArgs(image, 'mbr'),
       '--layout',
@@ -236,7 +243,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
   });
 
   it('lays out a GPT with ext4 and vfat, then attaches it read-only without changing a byte', async () => {
-    const image = makeImage(dir, 'gpt', 256 * MiB);
+    const image = await makeImage(dir, 'gpt', 256 * MiB);
     const layout = {
       table: 'gpt',
       partitions: [
@@ -310,7 +317,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
   });
 
   it('recovers after the agent (and its NBD server) is killed with SIGKILL while attached', async () => {
-    const image = makeImage(dir, 'crash', 128 * MiB);
+    const image = await makeImage(dir, 'crash', 128 * MiB);
     const args = [
       ...baseArgs(image, 'crash'),
       '--layout',
