@@ -152,6 +152,9 @@ const ZERO_PROBE = Buffer.alloc(64 * 1024);
 
 /** True when data[start, end) is all zero bytes (memcmp against a zero page; stops at the first non-zero). */
 function isZeroRange(data: Buffer, start: number, end: number): boolean {
+  // Most data granules have a non-zero byte near their start: a few byte loads skip the native call.
+  const probeEnd = Math.min(start + 16, end);
+  for (let at = start; at < probeEnd; at++) if (data[at] !== 0) return false;
   for (let at = start; at < end; at += ZERO_PROBE.length) {
     const stop = Math.min(at + ZERO_PROBE.length, end);
     if (data.compare(ZERO_PROBE, 0, stop - at, at, stop) !== 0) return false;
