@@ -42,6 +42,8 @@ describe.skipIf(!HAS_QEMU)('vdisk on raw images, beside qemu-img', () => {
     await same(['map', '--output=json', sparse]);
     await same(['map', sparse]);
     await same(['map', '--output=json', '--start-offset=1M', '--max-length=2M', sparse]);
+    await same(['map', '--output=json', '--max-length=0', sparse]);
+    await same(['map', '--output=json', '--start-offset=100M', sparse]);
   });
 
   it('measure for raw output, from a file and from --size', async () => {

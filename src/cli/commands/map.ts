@@ -59,10 +59,8 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const lengthText = lastValue(parsed, 'max-length');
   const device = await openForCli(path, { format: lastValue(parsed, 'format'), readOnly: true });
   try {
-    const startBytes = Math.min(
-      startText === undefined ? 0 : parseSize(startText, 'start-offset'),
-      device.sizeBytes,
-    );
+    const requestedStartBytes = startText === undefined ? 0 : parseSize(startText, 'start-offset');
+    const startBytes = Math.min(requestedStartBytes, device.sizeBytes);
     const maxBytes = lengthText === undefined ? device.sizeBytes : parseSize(lengthText, 'max-length');
     const lengthBytes = Math.min(maxBytes, device.sizeBytes - startBytes);
     if (output === 'json') {
@@ -71,6 +69,19 @@ async function run(argv: string[], io: CliIo): Promise<number> {
       for await (const entry of mapImage(device, startBytes, lengthBytes)) {
         io.stdout(`${first ? '' : ',\n'}${mapEntryJson(entry)}`);
         first = false;
+      }
+      // qemu-img prints its empty starting entry when the window holds nothing.
+      if (first) {
+        io.stdout(
+          mapEntryJson({
+            startBytes: requestedStartBytes,
+            lengthBytes: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+          }),
+        );
       }
       io.stdout(']\n');
     } else {
