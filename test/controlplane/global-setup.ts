@@ -3,7 +3,7 @@
 // and stops it at the end. Without binaries it provides a skip reason and the tier skips loudly.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { binaryPath, ensureAssets } from './assets.ts';
 import { startControlPlane } from './harness.ts';
@@ -25,7 +25,7 @@ export default async function setup(project: TestProject): Promise<(() => Promis
   if (external !== undefined && external !== '') {
     project.provide('vdiskControlPlane', {
       available: true,
-      kubeconfigPath: external,
+      kubeconfigPath: resolve(external),
       kubectlPath: join(REPO_ROOT, '.local', 'bin', 'kubectl'),
       serverUrl: '',
       nodeName: 'vdisk-local',

@@ -1,9 +1,62 @@
 // Child processes of the control plane and the local node: each runs in its own process group
 // (detached), logs to a file, and is stopped by PID: SIGTERM to the group, a grace period, SIGKILL.
-// Linux /proc is read to prove that nothing of a group survived.
+// Linux /proc is read to prove that nothing of a group survived. A watchdog (one small bash loop per
+// Node.js process) kills the groups still listed if this process dies without stopping them (SIGKILL,
+// a killed test runner), so a crashed run leaves no control plane behind.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** $1 = PID to outlive, $2 = file listing process groups to kill once it is gone. */
+const WATCHDOG_SCRIPT = `
+while kill -0 "$1" 2>/dev/null; do sleep 1; done
+[ -s "$2" ] || { rm -f "$2"; exit 0; }
+groups=$(cat "$2")
+for g in $groups; do kill -TERM -- "-$g" 2>/dev/null; done
+sleep 3
+for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+rm -f "$2"
+`;
+
+let watchdogListPath: string | undefined;
+const watchedGroups = new Set<number>();
+
+function writeWatchList(): void {
+  if (watchdogListPath !== undefined) writeFileSync(watchdogListPath, [...watchedGroups].join('\n'));
+}
+
+/** Lists a process group for the watchdog (started on first use; it outlives this process by ~1 s). */
+function watchGroup(pgid: number): void {
+  if (watchdogListPath === undefined) {
+    watchdogListPath = join(
+      tmpdir(),
+      `vdisk-watchdog-${process.pid}-${randomBytes(4).toString('hex')}.pgids`,
+    );
+    writeFileSync(watchdogListPath, '');
+    const watchdog = spawn(
+      'bash',
+      ['-c', WATCHDOG_SCRIPT, 'vdisk-watchdog', String(process.pid), watchdogListPath],
+      {
+        detached: true,
+        stdio: 'ignore',
+      },
+    );
+    watchdog.unref();
+    const listPath = watchdogListPath;
+    process.once('exit', () => {
+      if (watchedGroups.size === 0) rmSync(listPath, { force: true });
+    });
+  }
+  watchedGroups.add(pgid);
+  writeWatchList();
+}
+
+function unwatchGroup(pgid: number): void {
+  if (watchedGroups.delete(pgid)) writeWatchList();
+}
 
 /** A started child: its PID (= its process group id) and a promise settled when it exits. */
 export interface ManagedProcess {
@@ -45,10 +98,13 @@ export function startProcess(options: StartProcessOptions): ManagedProcess {
   if (child.pid === undefined) {
     throw new Error(`could not start ${options.name} (${options.command}): see ${options.logPath}`);
   }
+  const pid = child.pid;
+  watchGroup(pid);
   let done = false;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => {
       done = true;
+      unwatchGroup(pid);
       resolve({ code, signal });
     });
     child.once('error', () => {
