@@ -28,6 +28,31 @@ function errorReport(err: unknown): Record<string, unknown> {
   };
 }
 
+/** Kubernetes keeps at most this many bytes of a termination message. */
+export const TERMINATION_MESSAGE_MAX_BYTES = 4096;
+
+/**
+ * The report as JSON within the termination-message limit: `mounts` (which repeats what
+ * `partitions` says) goes first, then long strings are cut, so the controller always gets valid JSON.
+ */
+export function fitTerminationMessage(value: unknown): string {
+  let text = JSON.stringify(value);
+  if (Buffer.byteLength(text) <= TERMINATION_MESSAGE_MAX_BYTES) return text;
+  const { mounts: _mounts, ...rest } = value as Record<string, unknown>;
+  text = JSON.stringify(rest);
+  const cut = (limit: number) =>
+    JSON.stringify(rest, (_key, field: unknown) =>
+      typeof field === 'string' && field.length > limit ? `${field.slice(0, limit)}...` : field,
+    );
+  for (const limit of [512, 128, 32]) {
+    if (Buffer.byteLength(text) <= TERMINATION_MESSAGE_MAX_BYTES) break;
+    text = cut(limit);
+  }
+  return Buffer.byteLength(text) <= TERMINATION_MESSAGE_MAX_BYTES
+    ? text
+    : JSON.stringify({ phase: (rest as { phase?: unknown }).phase, truncated: true });
+}
+
 /** Runs the attach agent; resolves with the process exit code once detached (or failed). */
 export async function main(argv: string[], deps: MainDeps = {}): Promise<number> {
   const stdout = deps.stdout ?? ((text: string) => process.stdout.write(text));
@@ -42,7 +67,7 @@ export async function main(argv: string[], deps: MainDeps = {}): Promise<number>
     stdout(`${text}\n`);
     if (terminationLog) {
       try {
-        writeFileSync(terminationLog, text);
+        writeFileSync(terminationLog, fitTerminationMessage(value));
       } catch (err) {
         stderr(`vdisk-agent: cannot write ${terminationLog}: ${(err as Error).message}\n`);
       }

@@ -145,3 +145,31 @@ describe('vdisk-agent attach', () => {
     );
   });
 });
+
+describe('fitTerminationMessage', () => {
+  it('keeps a large report within 4096 bytes as valid JSON, dropping the duplicated mounts first', async () => {
+    const { fitTerminationMessage } = await import('../../../../src/agent/attach/main.ts');
+    const partitions = Array.from({ length: 16 }, (_, index) => ({
+      number: index + 1,
+      name: `nbd0p${index + 1}`,
+      path: `/dev/mapper/nbd0p${index + 1}`,
+      start: index,
+      size: 1,
+      mountPath: `/mnt/${'x'.repeat(100)}/${index}`,
+    }));
+    const mounts = partitions.map((p) => ({
+      partition: p.number,
+      path: p.mountPath,
+      source: p.path,
+      options: 'noatime',
+    }));
+    const text = fitTerminationMessage({ phase: 'Attached', device: '/dev/nbd0', partitions, mounts });
+    expect(Buffer.byteLength(text)).toBeLessThanOrEqual(4096);
+    expect(JSON.parse(text)).toMatchObject({ phase: 'Attached', device: '/dev/nbd0' });
+    expect(JSON.parse(text).partitions).toHaveLength(16);
+    const failed = JSON.parse(
+      fitTerminationMessage({ phase: 'Failed', error: { code: 'X', message: 'm'.repeat(10_000) } }),
+    );
+    expect(failed).toMatchObject({ phase: 'Failed', error: { code: 'X' } });
+  });
+});
