@@ -160,6 +160,47 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk convert judged by qemu-img', () 
     clean('existing.qcow2');
   });
 
+  it('passes -o options to the target format and honours --target-is-zero with -n', async () => {
+    expect(
+      (
+        await vdisk([
+          'convert',
+          '-O',
+          'qcow2',
+          '-o',
+          'cluster_size=4096',
+          path('src.raw'),
+          path('small-clusters.qcow2'),
+        ])
+      ).code,
+    ).toBe(0);
+    clean('small-clusters.qcow2');
+    identical('src.raw', 'small-clusters.qcow2');
+    expect(
+      JSON.parse(mustRun('qemu-img', ['info', '--output=json', path('small-clusters.qcow2')]))[
+        'cluster-size'
+      ],
+    ).toBe(4096);
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', path('blank.qcow2'), '24M']);
+    expect(
+      (
+        await vdisk([
+          'convert',
+          '-n',
+          '--target-is-zero',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path('blank.qcow2'),
+        ])
+      ).code,
+    ).toBe(0);
+    identical('src.raw', 'blank.qcow2');
+    expect(
+      (await vdisk(['convert', '--target-is-zero', '-O', 'qcow2', path('src.raw'), path('nope.qcow2')])).code,
+    ).toBe(1);
+  });
+
   it.skipIf(!QCOW2_COMPRESSES)('with -c writes compressed clusters that qemu-img reads back', async () => {
     expect((await vdisk(['convert', '-c', '-O', 'qcow2', path('src.raw'), path('small.qcow2')])).code).toBe(
       0,
