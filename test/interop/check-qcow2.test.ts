@@ -2,7 +2,7 @@
 // compressed) and on images the test damages on purpose (leaked clusters, refcounts too low or too high,
 // unaligned L2 entries), and `-r leaks` / `-r all` repairs leave images qemu-img calls clean.
 
-import { copyFile, open } from 'node:fs/promises';
+import { copyFile, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CheckReport, RepairMode } from '../../src/engine/formats/driver.ts';
@@ -140,9 +140,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 check agrees with qemu-img check', () => {
   it('leaked clusters past the used end (and -r leaks repairs them)', async () => {
     const path = await damaged('leak', async (image) => {
       const block = await refcountBlockOffset(image);
-      const fileSize = (await open(image, 'r').then(
-        async (h) => (await h.stat()).size + (await h.close(), 0),
-      )) as number;
+      const fileSize = (await stat(image)).size;
       const cluster = Math.ceil(fileSize / 65536);
       await patch(image, cluster * 65536 + 65535, Buffer.from([0]));
       await patch(image, block + cluster * 2, u16(1));
