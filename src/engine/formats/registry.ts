@@ -7,6 +7,7 @@ import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
+import { parallelsDriver } from './parallels/driver.ts';
 import { qedDriver } from './qed/driver.ts';
 import { rawDriver } from './raw.ts';
 import { vdiDriver } from './vdi/driver.ts';
@@ -18,6 +19,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   bochsDriver,
   cloopDriver,
   qedDriver,
+  parallelsDriver,
   vmdkDriver,
   vdiDriver,
   vpcDriver,

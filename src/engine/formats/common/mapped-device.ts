@@ -132,8 +132,9 @@ export abstract class MappedDevice implements BlockDevice {
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     const extents: Extent[] = [];
     let done = 0;
-    // Bounded per call (callers loop): a fragmented map never builds an unbounded extent list.
-    while (done < lengthBytes && extents.length < 4096) {
+    // Bounded per call (callers loop): neither a fragmented map nor a huge sparse one makes one call
+    // build an unbounded extent list or run an unbounded number of lookups.
+    for (let lookups = 0; done < lengthBytes && extents.length < 4096 && lookups < 65536; lookups++) {
       const at = offsetBytes + done;
       const mapping = await this.mapClamped(at, lengthBytes - done);
       const extent: Extent = {
