@@ -22,6 +22,7 @@ if have_all; then
   exit 0
 fi
 
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then PATH="/usr/local/go/bin:$PATH"; fi
 if ! command -v go >/dev/null 2>&1; then
   echo "SKIP: no Go toolchain on this machine: cannot build the Kubernetes control plane into $ASSETS" >&2
   echo "SKIP: integration tests needing a control plane will be skipped (set KUBEBUILDER_ASSETS to a folder with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)" >&2
@@ -109,7 +110,7 @@ NEED=0
 for b in "${K8S_BINS[@]}"; do [ -x "$ASSETS/$b" ] || NEED=1; done
 if [ "$NEED" = 1 ]; then
   k8s_module
-  echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION (cold: 15-30 min on 2 cores) ..." >&2
+  echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION (cold: ~5 min on 2 cores) ..." >&2
   DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   LDF="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
