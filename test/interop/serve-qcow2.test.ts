@@ -2,6 +2,7 @@
 // equal qemu-nbd's for the same chain, qemu-io and nbdcopy writes that leave an image qemu-img check
 // calls clean, and -s (writes go to a throw-away overlay) leaving the image untouched. Issue 5.
 
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -128,5 +129,20 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     expect(io).not.toMatch(/Pattern verification failed/);
     expect(await vdisk.stop()).toBe(0);
     expect((await readFile(top)).equals(before)).toBe(true);
+  });
+  it('keeps a qcow2 image consistent when the writing client is killed mid-copy', async () => {
+    const image = join(folder, 'killed.qcow2');
+    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
+    const source = join(folder, 'big.raw');
+    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x12 0 64M', source]);
+    const vdisk = await startVdiskServe(['-t', '-f', 'qcow2', '-k', join(folder, 'killed.sock'), image]);
+    servers.push(vdisk);
+    const copy = spawn('nbdcopy', [source, vdisk.uri], { stdio: 'ignore' });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    copy.kill('SIGKILL');
+    await new Promise((resolve) => copy.once('exit', resolve));
+    expect(await vdisk.stop()).toBe(0);
+    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
   });
 });
