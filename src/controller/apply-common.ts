@@ -16,7 +16,10 @@ export interface CustomTarget {
   finalizers: readonly string[] | undefined;
 }
 
-/** Adds or removes our finalizer; the resourceVersion makes a concurrent change fail with 409. */
+/**
+ * Adds or removes our finalizer; the resourceVersion makes a concurrent change fail with 409.
+ * Updates `target` (resourceVersion, finalizers) to what the API returned.
+ */
 export async function patchFinalizer(
   context: ReconcileContext,
   target: CustomTarget,
@@ -46,6 +49,8 @@ export async function patchFinalizer(
   // Removing the last finalizer of a deleted object deletes it: a 404 afterwards is success.
   const updated = (await (add ? call : ignoreNotFound(call))) as KubernetesObject | undefined;
   context.overlay.remember(updated);
+  target.resourceVersion = updated?.metadata?.resourceVersion;
+  target.finalizers = finalizers;
 }
 
 /**
@@ -76,6 +81,8 @@ export async function patchStatus(
     ),
   )) as KubernetesObject | undefined;
   context.overlay.remember(updated);
+  // Later writes in this reconcile (finalizer removal) must not conflict with our own status write.
+  target.resourceVersion = updated?.metadata?.resourceVersion;
 }
 
 function sortKeys(value: unknown): unknown {

@@ -29,8 +29,6 @@ export async function applySnapshot(
   };
   if (desired.addFinalizer) {
     await patchFinalizer(context, target, true);
-    target.resourceVersion = undefined;
-    target.finalizers = [...(snapshot.metadata.finalizers ?? []), 'vdisk.dev/cleanup'];
   }
   for (const job of desired.createJobs) {
     if (await createJob(context, job)) {

@@ -130,6 +130,9 @@ export function desiredSnapshot(observed: ObservedSnapshot): DesiredSnapshot {
         });
       }
       desired.deleteJobs = ownJobs.filter((other) => !other.isDeleting).map((other) => other.name);
+      // Recorded before the Job goes: a re-run after a crash must not remove the snapshot again.
+      delete desired.status.snapshotName;
+      desired.status.readyToUse = false;
       desired.removeFinalizer = hasFinalizer;
       setReady('False', Reason.Deleting, 'Deleting');
       return finish('Terminating');

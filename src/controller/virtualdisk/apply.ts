@@ -34,8 +34,6 @@ export async function applyDisk(
 
   if (desired.addFinalizer) {
     await patchFinalizer(context, target, true);
-    target.resourceVersion = undefined;
-    target.finalizers = [...(disk.metadata.finalizers ?? []), 'vdisk.dev/cleanup'];
     log.debug('Added finalizer');
   }
   if (desired.createClaim) {
