@@ -24,7 +24,6 @@ import {
   encodeOffsetHole,
   encodeSimpleReply,
   encodeStructuredError,
-  encodeStructuredHeader,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_DISC,
@@ -43,7 +42,6 @@ import {
   NBD_EOVERFLOW,
   NBD_EPERM,
   NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_NONE,
   NBD_REQUEST_MAGIC,
   REQUEST_BYTES,
   type Request,
@@ -468,9 +466,4 @@ export class TransmissionSession {
     // would leave the pipeline empty while the kernel drains it.
     if (!ok && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) this.waitingForDrain = true;
   }
-}
-
-/** An empty DONE chunk (NBD_REPLY_TYPE_NONE), for replies whose last content chunk could not carry DONE. */
-export function encodeDoneChunk(cookie: bigint): Buffer {
-  return encodeStructuredHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
 }
