@@ -85,12 +85,25 @@ export async function chainBlockStatus(
       offsetBytes: extent.offsetBytes,
       lengthBytes: extent.lengthBytes,
       depth,
-      present: false,
+      // qemu (block/io.c) counts a zero range as allocated in formats that cannot have a backing
+      // file (vdi, vpc, ...): only a format with backing support can leave a range to a lower layer.
+      present: !backing && !canHaveBacking(device),
       zero: !topOnly || !backing,
       data: false,
     });
   }
   return result;
+}
+
+/**
+ * Formats whose qemu driver sets supports_backing (qcow2, qcow, qed, vmdk, parallels). qemu's map and
+ * compare call an unallocated range of any other format allocated, so vdisk answers as qemu does even
+ * where its own driver reads more (vdisk's vpc follows differencing VHDs, qemu's does not).
+ */
+const QEMU_BACKING_FORMATS: ReadonlySet<string> = new Set(['qcow2', 'qcow', 'qed', 'vmdk', 'parallels']);
+
+function canHaveBacking(device: BlockDevice): boolean {
+  return QEMU_BACKING_FORMATS.has(device.formatName);
 }
 
 /** Iterates chain extents over the whole of [offsetBytes, endBytes), looping over partial answers. */

@@ -103,14 +103,16 @@ export async function compareImages(
   while (positionBytes < commonBytes) {
     const statusA = await statusAt(a, positionBytes, commonBytes);
     const statusB = await statusAt(b, positionBytes, commonBytes);
-    // qemu compares whole status words, which carry BDRV_BLOCK_EOF when the run reaches the end.
+    // qemu compares whole status words: they carry BDRV_BLOCK_EOF when the run reaches the end, and
+    // BDRV_BLOCK_OFFSET_VALID when the bytes sit at a known host offset.
     const eofA = statusA.offsetBytes + statusA.lengthBytes >= a.sizeBytes;
     const eofB = statusB.offsetBytes + statusB.lengthBytes >= b.sizeBytes;
     const sameStatus =
       statusA.present === statusB.present &&
       statusA.zero === statusB.zero &&
       statusA.data === statusB.data &&
-      eofA === eofB;
+      eofA === eofB &&
+      (statusA.hostOffsetBytes === undefined) === (statusB.hostOffsetBytes === undefined);
     if (options.strict && !sameStatus) {
       return { kind: 'status-mismatch', offsetBytes: positionBytes };
     }
