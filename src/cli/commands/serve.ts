@@ -346,6 +346,17 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
     await device.close();
     await snapshotOf?.close();
     await cleanup();
+    const errno = (err as { code?: unknown })?.code;
+    if (typeof errno === 'string' && !errno.startsWith('VDISK_')) {
+      // EADDRINUSE, EACCES, ENOENT (socket folder): the user's -k/-b/-p, not a vdisk bug.
+      const where = socketPath ?? `${lastValue(parsed, 'bind') ?? '127.0.0.1'}:${port}`;
+      throw new InvalidOptionError({
+        option: socketPath ? 'socket' : 'port',
+        value: where,
+        message: `Failed to listen on ${where}: ${errno}`,
+        cause: err,
+      });
+    }
     throw err;
   }
   const pidFile = lastValue(parsed, 'pid-file');
