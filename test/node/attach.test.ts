@@ -316,6 +316,51 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
     checkImage(image);
   });
 
+  it('maps logical partitions of an MBR extended partition as kpartx numbers them (5, 6)', async () => {
+    const image = await makeImage(dir, 'logical', 64 * MiB);
+    const layout = {
+      table: 'mbr',
+      partitions: [
+        { size: '4Mi' },
+        { size: '4Mi' },
+        { size: '4Mi' },
+        { size: '4Mi' },
+        { filesystem: 'ext4' },
+      ],
+    };
+    const args = [
+      ...baseArgs(image, 'logical'),
+      '--layout',
+      JSON.stringify(layout),
+      '--mount',
+      '6:/mnt/logical',
+    ];
+    const agent = startAgent(vm, args);
+    const report = await agent.nextReport();
+    expect(report, JSON.stringify(report)).toMatchObject({
+      phase: 'Attached',
+      filesystemsCreated: [{ partition: 6, filesystem: 'ext4' }],
+    });
+    expect((report.partitions as Array<{ name: string }>).map((p) => p.name)).toEqual([
+      'nbd0p1',
+      'nbd0p2',
+      'nbd0p3',
+      'nbd0p5',
+      'nbd0p6',
+    ]);
+    // kpartx read vdisk's EBR chain to the same sectors vdisk put the logicals at.
+    const table = (await vm.shell.run('dmsetup', ['table', 'nbd0p6'])).stdout.trim().split(/\s+/);
+    const p6 = (report.partitions as Array<{ name: string; start: number; size: number }>).find(
+      (p) => p.name === 'nbd0p6',
+    );
+    expect(table.slice(0, 3)).toEqual(['0', String((p6?.size ?? 0) / 512), 'linear']);
+    expect(table.at(-1)).toBe(String((p6?.start ?? 0) / 512));
+    expect((await vm.shell.sh('echo logical > /mnt/logical/l.txt && sync')).exitCode).toBe(0);
+    expect(await agent.stop()).toBe(0);
+    await expectNothingLeft();
+    checkImage(image);
+  });
+
   it('recovers after the agent (and its NBD server) is killed with SIGKILL while attached', async () => {
     const image = await makeImage(dir, 'crash', 128 * MiB);
     const args = [

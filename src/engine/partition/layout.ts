@@ -107,8 +107,10 @@ export function planLayout(diskSizeBytes: number, layout: PartitionLayout): Plan
   return planned;
 }
 
+/** The partition type: as given, else the filesystem's usual one, else Linux. */
 function typeOf(partition: LayoutPartition): string {
-  return partition.type ?? partition.filesystem ?? 'linux';
+  if (partition.type) return partition.type;
+  return partition.filesystem && partition.filesystem !== 'none' ? partition.filesystem : 'linux';
 }
 
 function parseMbrDiskId(text: string | undefined): number {

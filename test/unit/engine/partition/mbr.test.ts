@@ -150,6 +150,30 @@ describe('MBR reading on hostile input', () => {
     expect(await readPartitionTable(bufferIo(Buffer.alloc(100)), 'tiny.img')).toBeUndefined();
   });
 
+  it('types a partition from its filesystem, and as Linux when the filesystem is none', async () => {
+    const filesystems = ['ext4', 'xfs', 'btrfs', 'vfat', 'swap', 'none'];
+    for (const table of ['mbr', 'gpt'] as const) {
+      const written = await applyLayout(bufferIo(Buffer.alloc(16 * MiB)), {
+        table,
+        partitions: filesystems.map((filesystem, index) =>
+          index === filesystems.length - 1 ? { filesystem } : { filesystem, sizeBytes: MiB },
+        ),
+      });
+      expect(written.partitions.filter((p) => p.kind !== 'extended').map((p) => p.typeName)).toEqual(
+        table === 'mbr'
+          ? ['Linux', 'Linux', 'Linux', 'W95 FAT32 (LBA)', 'Linux swap / Solaris', 'Linux']
+          : [
+              'Linux filesystem',
+              'Linux filesystem',
+              'Linux filesystem',
+              'Microsoft basic data',
+              'Linux swap',
+              'Linux filesystem',
+            ],
+      );
+    }
+  });
+
   it('refuses a layout that does not fit, with VDISK_EINVAL', async () => {
     const io = bufferIo(Buffer.alloc(4 * MiB));
     await expect(
