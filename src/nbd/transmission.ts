@@ -49,9 +49,12 @@ import {
 
 /** Per-connection limits on concurrent work (requests decoded but not yet answered). */
 export interface TransmissionLimits {
-  /** Requests running at once (default 16). */
+  /** Requests running at once (default 64: nbdcopy keeps 64 in flight per connection). */
   maxInFlightRequests: number;
-  /** Read lengths plus write payloads running at once (default 64 MiB; one larger request may run alone). */
+  /**
+   * Read lengths plus write payloads running at once (default 32 MiB; one larger request may run
+   * alone). With MAX_QUEUED_REPLY_BYTES this bounds a connection's memory to about 40 MiB.
+   */
   maxInFlightBytes: number;
 }
 
@@ -59,8 +62,8 @@ export interface TransmissionLimits {
 const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
 
 export const DEFAULT_LIMITS: TransmissionLimits = {
-  maxInFlightRequests: 16,
-  maxInFlightBytes: 64 * 1024 * 1024,
+  maxInFlightRequests: 64,
+  maxInFlightBytes: 32 * 1024 * 1024,
 };
 
 /** Minimal logger (pino's shape): data-path lines at debug, control-path at info/warn. */
