@@ -259,8 +259,9 @@ export class Qcow2Image {
         for (let index = 0; index < clusterCount; index++) {
           const clusterIndex = firstCluster + index;
           if ((await this.refcounts.get(clusterIndex)) === 0) continue;
-          const left = await this.refcounts.adjust(clusterIndex, -1);
-          if (left === 0) this.l2Cache.drop(clusterIndex * this.clusterSizeBytes);
+          await this.refcounts.free(clusterIndex, 1);
+          if ((await this.refcounts.get(clusterIndex)) === 0)
+            this.l2Cache.drop(clusterIndex * this.clusterSizeBytes);
         }
       }
       await this.refcounts.flush();

@@ -253,11 +253,11 @@ export class RefcountManager {
    */
   async allocateBytes(lengthBytes: number): Promise<number> {
     let offsetBytes = this.freeByteOffset;
-    if (
-      offsetBytes !== 0 &&
-      (await this.get(Math.floor(offsetBytes / this.clusterSizeBytes))) >= this.maxRefcount
-    )
-      offsetBytes = 0;
+    if (offsetBytes !== 0) {
+      // A cluster that filled its refcount, or was freed meanwhile (it may hold other data now), is not reused.
+      const refcount = await this.get(Math.floor(offsetBytes / this.clusterSizeBytes));
+      if (refcount >= this.maxRefcount || refcount === 0) offsetBytes = 0;
+    }
     const freeInCluster =
       offsetBytes === 0 ? 0 : this.clusterSizeBytes - (offsetBytes % this.clusterSizeBytes);
     if (offsetBytes === 0 || freeInCluster < lengthBytes) {
