@@ -70,6 +70,31 @@ describe.skipIf(!hasSfdisk)('GPT tables against sfdisk and sgdisk', () => {
     expect(sf.lastlba).toBe(64 * 2048 - 34);
   });
 
+  it('lays out a sparse 3 TiB disk as GPT (protective MBR capped at 2^32-1 sectors) and refuses it as MBR', async () => {
+    const path = `${dir}/huge.img`;
+    const sizeBytes = 3 * 1024 * 1024 * MiB;
+    const io = await fileIo(path, sizeBytes);
+    await expect(applyLayout(io, { table: 'mbr', partitions: [{}] }, path)).rejects.toMatchObject({
+      code: 'VDISK_EINVAL',
+    });
+    const table = await applyLayout(
+      io,
+      { table: 'gpt', partitions: [{ sizeBytes: 2048 * 1024 * MiB }, {}] },
+      path,
+    );
+    const protective = Buffer.alloc(16);
+    await io.read(446, protective);
+    await io.close();
+    expect(protective[4]).toBe(0xee);
+    expect(protective.readUInt32LE(12)).toBe(0xffffffff);
+    const sf = sfdiskJson(path);
+    expect(sf.partitions.map((p) => [p.start, p.size])).toEqual(
+      table.partitions.map((p) => [p.startSector, p.sectorCount]),
+    );
+    expect(table.partitions[1]?.startSector).toBe(2048 + 2 ** 32);
+    expect(sf.lastlba).toBe(sizeBytes / 512 - 34);
+  });
+
   it.skipIf(!hasSgdisk)('writes headers and entry arrays whose CRCs sgdisk verifies', async () => {
     const path = `${dir}/verify.img`;
     const io = await fileIo(path, 32 * MiB);
