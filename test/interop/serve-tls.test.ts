@@ -78,6 +78,36 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
       join(server, 'server-cert.pem'),
     ]);
     await writeFile(join(client, 'ca-cert.pem'), await readFile(join(server, 'ca-cert.pem')));
+    // A client certificate from the same CA, for verify-peer=on.
+    await ok('openssl', [
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-subj',
+      '/CN=client',
+      '-keyout',
+      join(client, 'client-key.pem'),
+      '-out',
+      join(folder, 'client.csr'),
+    ]);
+    await ok('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      join(folder, 'client.csr'),
+      '-CA',
+      join(server, 'ca-cert.pem'),
+      '-CAkey',
+      join(folder, 'ca-key.pem'),
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-out',
+      join(client, 'client-cert.pem'),
+    ]);
+    await mkdir(join(folder, 'anonymous'));
+    await writeFile(join(folder, 'anonymous', 'ca-cert.pem'), await readFile(join(server, 'ca-cert.pem')));
     await mkdir(join(folder, 'psk'));
     await writeFile(join(folder, 'psk', 'keys.psk'), `alice:${'7a'.repeat(32)}\n`);
     await writeFile(join(folder, 'wrong.psk'), `alice:${'11'.repeat(32)}\n`);
@@ -148,6 +178,33 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
     ]);
     expect(wrong.code).not.toBe(0);
     expect((await run('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`])).code).not.toBe(0);
+    await vdisk.stop();
+  });
+  it('with verify-peer=on accepts only clients holding a certificate from the CA', async () => {
+    const vdisk = await startVdiskServe([
+      '-t',
+      '-p',
+      '0',
+      '-f',
+      'raw',
+      '--object',
+      `tls-creds-x509,id=tls0,dir=${join(folder, 'server')},endpoint=server,verify-peer=on`,
+      '--tls-creds',
+      'tls0',
+      image,
+    ]);
+    servers.push(vdisk);
+    const port = /:(\d+)\//.exec(vdisk.uri)![1]!;
+    const withCert = await run('nbdinfo', [
+      '--size',
+      `nbds://localhost:${port}/?tls-certificates=${join(folder, 'client')}`,
+    ]);
+    expect(withCert.stdout).toBe(`${4 * 1024 * 1024}\n`);
+    const anonymous = await run('nbdinfo', [
+      '--size',
+      `nbds://localhost:${port}/?tls-certificates=${join(folder, 'anonymous')}`,
+    ]);
+    expect(anonymous.code).not.toBe(0);
     await vdisk.stop();
   });
 });
