@@ -238,19 +238,25 @@ export async function convertDevice(
   /** Writes a read span: runs of non-zero blocks as data, zero blocks skipped or zero-written. */
   async function writeSpan(offsetBytes: number, data: Uint8Array): Promise<void> {
     if (compressed && writeCompressed && compressedUnitBytes) {
+      // The units of one chunk compress concurrently (the driver compresses off the event loop and
+      // allocates under its own lock), so both cores work while chunks still land in guest order.
+      const writes: Promise<void>[] = [];
       for (let at = 0; at < data.length; at += compressedUnitBytes) {
         const lengthBytes = Math.min(compressedUnitBytes, data.length - at);
         if (isZero(data, at, lengthBytes)) {
           if (targetIsZeroed) stats.bytesSkipped += lengthBytes;
           else {
-            await target.writeZeroes(offsetBytes + at, lengthBytes, { mayUnmap: true });
+            writes.push(target.writeZeroes(offsetBytes + at, lengthBytes, { mayUnmap: true }));
             stats.bytesZeroWritten += lengthBytes;
           }
           continue;
         }
-        await writeCompressed(offsetBytes + at, data.subarray(at, at + lengthBytes));
+        writes.push(writeCompressed(offsetBytes + at, data.subarray(at, at + lengthBytes)));
         stats.bytesWritten += lengthBytes;
       }
+      const results = await Promise.allSettled(writes);
+      const failed = results.find((result) => result.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
       return;
     }
     if (minSparseBytes === 0) {
