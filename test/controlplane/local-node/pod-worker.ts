@@ -117,8 +117,14 @@ export class PodWorker {
 
   /** Starts running the pod in the background. */
   start(): void {
-    this.#done = this.#run().catch((err) => {
+    this.#done = this.#run().catch(async (err) => {
+      // A pod the local node cannot set up (bad subPath, broken volume) fails instead of hanging in Pending.
       this.#context.log.warn('Pod worker failed', { pod: this.#key, err: String(err) });
+      if (isTerminal(this.#record.phase)) return;
+      this.#record.phase = 'Failed';
+      this.#record.reason = 'LocalNodeError';
+      this.#record.message = String(err).slice(0, TERMINATION_MESSAGE_MAX_BYTES);
+      await this.#flushStatus();
     });
   }
 
