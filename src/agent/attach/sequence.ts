@@ -306,8 +306,19 @@ export async function attach(config: AttachConfig, deps: AttachDeps): Promise<At
       if (config.readOnly) continue;
       // Only a partition with no filesystem signature is formatted: a later attach, or one after a
       // crash between layout and mkfs, never wipes data.
-      const probe = await deps.runner.run('blkid', ['-p', '-o', 'value', '-s', 'TYPE', report.path]);
-      if (probe.exitCode === 0 && probe.stdout.trim() !== '') continue;
+      // blkid exits 0 with no TYPE when it finds only partition-entry data, 2 when it finds nothing,
+      // and 8 when signatures conflict: that last one is left for a person to sort out.
+      const probeArgs = ['-p', '-o', 'value', '-s', 'TYPE', report.path];
+      const probe = await deps.runner.run('blkid', probeArgs);
+      if (probe.exitCode !== 0 && probe.exitCode !== 2) {
+        throw new NodeCommandError({
+          command: 'blkid',
+          args: probeArgs,
+          exitCode: probe.exitCode,
+          stderr: probe.stderr || probe.stdout,
+        });
+      }
+      if (probe.stdout.trim() !== '') continue;
       const command = mkfsCommand(spec.filesystem, report.path, spec.label);
       if (!command) continue;
       await node.check(command[0], command[1], { timeoutMs: 600_000 });

@@ -207,6 +207,23 @@ describe('attach sequence', () => {
     expect(runner.calls.some((line) => line.startsWith('mkfs') || line.startsWith('mount'))).toBe(false);
   });
 
+  it('never formats a partition whose signatures blkid finds ambiguous (exit 8)', async () => {
+    const image = blankImage('ambivalent.img', 64 * MiB);
+    const runner = scripted([[/^blkid/, fail(8, 'ambivalent result')]]);
+    const error = await attach(parseAttachArgv(argv(image, 'amb', '/mnt/a')), {
+      runner,
+      serve: serveInProcess,
+      sleep: noSleep,
+    }).catch((err: unknown) => err);
+    expect(error).toMatchObject({ code: 'VDISK_EATTACH_COMMAND', command: 'blkid', exitCode: 8 });
+    expect(runner.calls.some((line) => line.startsWith('mkfs'))).toBe(false);
+    expect(runner.calls.slice(-3)).toEqual([
+      'nbd-client -d /dev/nbd0',
+      'cat /sys/block/nbd0/pid',
+      'rm -f /run/vdisk/attach/amb.json',
+    ]);
+  });
+
   it('moves on to the next free device when nbd-client loses a race for one', async () => {
     const image = blankImage('race.img', 64 * MiB);
     const runner = scripted([[/^nbd-client .*\/dev\/nbd0 /, fail(1, 'Error: Device or resource busy')]]);
