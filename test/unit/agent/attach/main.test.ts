@@ -87,6 +87,26 @@ describe('vdisk-agent attach', () => {
     expect(commands.calls).toContain('mount -o noatime /dev/mapper/nbd0p2 /mnt/b');
   });
 
+  it('detaches right after attaching when SIGTERM came during the attach', async () => {
+    const image = join(dir, 'early.img');
+    execFileSync('truncate', ['-s', String(16 * MiB), image]);
+    const controller = new AbortController();
+    controller.abort();
+    const lines: string[] = [];
+    const code = await main(['--image', image, '--id', 'early', '--socket', join(dir, 'early.sock')], {
+      runner: runner(),
+      sleep: async () => undefined,
+      signal: controller.signal,
+      log: () => undefined,
+      stderr: () => undefined,
+      stdout: (text) => lines.push(text),
+    });
+    expect(code).toBe(0);
+    // No partition table and no layout: the whole disk is bound, nothing is mapped.
+    expect(lines.map((line) => JSON.parse(line).phase)).toEqual(['Attached', 'Detached']);
+    expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ device: '/dev/nbd0', table: null, partitions: [] });
+  });
+
   it('exits 1 with the error code in the report when the image is missing', async () => {
     const lines: string[] = [];
     const code = await main(['--image', join(dir, 'absent.img')], {
