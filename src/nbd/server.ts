@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createSecureContext, type SecureContextOptions, TLSSocket } from 'node:tls';
 import { NbdBackend, type NbdExport } from './backend.ts';
+import { ByteBudget } from './byte-budget.ts';
 import { HandshakeAbortedError, negotiate } from './handshake.ts';
 import {
   type NbdLogger,
@@ -48,6 +49,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   tls?: NbdTlsOptions;
   limits?: Partial<TransmissionLimits>;
+  /** Request bytes all connections together may have in flight (default 256 MiB). */
+  maxInFlightBytesTotal?: number;
   log?: NbdLogger;
 }
 
@@ -123,6 +126,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const persistent = options.persistent ?? true;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
   const sessions = new Set<TransmissionSession>();
+  const budget = new ByteBudget(options.maxInFlightBytesTotal ?? 256 * 1024 * 1024);
   const sockets = new Set<Socket>();
   let shuttingDown = false;
   let connectionNumber = 0;
@@ -183,7 +187,11 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
         ? connectionLog.child({ export: session.exportName })
         : connectionLog;
       sessionLog.info({ structured: session.structuredReplies, tls: session.isTls }, 'Client connected');
-      const transmission = new TransmissionSession(session, { limits: options.limits, log: sessionLog });
+      const transmission = new TransmissionSession(session, {
+        limits: options.limits,
+        log: sessionLog,
+        budget,
+      });
       sessions.add(transmission);
       if (shuttingDown) void transmission.shutdown('server shutting down');
       await transmission.start();

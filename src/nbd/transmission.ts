@@ -15,6 +15,7 @@ import {
   toNbdError,
 } from './backend.ts';
 import { giveBuffer, takeBuffer } from './buffer-pool.ts';
+import type { ByteBudget } from './byte-budget.ts';
 import type { NegotiatedSession } from './handshake.ts';
 import {
   type BlockStatusDescriptor,
@@ -53,7 +54,8 @@ export interface TransmissionLimits {
   maxInFlightRequests: number;
   /**
    * Read lengths plus write payloads running at once (default 32 MiB; one larger request may run
-   * alone). With MAX_QUEUED_REPLY_BYTES this bounds a connection's memory to about 40 MiB.
+   * alone). With MAX_QUEUED_REPLY_BYTES this bounds a connection's memory to about 40 MiB; the
+   * server-wide ByteBudget bounds the in-flight part across all connections.
    */
   maxInFlightBytes: number;
 }
@@ -109,6 +111,8 @@ export class TransmissionSession {
   private readonly contexts: Map<number, ContextName>;
   private readonly limits: TransmissionLimits;
   private readonly log: NbdLogger;
+  private readonly budget: ByteBudget | undefined;
+  private readonly onBudgetRoom = (): void => this.pump();
   private chunks: Buffer[] = [];
   private bufferedBytes = 0;
   private pending: PendingPayload | undefined;
@@ -124,8 +128,9 @@ export class TransmissionSession {
 
   constructor(
     session: NegotiatedSession,
-    options: { limits?: Partial<TransmissionLimits>; log?: NbdLogger } = {},
+    options: { limits?: Partial<TransmissionLimits>; log?: NbdLogger; budget?: ByteBudget } = {},
   ) {
+    this.budget = options.budget;
     this.socket = session.socket;
     this.backend = session.backend;
     this.structured = session.structuredReplies;
@@ -158,9 +163,11 @@ export class TransmissionSession {
       this.waitingForDrain = false;
       this.pump();
     });
+    this.budget?.watch(this.onBudgetRoom);
     this.pump();
     this.socket.resume();
     await this.closed;
+    this.budget?.forget(this.onBudgetRoom);
     // The socket is gone; requests still running finish against the device before we report done.
     await this.idle();
   }
@@ -200,11 +207,9 @@ export class TransmissionSession {
   }
 
   private canDispatch(): boolean {
-    return (
-      !this.waitingForDrain &&
-      this.inFlightRequests < this.limits.maxInFlightRequests &&
-      (this.inFlightBytes < this.limits.maxInFlightBytes || this.inFlightRequests === 0)
-    );
+    if (this.waitingForDrain || this.inFlightRequests >= this.limits.maxInFlightRequests) return false;
+    if (this.inFlightRequests === 0) return true;
+    return this.inFlightBytes < this.limits.maxInFlightBytes && (this.budget?.hasRoom ?? true);
   }
 
   private take(lengthBytes: number): Buffer {
@@ -305,11 +310,13 @@ export class TransmissionSession {
   private track(request: Request, bytes: number, body: () => Promise<void>): void {
     this.inFlightRequests++;
     this.inFlightBytes += bytes;
+    this.budget?.take(bytes);
     body()
       .catch((err: unknown) => this.fatal('Request handling failed', { err, type: request.type }))
       .finally(() => {
         this.inFlightRequests--;
         this.inFlightBytes -= bytes;
+        this.budget?.give(bytes);
         if (this.inFlightRequests === 0) {
           const waiters = this.idleWaiters;
           this.idleWaiters = [];

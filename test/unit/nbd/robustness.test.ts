@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BlockDevice } from '../../../src/engine/block-device.ts';
 import { type NbdServerHandle, startNbdServer } from '../../../src/nbd/server.ts';
 import {
   NBD_CMD_FLAG_FUA,
@@ -271,6 +272,52 @@ describe('NBD server lifecycle', () => {
       second.close();
       await server.closed;
       expect(server.connectionCount).toBe(0);
+    } finally {
+      await server.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  it('shares one in-flight byte budget across all connections', async () => {
+    const folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-budget-'));
+    const socketPath = join(folder, 'nbd.sock');
+    const { device } = createMemoryDevice(16 * MIB);
+    let running = 0;
+    let mostRunning = 0;
+    const slow = Object.create(device, {
+      read: {
+        value: async (offsetBytes: number, buffer: Uint8Array) => {
+          running++;
+          mostRunning = Math.max(mostRunning, running);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+          await device.read(offsetBytes, buffer);
+          running--;
+        },
+      },
+    }) as BlockDevice;
+    const server = await startNbdServer({
+      exports: [{ name: '', device: slow }],
+      socketPath,
+      maxInFlightBytesTotal: 2 * MIB,
+    });
+    try {
+      const clients = await Promise.all([0, 1, 2].map(() => RawClient.connect(socketPath)));
+      for (const client of clients) await handshake(client);
+      for (const client of clients) {
+        const parts: Buffer[] = [];
+        for (let index = 0; index < 20; index++)
+          parts.push(request(NBD_CMD_READ, (index % 16) * MIB, MIB, BigInt(index)));
+        client.send(Buffer.concat(parts));
+      }
+      for (const client of clients) {
+        for (let index = 0; index < 20; index++) {
+          expect((await readSimpleReply(client)).error).toBe(0);
+          await client.read(MIB);
+        }
+        client.close();
+      }
+      // Each connection may always run one request; beyond that the shared 2 MiB decides.
+      expect(mostRunning).toBeLessThanOrEqual(3 + 2);
     } finally {
       await server.close();
       await rm(folder, { recursive: true, force: true });
