@@ -32,6 +32,7 @@ describe.skipIf(!HAS_QEMU)('vdisk create -f raw beside qemu-img create', () => {
   for (const [name, args] of [
     ['a plain size', ['-f', 'raw', '@', '5M']],
     ['a fractional size', ['-f', 'raw', '@', '1.5M']],
+    ['a size that is not whole sectors', ['-f', 'raw', '@', '1000']],
     ['the size as an option', ['-f', 'raw', '-o', 'size=2M', '@']],
     ['preallocation=falloc', ['-f', 'raw', '-o', 'preallocation=falloc', '@', '3M']],
     ['preallocation=full', ['-f', 'raw', '-o', 'preallocation=full', '@', '3M']],

@@ -19,6 +19,8 @@ import type {
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 /** qemu's allocate_first_block writes max(page size, 4 KiB) zero bytes so alignment probing finds data. */
 const FIRST_BLOCK_BYTES = 4096;
+/** qemu's BDRV_SECTOR_SIZE: a raw device's size is a whole number of these. */
+const SECTOR_BYTES = 512;
 /** One blockStatus call reports at most this many extents; callers loop for the rest. */
 const MAX_EXTENTS_PER_CALL = 1024;
 
@@ -40,6 +42,10 @@ let zeroChunk: Uint8Array | undefined;
 function zeros(lengthBytes: number): Uint8Array {
   zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
   return zeroChunk.subarray(0, Math.min(lengthBytes, ZERO_CHUNK_BYTES));
+}
+
+function roundUpToSector(sizeBytes: number): number {
+  return Math.ceil(sizeBytes / SECTOR_BYTES) * SECTOR_BYTES;
 }
 
 function parsePreallocation(value: string | undefined): Preallocation {
@@ -205,7 +211,9 @@ class RawDevice implements BlockDevice {
 }
 
 async function openRaw(context: OpenContext): Promise<BlockDevice> {
-  const sizeBytes = await context.file.sizeBytes();
+  // As qemu: the device is whole sectors; a file's partial last sector is padded with zeros (reads
+  // past EOF return zeros, and a write there extends the file).
+  const sizeBytes = roundUpToSector(await context.file.sizeBytes());
   return new RawDevice(context.path, context.file, sizeBytes, context.readOnly);
 }
 
@@ -218,13 +226,13 @@ async function createRaw(context: CreateContext): Promise<void> {
     });
   }
   const mode = parsePreallocation(context.options.preallocation);
-  await growFile(context.file, 0, context.sizeBytes, mode);
+  await growFile(context.file, 0, roundUpToSector(context.sizeBytes), mode);
   await context.file.sync();
 }
 
 /** A raw image needs its whole guest size, rounded up to a sector, as qemu's raw_measure says. */
 async function measureRaw(input: MeasureInput): Promise<MeasureResult> {
-  const requiredBytes = Math.ceil(input.sizeBytes / 512) * 512;
+  const requiredBytes = roundUpToSector(input.sizeBytes);
   return { requiredBytes, fullyAllocatedBytes: requiredBytes };
 }
 
