@@ -10,6 +10,7 @@ import { qcow2Driver } from './qcow2/driver.ts';
 import { parallelsDriver } from './parallels/driver.ts';
 import { qedDriver } from './qed/driver.ts';
 import { rawDriver } from './raw.ts';
+import { vhdxDriver } from './vhdx/driver.ts';
 import { vdiDriver } from './vdi/driver.ts';
 import { vmdkDriver } from './vmdk/driver.ts';
 import { vpcDriver } from './vpc/driver.ts';
@@ -20,6 +21,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   cloopDriver,
   qedDriver,
   parallelsDriver,
+  vhdxDriver,
   vmdkDriver,
   vdiDriver,
   vpcDriver,

@@ -1,0 +1,510 @@
+// VHDX: open (with log replay: on disk when writable, in memory when read-only), read, write, create
+// (dynamic/fixed, block_size, log_size, block_state_zero) and check; ends with the driver record.
+// Spec: MS-VHDX v20160714 sections 2.1-2.6; behaviour (defaults, refusals) as qemu 7.2's block/vhdx.c.
+
+import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
+import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
+import type { HostFile } from '../../io/host-file.ts';
+import { parseSize } from '../../size.ts';
+import { actualSizeOf, readExact, setU64le, viewOf } from '../common/binary.ts';
+import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import type {
+  CheckIssue,
+  CheckReport,
+  CreateContext,
+  CreateOptionSpec,
+  FormatDriver,
+  OpenContext,
+  RepairMode,
+} from '../driver.ts';
+import {
+  batEntryCount,
+  chunkRatio,
+  currentHeader,
+  encodeMetadata,
+  encodeRegionTable,
+  encodeVhdxHeader,
+  GUID_BAT,
+  GUID_METADATA,
+  MiB,
+  newGuid,
+  PAYLOAD_FULLY_PRESENT,
+  PAYLOAD_NOT_PRESENT,
+  PAYLOAD_PARTIALLY_PRESENT,
+  PAYLOAD_UNDEFINED,
+  PAYLOAD_UNMAPPED,
+  PAYLOAD_UNMAPPED_V095,
+  PAYLOAD_ZERO,
+  parseMetadata,
+  parseRegionTable,
+  parseVhdxHeader,
+  sameGuid,
+  VHDX_FILE_SIGNATURE,
+  VHDX_HEADER_BYTES,
+  VHDX_HEADER_OFFSETS,
+  VHDX_REGION_TABLE_BYTES,
+  VHDX_REGION_TABLE_OFFSETS,
+  type VhdxHeader,
+  type VhdxMetadata,
+  type VhdxRegion,
+} from './layout.ts';
+import { applyLogReplay, ReplayedHostFile, readLogReplay } from './log.ts';
+
+/** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
+const MAX_METADATA_REGION_BYTES = 32 * MiB;
+const MAX_BAT_BYTES = 512 * MiB;
+
+interface VhdxLayout {
+  header: VhdxHeader;
+  metadata: VhdxMetadata;
+  batRegion: VhdxRegion;
+  metadataRegion: VhdxRegion;
+  bat: Uint8Array;
+  logReplayedOnOpen: boolean;
+}
+
+async function writeHeaders(file: HostFile, header: VhdxHeader): Promise<VhdxHeader> {
+  // Both copies, the older slot first, each with a higher sequence number (MS-VHDX 2.2.2.1).
+  let latest = header;
+  for (const slot of [1 - header.slot, header.slot]) {
+    latest = { ...latest, slot, sequenceNumber: latest.sequenceNumber + 1n };
+    await file.write(VHDX_HEADER_OFFSETS[slot]!, encodeVhdxHeader(latest));
+    await file.sync();
+  }
+  return latest;
+}
+
+/** Reads identifier, headers, log (replayed per `readOnly`), regions, metadata and BAT. */
+async function loadLayout(
+  context: OpenContext,
+  replayMode: 'disk' | 'memory' | 'refuse',
+): Promise<{ layout: VhdxLayout; file: HostFile }> {
+  let file = context.file;
+  const path = context.path;
+  const identifier = await readExact(file, 0, 8, 'VHDX file identifier');
+  if (Buffer.from(identifier).toString('latin1') !== VHDX_FILE_SIGNATURE) {
+    throw new ImageFormatError({ file: path, offsetBytes: 0, message: 'Image not in VHDX format' });
+  }
+  const copies = [];
+  for (let slot = 0; slot < 2; slot++) {
+    const bytes = await readExact(file, VHDX_HEADER_OFFSETS[slot]!, VHDX_HEADER_BYTES, 'VHDX header');
+    copies.push(parseVhdxHeader(bytes, slot, path));
+  }
+  let header = currentHeader(copies, path);
+  let logReplayedOnOpen = false;
+  const replay = await readLogReplay(file, header);
+  if (replay) {
+    if (replayMode === 'refuse') {
+      throw new ImageFormatError({
+        file: path,
+        offsetBytes: header.logOffsetBytes,
+        message:
+          "VHDX image contains a log that needs to be replayed; open it read-write or run 'check -r all'",
+      });
+    }
+    if (replayMode === 'disk') {
+      await applyLogReplay(file, replay);
+      header = await writeHeaders(file, { ...header, logGuid: new Uint8Array(16) });
+    } else {
+      file = new ReplayedHostFile(file, replay);
+    }
+    logReplayedOnOpen = true;
+  }
+  let regions: VhdxRegion[] | undefined;
+  for (const at of VHDX_REGION_TABLE_OFFSETS) {
+    regions = parseRegionTable(
+      await readExact(file, at, VHDX_REGION_TABLE_BYTES, 'VHDX region table'),
+      at,
+      path,
+    );
+    if (regions) break;
+  }
+  if (!regions)
+    throw new ImageFormatError({
+      file: path,
+      offsetBytes: VHDX_REGION_TABLE_OFFSETS[0],
+      message: 'No valid VHDX region table found',
+    });
+  const batRegion = regions.find((region) => sameGuid(region.guid, GUID_BAT));
+  const metadataRegion = regions.find((region) => sameGuid(region.guid, GUID_METADATA));
+  const unknownRequired = regions.find(
+    (region) => region.required && region !== batRegion && region !== metadataRegion,
+  );
+  if (unknownRequired)
+    throw new UnsupportedError({
+      format: 'vhdx',
+      feature: 'unknown required region',
+      message: `${path}: VHDX image has an unknown required region`,
+    });
+  if (!batRegion || !metadataRegion)
+    throw new ImageFormatError({
+      file: path,
+      offsetBytes: VHDX_REGION_TABLE_OFFSETS[0],
+      message: 'VHDX region table lacks the BAT or metadata region',
+    });
+  const fileSizeBytes = await file.sizeBytes();
+  if (
+    metadataRegion.lengthBytes > MAX_METADATA_REGION_BYTES ||
+    metadataRegion.offsetBytes + metadataRegion.lengthBytes > fileSizeBytes
+  ) {
+    throw new ImageFormatError({
+      file: path,
+      offsetBytes: metadataRegion.offsetBytes,
+      message: `VHDX metadata region (${metadataRegion.lengthBytes} bytes) is too large or past the end of the file`,
+    });
+  }
+  const metadata = parseMetadata(
+    await readExact(file, metadataRegion.offsetBytes, metadataRegion.lengthBytes, 'VHDX metadata region'),
+    metadataRegion.offsetBytes,
+    path,
+  );
+  if (metadata.hasParent)
+    throw new UnsupportedError({
+      format: 'vhdx',
+      feature: 'differencing',
+      message: `${path}: VHDX differencing images are not supported (as in qemu)`,
+    });
+  const batBytes = batEntryCount(metadata) * 8;
+  if (
+    batBytes > batRegion.lengthBytes ||
+    batBytes > MAX_BAT_BYTES ||
+    batRegion.offsetBytes + batBytes > fileSizeBytes
+  ) {
+    throw new ImageFormatError({
+      file: path,
+      offsetBytes: batRegion.offsetBytes,
+      message: `VHDX BAT needs ${batBytes} bytes; its region has ${batRegion.lengthBytes} or lies past the end of the file`,
+    });
+  }
+  const bat = await readExact(file, batRegion.offsetBytes, batBytes, 'VHDX BAT');
+  return { layout: { header, metadata, batRegion, metadataRegion, bat, logReplayedOnOpen }, file };
+}
+
+function batIndexOf(blockIndex: number, metadata: VhdxMetadata): number {
+  return blockIndex + Math.floor(blockIndex / chunkRatio(metadata));
+}
+
+function batEntry(bat: Uint8Array, index: number): { state: number; offsetBytes: number } {
+  const value = viewOf(bat).getBigUint64(index * 8, true);
+  return { state: Number(value & 7n), offsetBytes: Number(value >> 20n) * MiB };
+}
+
+class VhdxDevice extends MappedDevice {
+  private readonly layout: VhdxLayout;
+  private readonly blockBytes: number;
+  private headersUpdated = false;
+  private fileEndBytes: number;
+
+  constructor(context: OpenContext, file: HostFile, layout: VhdxLayout, fileSizeBytes: number) {
+    super({
+      formatName: 'vhdx',
+      path: context.path,
+      file,
+      sizeBytes: layout.metadata.virtualSizeBytes,
+      isReadOnly: context.readOnly,
+      preferredBlockSizeBytes: layout.metadata.logicalSectorBytes,
+    });
+    this.layout = layout;
+    this.blockBytes = layout.metadata.blockSizeBytes;
+    this.fileEndBytes = fileSizeBytes;
+  }
+
+  protected async mapRange(offsetBytes: number): Promise<RangeMapping> {
+    const blockIndex = Math.floor(offsetBytes / this.blockBytes);
+    const inBlock = offsetBytes % this.blockBytes;
+    const lengthBytes = this.blockBytes - inBlock;
+    const batIndex = batIndexOf(blockIndex, this.layout.metadata);
+    const { state, offsetBytes: hostBlockBytes } = batEntry(this.layout.bat, batIndex);
+    switch (state) {
+      case PAYLOAD_NOT_PRESENT:
+        return { kind: 'unallocated', lengthBytes };
+      case PAYLOAD_UNDEFINED:
+      case PAYLOAD_ZERO:
+      case PAYLOAD_UNMAPPED:
+      case PAYLOAD_UNMAPPED_V095:
+        return { kind: 'zero', lengthBytes };
+      case PAYLOAD_FULLY_PRESENT:
+        if (hostBlockBytes < MiB || hostBlockBytes > this.fileEndBytes) {
+          throw new CorruptImageError({
+            file: this.path,
+            offsetBytes: this.layout.batRegion.offsetBytes + batIndex * 8,
+            lengthBytes: 8,
+            message: `VHDX BAT entry ${batIndex} points to ${hostBlockBytes}, outside the file`,
+          });
+        }
+        return { kind: 'data', lengthBytes, hostOffsetBytes: hostBlockBytes + inBlock };
+      case PAYLOAD_PARTIALLY_PRESENT:
+        throw new UnsupportedError({
+          format: 'vhdx',
+          feature: 'partially present blocks',
+          message: `${this.path}: VHDX block ${blockIndex} is partially present (differencing images are not supported)`,
+        });
+      default:
+        throw new CorruptImageError({
+          file: this.path,
+          offsetBytes: this.layout.batRegion.offsetBytes + batIndex * 8,
+          lengthBytes: 8,
+          message: `VHDX BAT entry ${batIndex} has invalid state ${state}`,
+        });
+    }
+  }
+
+  override async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    await this.beforeFirstWrite();
+    await super.write(offsetBytes, data, options);
+  }
+
+  /** New file and data write GUIDs before the first user-visible write (MS-VHDX 2.2.2). */
+  private async beforeFirstWrite(): Promise<void> {
+    if (this.headersUpdated || this.isReadOnly) return;
+    this.headersUpdated = true;
+    this.layout.header = await writeHeaders(this.file, {
+      ...this.layout.header,
+      fileWriteGuid: newGuid(),
+      dataWriteGuid: newGuid(),
+    });
+  }
+
+  protected override allocationUnitBytes(): number {
+    return this.blockBytes;
+  }
+
+  protected override async reserveUnit(): Promise<number> {
+    const at = Math.ceil(this.fileEndBytes / MiB) * MiB;
+    this.fileEndBytes = at + this.blockBytes;
+    await this.file.truncate(this.fileEndBytes);
+    return at;
+  }
+
+  protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
+    const batIndex = batIndexOf(unitIndex, this.layout.metadata);
+    setU64le(viewOf(this.layout.bat), batIndex * 8, hostOffsetBytes + PAYLOAD_FULLY_PRESENT);
+    await this.file.write(
+      this.layout.batRegion.offsetBytes + batIndex * 8,
+      this.layout.bat.subarray(batIndex * 8, batIndex * 8 + 8),
+    );
+  }
+
+  async info(): Promise<ImageInfo> {
+    return {
+      format: 'vhdx',
+      filename: this.path,
+      virtualSizeBytes: this.sizeBytes,
+      actualSizeBytes: await actualSizeOf(this.file),
+      clusterSizeBytes: this.blockBytes,
+      dirty: false,
+    };
+  }
+}
+
+async function openVhdx(context: OpenContext): Promise<BlockDevice> {
+  const { layout, file } = await loadLayout(context, context.readOnly ? 'memory' : 'disk');
+  return new VhdxDevice(context, file, layout, await file.sizeBytes());
+}
+
+/** qemu's vhdx_co_check: a replayed log counts as a fixed corruption; BAT blocks must lie inside the file and not overlap. */
+async function checkVhdx(context: OpenContext, repair: RepairMode): Promise<CheckReport> {
+  const canRepair = repair !== 'none' && !context.readOnly;
+  const { layout, file } = await loadLayout(context, canRepair ? 'disk' : 'refuse');
+  const fileSizeBytes = await file.sizeBytes();
+  const { metadata, bat } = layout;
+  const issues: CheckIssue[] = [];
+  const blockBytes = metadata.blockSizeBytes;
+  const payloadBlocks = Math.ceil(metadata.virtualSizeBytes / blockBytes);
+  const seen = new Set<number>();
+  let allocatedClusters = 0;
+  for (let block = 0; block < payloadBlocks; block++) {
+    const batIndex = batIndexOf(block, metadata);
+    const { state, offsetBytes } = batEntry(bat, batIndex);
+    if (state !== PAYLOAD_FULLY_PRESENT && state !== PAYLOAD_PARTIALLY_PRESENT) continue;
+    allocatedClusters++;
+    const where = {
+      offsetBytes: layout.batRegion.offsetBytes + batIndex * 8,
+      lengthBytes: 8,
+      fixable: false,
+    };
+    if (offsetBytes + blockBytes > fileSizeBytes) {
+      issues.push({
+        code: 'corruption',
+        message: `VHDX BAT entry ${batIndex} start offset ${offsetBytes} points after end of file (${fileSizeBytes}). Image has probably been truncated.`,
+        ...where,
+      });
+    } else if (seen.has(offsetBytes) || offsetBytes < MiB) {
+      issues.push({
+        code: 'corruption',
+        message: `VHDX BAT entry ${batIndex} overlaps with other metadata or data`,
+        ...where,
+      });
+    }
+    seen.add(offsetBytes);
+  }
+  const corruptionsFixed = layout.logReplayedOnOpen ? 1 : 0;
+  if (file !== context.file) await file.close().catch(() => undefined);
+  return {
+    issues,
+    leaks: 0,
+    corruptions: issues.length,
+    checkErrors: 0,
+    leaksFixed: 0,
+    corruptionsFixed,
+    totalClusters: payloadBlocks,
+    allocatedClusters,
+  };
+}
+
+function defaultBlockBytes(sizeBytes: number): number {
+  const TiB = 1024 * 1024 * MiB;
+  if (sizeBytes > 32 * TiB) return 64 * MiB;
+  if (sizeBytes > 100 * 1024 * MiB) return 32 * MiB;
+  if (sizeBytes > 1024 * MiB) return 16 * MiB;
+  return 8 * MiB;
+}
+
+function boolOption(options: Record<string, string>, name: string, fallback: boolean): boolean {
+  const text = options[name];
+  if (text === undefined) return fallback;
+  if (['on', 'true', 'yes'].includes(text)) return true;
+  if (['off', 'false', 'no'].includes(text)) return false;
+  throw new InvalidOptionError({
+    option: name,
+    value: text,
+    message: `Parameter '${name}' expects 'on' or 'off'`,
+  });
+}
+
+async function createVhdx(context: CreateContext): Promise<void> {
+  const { options, file } = context;
+  const sizeBytes = context.sizeBytes;
+  const subformat = options.subformat ?? 'dynamic';
+  if (subformat !== 'dynamic' && subformat !== 'fixed') {
+    throw new InvalidOptionError({
+      option: 'subformat',
+      value: subformat,
+      message: `Invalid subformat '${subformat}' (dynamic or fixed)`,
+    });
+  }
+  if (context.backingFile !== undefined)
+    throw new UnsupportedError({
+      format: 'vhdx',
+      feature: 'backing files',
+      message: 'vhdx does not support backing files',
+    });
+  const logBytes = options.log_size === undefined ? MiB : parseSize(options.log_size, 'log_size');
+  if (logBytes < MiB || logBytes % MiB !== 0 || logBytes > 0xffffffff - MiB + 1) {
+    throw new InvalidOptionError({
+      option: 'log_size',
+      value: logBytes,
+      message: 'Log size must be a multiple of 1 MB',
+    });
+  }
+  const blockBytes =
+    options.block_size === undefined || options.block_size === '0'
+      ? defaultBlockBytes(sizeBytes)
+      : parseSize(options.block_size, 'block_size');
+  if (blockBytes % MiB !== 0 || blockBytes > 256 * MiB || (blockBytes & (blockBytes - 1)) !== 0) {
+    throw new InvalidOptionError({
+      option: 'block_size',
+      value: blockBytes,
+      message: 'Block size must be a power of 2 multiple of 1 MB, at most 256 MB',
+    });
+  }
+  if (sizeBytes % 512 !== 0 || sizeBytes > 64 * 1024 * 1024 * MiB) {
+    throw new InvalidOptionError({
+      option: 'size',
+      value: sizeBytes,
+      message: 'Image size must be a multiple of 512 bytes, at most 64 TiB',
+    });
+  }
+  const blockStateZero = boolOption(options, 'block_state_zero', true);
+  const metadata: VhdxMetadata = {
+    blockSizeBytes: blockBytes,
+    leaveBlocksAllocated: subformat === 'fixed',
+    hasParent: false,
+    virtualSizeBytes: sizeBytes,
+    logicalSectorBytes: 512,
+    physicalSectorBytes: 4096,
+    page83: newGuid(),
+  };
+  const logOffsetBytes = MiB;
+  const metadataOffsetBytes = logOffsetBytes + logBytes;
+  const batOffsetBytes = metadataOffsetBytes + MiB;
+  const entryCount = batEntryCount(metadata);
+  const batRegionBytes = Math.max(MiB, Math.ceil((entryCount * 8) / MiB) * MiB);
+  const dataOffsetBytes = batOffsetBytes + batRegionBytes;
+  const payloadBlocks = Math.ceil(sizeBytes / blockBytes);
+
+  await file.truncate(0);
+  const identifier = new Uint8Array(64 * 1024);
+  identifier.set(Buffer.from(VHDX_FILE_SIGNATURE, 'latin1'), 0);
+  identifier.set(Buffer.from('vdisk 0.1.0', 'utf16le'), 8);
+  await file.write(0, identifier);
+  const regions: VhdxRegion[] = [
+    { guid: GUID_BAT, offsetBytes: batOffsetBytes, lengthBytes: batRegionBytes, required: true },
+    { guid: GUID_METADATA, offsetBytes: metadataOffsetBytes, lengthBytes: MiB, required: true },
+  ];
+  const regionTable = encodeRegionTable(regions);
+  for (const at of VHDX_REGION_TABLE_OFFSETS) await file.write(at, regionTable);
+  await file.write(metadataOffsetBytes, encodeMetadata(metadata, MiB));
+  const bat = new Uint8Array(entryCount * 8);
+  const batView = viewOf(bat);
+  for (let block = 0; block < payloadBlocks; block++) {
+    const index = batIndexOf(block, metadata);
+    if (subformat === 'fixed')
+      setU64le(batView, index * 8, dataOffsetBytes + block * blockBytes + PAYLOAD_FULLY_PRESENT);
+    else if (blockStateZero) setU64le(batView, index * 8, PAYLOAD_ZERO);
+  }
+  await file.write(batOffsetBytes, bat);
+  await file.truncate(subformat === 'fixed' ? dataOffsetBytes + payloadBlocks * blockBytes : dataOffsetBytes);
+  const header: VhdxHeader = {
+    slot: 1,
+    sequenceNumber: 0n,
+    fileWriteGuid: newGuid(),
+    dataWriteGuid: newGuid(),
+    logGuid: new Uint8Array(16),
+    logVersion: 0,
+    version: 1,
+    logLengthBytes: logBytes,
+    logOffsetBytes,
+  };
+  await writeHeaders(file, header);
+}
+
+export const vhdxCreateOptions: readonly CreateOptionSpec[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size; max of 64TB' },
+  { name: 'log_size', type: 'size', help: 'Log size; min 1MB', default: 1048576 },
+  {
+    name: 'block_size',
+    type: 'size',
+    help: 'Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.',
+    default: 0,
+  },
+  {
+    name: 'subformat',
+    type: 'enum',
+    values: ['dynamic', 'fixed'],
+    help: 'VHDX format type - can be either "dynamic" or "fixed"',
+    default: 'dynamic',
+  },
+  { name: 'block_state_zero', type: 'bool', help: 'Force use of payload blocks of type ZERO', default: true },
+];
+
+export const vhdxDriver = {
+  name: 'vhdx',
+  description: 'Microsoft Hyper-V VHDX',
+  probe: (head: Uint8Array) =>
+    head.length >= 8 && Buffer.from(head.subarray(0, 8)).toString('latin1') === VHDX_FILE_SIGNATURE ? 100 : 0,
+  capabilities: {
+    create: true,
+    write: true,
+    backing: false,
+    internalSnapshots: false,
+    check: true,
+    compression: [],
+    encryption: [],
+    resize: 'none',
+  },
+  createOptions: vhdxCreateOptions,
+  open: openVhdx,
+  create: createVhdx,
+  check: checkVhdx,
+} satisfies FormatDriver;
