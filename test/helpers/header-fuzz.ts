@@ -74,3 +74,36 @@ export async function fuzzHeaders(options: HeaderFuzzOptions): Promise<void> {
     { numRuns: options.numRuns ?? 150, seed: options.seed ?? 4242, interruptAfterTimeLimit: 30_000 },
   );
 }
+
+/**
+ * Truncates copies of a valid image at `cutPoints` (bytes; negative counts from the end) and exercises
+ * each: success or a VdiskError only. Returns the error codes seen, one per cut (undefined: it opened).
+ */
+export async function exerciseTruncations(
+  pristinePath: string,
+  format: string,
+  dir: string,
+  cutPoints: number[],
+): Promise<Array<string | undefined>> {
+  const pristine = await readFile(pristinePath);
+  const codes: Array<string | undefined> = [];
+  for (const cut of cutPoints) {
+    const length = cut < 0 ? pristine.length + cut : cut;
+    const path = join(dir, `truncated-${length}.${format}`);
+    await writeFile(path, pristine.subarray(0, length));
+    try {
+      const device = await openImage(path, { readOnly: true, format });
+      try {
+        await device.read(0, new Uint8Array(Math.min(device.sizeBytes, READ_CAP_BYTES)));
+        await device.blockStatus(0, device.sizeBytes);
+        codes.push(undefined);
+      } finally {
+        await device.close();
+      }
+    } catch (err) {
+      if (!isVdiskError(err)) throw err;
+      codes.push(err.code);
+    }
+  }
+  return codes;
+}

@@ -2,10 +2,10 @@
 // never a crash, hang or allocation sized by a corrupt field. Images are made by vdisk's own create.
 
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../../../src/engine/open.ts';
 import { createWithDriver, scratchDir, seededBytes } from '../../../../helpers/format-harness.ts';
-import { fuzzHeaders } from '../../../../helpers/header-fuzz.ts';
+import { exerciseTruncations, fuzzHeaders } from '../../../../helpers/header-fuzz.ts';
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -21,5 +21,11 @@ describe('vdi header mutations', () => {
     await device.write(4 * 1024 * 1024, seededBytes(4096, 2));
     await device.close();
     await fuzzHeaders({ pristinePath: path, format: 'vdi', dir, metadataBytes: 1024 });
+    // Inside the header or block map: refused. Inside the data area: blocks past EOF are corrupt.
+    const codes = await exerciseTruncations(path, 'vdi', dir, [0, 100, 511, 600, 1024, 1024 + 4096, -600]);
+    expect(codes.slice(0, 5).every((code) => code === 'VDISK_EFORMAT' || code === 'VDISK_ECORRUPT')).toBe(
+      true,
+    );
+    expect(codes[5]).toBe('VDISK_ECORRUPT');
   });
 });

@@ -3,10 +3,10 @@
 // allocation sized by a corrupt field. Images are made by vdisk's own create.
 
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../../../src/engine/open.ts';
 import { createWithDriver, scratchDir, seededBytes } from '../../../../helpers/format-harness.ts';
-import { fuzzHeaders } from '../../../../helpers/header-fuzz.ts';
+import { exerciseTruncations, fuzzHeaders } from '../../../../helpers/header-fuzz.ts';
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -24,6 +24,19 @@ describe('vmdk header mutations', () => {
       await device.close();
       // Header (512), descriptor (sectors 1-20), redundant GD + GT, GD + GT: the first 31 sectors.
       await fuzzHeaders({ pristinePath: path, format: 'vmdk', dir, metadataBytes: 31 * 512 });
+      const codes = await exerciseTruncations(path, 'vmdk', dir, [
+        0,
+        100,
+        511,
+        2048,
+        11 * 1024,
+        31 * 512,
+        64 * 1024,
+        -100,
+      ]);
+      expect(codes.slice(0, 7).every((code) => code === 'VDISK_EFORMAT' || code === 'VDISK_ECORRUPT')).toBe(
+        true,
+      );
     });
   }
 });
