@@ -90,6 +90,23 @@ export async function applyDisk(
       );
     }
   }
+  for (const pod of desired.createPods) {
+    context.metrics.apiRequestsTotal.inc({ verb: 'create', resource: 'pods' });
+    if (await createIfAbsent(core.createNamespacedPod({ namespace, body: pod }))) {
+      log.info({ pod: pod.metadata?.name, node: pod.spec?.nodeName }, 'Created attach Pod');
+      await context.events.record(
+        eventTarget,
+        'Normal',
+        Reason.WaitingForNode,
+        `Created attach pod ${pod.metadata?.name} on node ${pod.spec?.nodeName}`,
+      );
+    }
+  }
+  for (const name of desired.deletePods) {
+    context.metrics.apiRequestsTotal.inc({ verb: 'delete', resource: 'pods' });
+    await ignoreNotFound(core.deleteNamespacedPod({ name, namespace }));
+    log.info({ pod: name }, 'Deleted attach Pod');
+  }
   await patchStatus(
     context,
     target,

@@ -2,7 +2,7 @@
 // have. No client, no clock (`now` comes in), so unit tests are tables and a killed reconcile re-runs
 // to the same answer. Order of work: finalizer, PVC, one imager Job at a time per PVC, status.
 
-import type { V1PersistentVolumeClaim } from '@kubernetes/client-node';
+import type { V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import type { Condition } from '../../api/common.ts';
 import type { DiskSnapshot } from '../../api/disk-snapshot.ts';
 import {
@@ -13,6 +13,7 @@ import {
 } from '../../api/imager.ts';
 import { formatQuantityBytes, parseQuantityBytes, quantityBytes } from '../../api/quantity.ts';
 import type { DiskPhase, VirtualDisk, VirtualDiskStatus } from '../../api/virtual-disk.ts';
+import { attachPodName, buildAttachPod } from '../attach-pod.ts';
 import { ConditionType, Reason, type ReasonName, setCondition } from '../conditions.ts';
 import { buildImagerJob, type PodSettings } from '../imager-job.ts';
 import {
@@ -33,6 +34,8 @@ export interface ObservedDisk {
   claim: V1PersistentVolumeClaim | undefined;
   /** Every imager Job labelled with this disk, whichever kind owns it. */
   jobs: readonly ObservedJob[];
+  /** Attach pods of this disk (label vdisk.dev/role=attach). */
+  attachPods: readonly V1Pod[];
   /** From sizing.ts: what the PVC must request. */
   requiredClaimBytes: number;
   /** spec.source.virtualDisk, when set and found. */
@@ -62,6 +65,8 @@ export interface DesiredDisk {
   releaseClaim: boolean;
   createJobs: ReturnType<typeof buildImagerJob>[];
   deleteJobs: string[];
+  createPods: V1Pod[];
+  deletePods: string[];
   status: VirtualDiskStatus;
   events: EventSpec[];
 }
@@ -240,6 +245,8 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     releaseClaim: false,
     createJobs: [],
     deleteJobs: [],
+    createPods: [],
+    deletePods: [],
     status: { ...previous, observedGeneration: generation, claimName },
     events: [],
   };
@@ -248,6 +255,7 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     conditions = setCondition(conditions, { type, status, reason, message }, generation, now);
   };
   const finish = (phase: DiskPhase): DesiredDisk => {
+    planAttach(observed, desired, phase, set);
     const readyBefore = previous.conditions?.find((condition) => condition.type === ConditionType.Ready);
     const readyNow = conditions.find((condition) => condition.type === ConditionType.Ready);
     if (readyNow && readyNow.reason !== readyBefore?.reason) {
@@ -267,15 +275,6 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     if (phase !== 'Failed') delete desired.status.message;
     return desired;
   };
-
-  if (!disk.spec.attach) set(ConditionType.Attached, 'False', Reason.NotRequested, 'spec.attach is not set');
-  else if (!previous.attachment)
-    set(
-      ConditionType.Attached,
-      'False',
-      Reason.WaitingForNode,
-      `Waiting to attach on node ${disk.spec.attach.nodeName}`,
-    );
 
   // Deletion: stop imagers, then the PVC per deletionPolicy, then let the object go.
   if (disk.metadata.deletionTimestamp) {
@@ -413,21 +412,25 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   }
 
   // One imager at a time per PVC: wait for any other Job on this disk (a snapshot, an older resize).
+  // ... and for the attach pod to be gone (it detaches once the phase leaves Ready).
   const busy = observed.jobs.find((job) => job.state === 'active');
+  const attachPod = observed.attachPods[0];
   const plan = busy
     ? { waiting: `Imager Job ${busy.name} (${busy.operation}) is still running on PVC ${claimName}` }
-    : planOperation(observed, operation);
+    : attachPod
+      ? { waiting: `attach pod ${attachPod.metadata?.name} is detaching` }
+      : planOperation(observed, operation);
   if ('waiting' in plan) {
     set(
       ConditionType.Ready,
       'False',
-      busy ? readyWaitReason : Reason.WaitingForSource,
+      busy || attachPod ? readyWaitReason : Reason.WaitingForSource,
       `Waiting: ${plan.waiting}`,
     );
     set(
       ConditionType.Progressing,
       'False',
-      busy ? progressReason : Reason.WaitingForSource,
+      busy || attachPod ? progressReason : Reason.WaitingForSource,
       `Waiting: ${plan.waiting}`,
     );
     return finish(image ? phase : 'Pending');
@@ -453,4 +456,113 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     `Started imager Job ${currentJobName} (${operation})`,
   );
   return finish(phase);
+}
+
+type SetCondition = (
+  type: string,
+  status: 'True' | 'False' | 'Unknown',
+  reason: ReasonName,
+  message: string,
+) => void;
+
+function attachFailure(pod: V1Pod): string {
+  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
+  const text = terminated?.message ?? pod.status?.message ?? pod.status?.reason ?? '';
+  try {
+    const report = JSON.parse(text) as { error?: { code?: string; message?: string } };
+    if (report.error) return `${report.error.code ?? 'error'}: ${report.error.message ?? ''}`;
+  } catch {
+    // not the agent's JSON report: show the text as is
+  }
+  return text.slice(0, 1024) || `exit code ${terminated?.exitCode ?? 'unknown'}`;
+}
+
+/**
+ * The attach pod while the disk is Ready and spec.attach is set; otherwise none (deleting it detaches:
+ * the agent unmounts and flushes on SIGTERM). Sets the Attached condition and status.attachment.
+ */
+function planAttach(observed: ObservedDisk, desired: DesiredDisk, phase: DiskPhase, set: SetCondition): void {
+  const { disk } = observed;
+  const attach = disk.spec.attach;
+  const deleting = disk.metadata.deletionTimestamp !== undefined;
+  const wanted =
+    attach && phase === 'Ready' && desired.status.image && !deleting
+      ? attachPodName({ ...disk, status: desired.status })
+      : undefined;
+  for (const pod of observed.attachPods) {
+    const name = pod.metadata?.name ?? '';
+    if (name !== wanted && !pod.metadata?.deletionTimestamp) desired.deletePods.push(name);
+  }
+  const current = wanted ? observed.attachPods.find((pod) => pod.metadata?.name === wanted) : undefined;
+  if (!attach || !wanted) {
+    if (observed.attachPods.length > 0) {
+      set(
+        ConditionType.Attached,
+        'False',
+        Reason.Detaching,
+        `Detaching: attach pod ${observed.attachPods[0]?.metadata?.name} is stopping`,
+      );
+      return;
+    }
+    delete desired.status.attachment;
+    delete desired.status.node;
+    if (!attach) set(ConditionType.Attached, 'False', Reason.NotRequested, 'spec.attach is not set');
+    else
+      set(
+        ConditionType.Attached,
+        'False',
+        Reason.WaitingForNode,
+        `Waiting for the image before attaching on node ${attach.nodeName}`,
+      );
+    return;
+  }
+  // Snapshots and clones refuse a disk attached read-write from the moment its pod exists.
+  desired.status.attachment = { nodeName: attach.nodeName, readOnly: attach.readOnly };
+  desired.status.node = attach.nodeName;
+  if (!current) {
+    const owner = {
+      apiVersion: disk.apiVersion,
+      kind: 'VirtualDisk',
+      name: disk.metadata.name,
+      uid: disk.metadata.uid ?? '',
+    };
+    desired.createPods.push(
+      buildAttachPod(
+        { ...disk, status: desired.status },
+        claimNameFor(disk.metadata.name),
+        owner,
+        observed.settings,
+      ),
+    );
+    set(
+      ConditionType.Attached,
+      'False',
+      Reason.WaitingForNode,
+      `Started attach pod ${wanted} on node ${attach.nodeName}`,
+    );
+    return;
+  }
+  const podPhase = current.status?.phase;
+  if (podPhase === 'Running') {
+    set(
+      ConditionType.Attached,
+      'True',
+      Reason.Mounted,
+      `Attach pod ${wanted} serves the image on node ${attach.nodeName}`,
+    );
+  } else if (podPhase === 'Failed' || podPhase === 'Succeeded') {
+    set(
+      ConditionType.Attached,
+      'False',
+      Reason.AttachFailed,
+      `Attach pod ${wanted} on node ${attach.nodeName} ended: ${attachFailure(current)}`,
+    );
+  } else {
+    set(
+      ConditionType.Attached,
+      'False',
+      Reason.WaitingForNode,
+      `Attach pod ${wanted} is ${podPhase ?? 'Pending'} on node ${attach.nodeName}`,
+    );
+  }
 }

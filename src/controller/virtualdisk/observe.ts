@@ -5,6 +5,7 @@
 import type { V1Job, V1Pod } from '@kubernetes/client-node';
 import { type DiskSnapshot, parseDiskSnapshot } from '../../api/disk-snapshot.ts';
 import { parseVirtualDisk, type VirtualDisk } from '../../api/virtual-disk.ts';
+import { ATTACH_ROLE, LABEL_ROLE } from '../attach-pod.ts';
 import type { ReconcileContext } from '../context.ts';
 import { claimNameFor, LABEL_DISK, labelValue } from '../naming.ts';
 import { type ObservedJob, observeJob } from '../observed-job.ts';
@@ -74,6 +75,13 @@ export async function observeDisk(
     disk,
     claim: context.caches.claims.get(claimNameFor(name), namespace),
     jobs: jobsOnDisk(context, namespace, name),
+    attachPods: context.caches.pods
+      .list(namespace)
+      .filter(
+        (pod: V1Pod) =>
+          pod.metadata?.labels?.[LABEL_DISK] === labelValue(name) &&
+          pod.metadata?.labels?.[LABEL_ROLE] === ATTACH_ROLE,
+      ),
     requiredClaimBytes: await requiredClaimBytes(disk.spec),
     sourceDisk: source.virtualDisk ? cachedDisk(context, namespace, source.virtualDisk.name) : undefined,
     sourceSnapshot,

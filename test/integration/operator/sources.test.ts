@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import type { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, type CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { API_GROUP, API_VERSION } from '../../../src/api/common.ts';
 import type { Manager } from '../../../src/controller/manager.ts';
@@ -195,13 +195,38 @@ describeWithControlPlane('VirtualDisk sources on a real control plane', () => {
     );
   });
 
-  it('refuses to snapshot a disk attached read-write', async () => {
+  it('starts an attach pod pinned to the node, and refuses to snapshot the disk while attached read-write', async () => {
+    // A node with no kubelet: the pod stays Pending, so this test never runs nbd-client on the host.
     await createDisk(custom, namespace, 'attached', {
       size: '2Mi',
       source: { blank: {} },
-      attach: { nodeName: 'vdisk-local' },
+      attach: { nodeName: 'absent-node' },
     });
-    await waitForPhase(custom, namespace, 'virtualdisks', 'attached', 'Ready');
+    const disk = await waitForPhase(custom, namespace, 'virtualdisks', 'attached', 'Ready');
+    expect(disk.status).toMatchObject({
+      attachment: { nodeName: 'absent-node', readOnly: false },
+      node: 'absent-node',
+    });
+    const pods = await kubeConfig
+      .makeApiClient(CoreV1Api)
+      .listNamespacedPod({ namespace, labelSelector: 'vdisk.dev/disk=attached,vdisk.dev/role=attach' });
+    expect(pods.items).toHaveLength(1);
+    const pod = pods.items[0]!;
+    expect(pod.spec?.nodeName).toBe('absent-node');
+    expect(pod.spec?.containers[0]?.args).toEqual(
+      expect.arrayContaining(['attach', '--image=/data/disk.qcow2', '--format=qcow2']),
+    );
+    const attached = await eventually(
+      'Attached condition',
+      () => readObject(custom, namespace, 'virtualdisks', 'attached'),
+      (read) =>
+        (read.status as DiskStatus).conditions.some(
+          (c) => c.type === 'Attached' && c.message.includes('Pending'),
+        ),
+    );
+    expect((attached.status as DiskStatus).conditions.find((c) => c.type === 'Attached')?.reason).toBe(
+      'WaitingForNode',
+    );
     await createSnapshot(custom, namespace, 'snap-attached', { virtualDiskName: 'attached' });
     const snapshot = await eventually(
       'snapshot waiting',
@@ -210,6 +235,6 @@ describeWithControlPlane('VirtualDisk sources on a real control plane', () => {
     );
     const ready = (snapshot.status as DiskStatus).conditions.find((c) => c.type === 'Ready')!;
     expect(ready.reason).toBe('WaitingForDisk');
-    expect(ready.message).toContain('attached read-write on node vdisk-local');
+    expect(ready.message).toContain('attached read-write on node absent-node');
   });
 });

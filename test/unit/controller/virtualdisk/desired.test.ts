@@ -48,6 +48,7 @@ function observed(target: VirtualDisk, extra: Partial<ObservedDisk> = {}): Obser
       spec: { resources: { requests: { storage: '1025Mi' } } },
     },
     jobs: [],
+    attachPods: [],
     requiredClaimBytes: 1025 * 2 ** 20,
     sourceDisk: undefined,
     sourceSnapshot: undefined,
@@ -294,6 +295,81 @@ describe('desiredDisk', () => {
     expect(result.status.conditions?.find((c) => c.type === 'Ready')?.lastTransitionTime).toBe(before);
     expect(result.events).toEqual([]);
     expect(result.createJobs).toEqual([]);
+  });
+
+  it('starts an attach pod pinned to spec.attach.nodeName once the image is Ready', () => {
+    const spec = { ...blank, attach: { nodeName: 'node-7', mounts: [{ partition: 1, path: '/mnt/d1' }] } };
+    const result = desiredDisk(observed(disk(spec, { status: { image: readyImage } })));
+    const pod = result.createPods[0]!;
+    expect(pod.spec?.nodeName).toBe('node-7');
+    expect(pod.spec?.containers[0]?.args).toEqual(
+      expect.arrayContaining(['attach', '--image=/data/disk.qcow2', '--format=qcow2', '--mount=1:/mnt/d1']),
+    );
+    expect(
+      pod.spec?.containers[0]?.volumeMounts?.find((m) => m.mountPath === '/mnt/d1')?.mountPropagation,
+    ).toBe('Bidirectional');
+    expect(result.status.attachment).toEqual({ nodeName: 'node-7', readOnly: false });
+    expect(result.status.conditions?.find((c) => c.type === 'Attached')).toMatchObject({
+      status: 'False',
+      reason: 'WaitingForNode',
+    });
+  });
+
+  it('reports Attached when the attach pod runs, AttachFailed with the agent error when it ended', () => {
+    const spec = { ...blank, attach: { nodeName: 'node-7' } };
+    const target = disk(spec, { status: { image: readyImage } });
+    const name = desiredDisk(observed(target)).createPods[0]!.metadata!.name!;
+    const running = desiredDisk(
+      observed(target, { attachPods: [{ metadata: { name }, status: { phase: 'Running' } }] }),
+    );
+    expect(running.createPods).toEqual([]);
+    expect(running.status.conditions?.find((c) => c.type === 'Attached')).toMatchObject({
+      status: 'True',
+      reason: 'Mounted',
+    });
+    const report = JSON.stringify({
+      phase: 'Failed',
+      error: { code: 'VDISK_ENODEV', message: 'no free /dev/nbd device' },
+    });
+    const failed = desiredDisk(
+      observed(target, {
+        attachPods: [
+          {
+            metadata: { name },
+            status: {
+              phase: 'Failed',
+              containerStatuses: [
+                {
+                  name: 'attach',
+                  image: 'vdisk:dev',
+                  imageID: '',
+                  ready: false,
+                  restartCount: 0,
+                  state: { terminated: { exitCode: 1, message: report } },
+                },
+              ],
+            },
+          },
+        ],
+      }),
+    );
+    const attached = failed.status.conditions?.find((c) => c.type === 'Attached');
+    expect(attached?.reason).toBe('AttachFailed');
+    expect(attached?.message).toContain('VDISK_ENODEV: no free /dev/nbd device');
+  });
+
+  it('detaches (deletes the attach pod) when spec.attach is removed, and waits for it before resizing', () => {
+    const pods = [{ metadata: { name: 'vd-d1-attach-1234abcd' }, status: { phase: 'Running' } }];
+    const detached = desiredDisk(
+      observed(disk(blank, { status: { image: readyImage } }), { attachPods: pods }),
+    );
+    expect(detached.deletePods).toEqual(['vd-d1-attach-1234abcd']);
+    expect(detached.status.conditions?.find((c) => c.type === 'Attached')?.reason).toBe('Detaching');
+    const grow = desiredDisk(
+      observed(disk({ ...blank, size: '2Gi' }, { status: { image: readyImage } }), { attachPods: pods }),
+    );
+    expect(grow.createJobs).toEqual([]);
+    expect(grow.deletePods).toEqual(['vd-d1-attach-1234abcd']);
   });
 
   it('round-trips imager argv', () => {
