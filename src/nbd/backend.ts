@@ -215,9 +215,11 @@ export class NbdBackend {
     this.isReadOnly = Boolean(exportConfig.readOnly) || exportConfig.device.isReadOnly;
   }
 
-  /** Transmission flags for NBD_OPT_EXPORT_NAME / NBD_INFO_EXPORT. */
-  transmissionFlags(): number {
-    let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE | NBD_FLAG_SEND_DF;
+  /** Transmission flags for NBD_OPT_EXPORT_NAME / NBD_INFO_EXPORT, given what was negotiated so far. */
+  transmissionFlags(structuredReplies: boolean): number {
+    let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_CACHE;
+    // DF only means something to a client that gets structured replies (proto.md NBD_FLAG_SEND_DF).
+    if (structuredReplies) flags |= NBD_FLAG_SEND_DF;
     if (this.isReadOnly) flags |= NBD_FLAG_READ_ONLY;
     else
       flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;

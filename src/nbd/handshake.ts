@@ -161,7 +161,9 @@ export async function negotiate(
           const name = data.length <= MAX_STRING_BYTES ? data.toString('utf8') : undefined;
           const backend = name === undefined ? undefined : config.exports.get(name);
           if (name === undefined || !backend) throw new HandshakeAbortedError('unknown export');
-          send(encodeExportNameReply(backend.sizeBytes, backend.transmissionFlags(), noZeroes));
+          send(
+            encodeExportNameReply(backend.sizeBytes, backend.transmissionFlags(structuredReplies), noZeroes),
+          );
           if (contextsExport !== name) contexts = new Map();
           return {
             socket,
@@ -221,7 +223,10 @@ export async function negotiate(
             replyError(NBD_REP_ERR_UNKNOWN, `export '${request.exportName}' not found`);
             break;
           }
-          reply(NBD_REP_INFO, encodeInfoExport(backend.sizeBytes, backend.transmissionFlags()));
+          reply(
+            NBD_REP_INFO,
+            encodeInfoExport(backend.sizeBytes, backend.transmissionFlags(structuredReplies)),
+          );
           if (request.infoTypes.includes(NBD_INFO_NAME))
             reply(NBD_REP_INFO, encodeInfoText(NBD_INFO_NAME, request.exportName));
           const description = backend.export.description;

@@ -333,6 +333,8 @@ export class TransmissionSession {
     if (allowed === undefined) throw new NbdCommandError(NBD_EINVAL, `unknown command ${type}`);
     if ((flags & ~allowed) !== 0)
       throw new NbdCommandError(NBD_EINVAL, `flags 0x${flags.toString(16)} not valid for command ${type}`);
+    if ((flags & NBD_CMD_FLAG_DF) !== 0 && !this.structured)
+      throw new NbdCommandError(NBD_EINVAL, 'DF without structured replies');
     const isWrite = WRITE_COMMANDS.has(type);
     if (isWrite && this.backend.isReadOnly) throw new NbdCommandError(NBD_EPERM, 'the export is read-only');
     if (request.offsetOverflow)

@@ -197,6 +197,7 @@ h = nbd.NBD()
 h.set_request_structured_replies(False)
 h.connect_uri(sys.argv[1])
 assert not h.get_structured_replies_negotiated()
+assert not h.can_df()
 h.pwrite(b'k' * 4096, 12 << 20, nbd.CMD_FLAG_FUA)
 assert h.pread(4096, 12 << 20) == b'k' * 4096
 h.set_strict_mode(0)
