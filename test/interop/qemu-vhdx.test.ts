@@ -135,11 +135,12 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img', () => {
     });
   }
 
-  for (const options of [
+  const writeCases: Record<string, string>[] = [
     { block_size: '1M' },
     { block_size: '2M', log_size: '2M', block_state_zero: 'off' },
     { subformat: 'fixed', block_size: '1M' },
-  ]) {
+  ];
+  for (const options of writeCases) {
     it(`writes images qemu-img compares equal and checks clean (${JSON.stringify(options)})`, async () => {
       const raw = await writeSeededRaw(dir, 'in.raw', 6 << 20, 13);
       const path = join(dir, 'v.vhdx');
@@ -155,7 +156,7 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img', () => {
       expect(check.stdout).toContain('No errors were found');
       const info = JSON.parse(run('qemu-img', ['info', '--output=json', path]));
       expect(info['virtual-size']).toBe(6 << 20);
-      expect(info['cluster-size']).toBe(Number.parseInt(options.block_size, 10) << 20);
+      expect(info['cluster-size']).toBe(Number.parseInt(options.block_size ?? '0', 10) << 20);
       expect(await checkWith(path, 'none')).toMatchObject({ corruptions: 0 });
     });
   }

@@ -41,8 +41,8 @@ describe('vhdx malformed input', () => {
       dir,
       'vhdx',
       edit((_v, b) => {
-        b[64 * 1024 + 20] ^= 1;
-        b[128 * 1024 + 20] ^= 1;
+        b[64 * 1024 + 20] = (b[64 * 1024 + 20] ?? 0) ^ 1;
+        b[128 * 1024 + 20] = (b[128 * 1024 + 20] ?? 0) ^ 1;
       }),
     );
     expect(err).toMatchObject({ code: 'VDISK_EFORMAT', offsetBytes: 64 * 1024 });
@@ -54,7 +54,7 @@ describe('vhdx malformed input', () => {
         dir,
         'vhdx',
         edit((_v, b) => {
-          b[64 * 1024 + 20] ^= 1;
+          b[64 * 1024 + 20] = (b[64 * 1024 + 20] ?? 0) ^ 1;
         }),
       ),
     ).toBeUndefined();
