@@ -1,6 +1,6 @@
 // Random argv for the image commands never escapes as an exception or an "internal error": every
-// run ends with one of qemu-img's exit statuses. Paths come from a scratch folder, so whatever the
-// generated command creates or converts stays there.
+// run ends with one of qemu-img's exit statuses. The test runs from a scratch folder, so whatever
+// the generated command creates or converts stays there.
 
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,13 +10,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../../src/cli/main.ts';
 
 let folder: string;
+let previousFolder: string;
 
 beforeAll(async () => {
   folder = await mkdtemp(join(tmpdir(), 'vdisk-argv-'));
+  // Generated operands may be bare names (`4k`, `raw`): run from the scratch folder so they land there.
+  previousFolder = process.cwd();
+  process.chdir(folder);
   await writeFile(join(folder, 'a.raw'), Buffer.alloc(64 * 1024, 7));
   await writeFile(join(folder, 'junk.img'), Buffer.from('QFI\xfb garbage that claims to be qcow2'));
 });
 afterAll(async () => {
+  process.chdir(previousFolder);
   await rm(folder, { recursive: true, force: true });
 });
 
