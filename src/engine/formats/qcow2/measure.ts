@@ -1,8 +1,127 @@
 // qemu-img measure for qcow2: host bytes a new image needs for a virtual size and, with a source, for the
-// source's allocated ranges (qemu's qcow2_measure and qcow2_calc_prealloc_size in block/qcow2.c).
-import type { MeasureInput, MeasureResult } from '../driver.ts';
+// source's allocated ranges. Same arithmetic as qemu 7.2's qcow2_measure, qcow2_calc_prealloc_size and
+// qcow2_refcount_metadata_size (block/qcow2.c, block/qcow2-refcount.c), so the numbers match exactly.
 
+import type { BlockDevice } from '../../block-device.ts';
+import { InvalidOptionError } from '../../errors.ts';
+import type { MeasureInput, MeasureResult } from '../driver.ts';
+import { parseCreateSettings } from './create.ts';
+import { QCOW2_MAX_L1_BYTES } from './header.ts';
+
+function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+/** Refcount table + block bytes needed to count `clusters` clusters and themselves (a fixed point). */
+export function refcountMetadataBytes(
+  clusters: number,
+  clusterSizeBytes: number,
+  refcountOrder: number,
+): number {
+  const blocksPerTableCluster = clusterSizeBytes / 8;
+  const refcountsPerBlock = (clusterSizeBytes * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let total = 0;
+  let last: number;
+  do {
+    last = total;
+    blocks = Math.ceil((clusters + table + blocks) / refcountsPerBlock);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    total = clusters + blocks + table;
+  } while (total !== last);
+  return (blocks + table) * clusterSizeBytes;
+}
+
+/** Bytes of a fully preallocated image: header, L2 tables, L1 table, refcount structures and all data. */
+export function fullyAllocatedBytes(
+  virtualSizeBytes: number,
+  clusterSizeBytes: number,
+  refcountOrder: number,
+): number {
+  const alignedBytes = roundUp(virtualSizeBytes, clusterSizeBytes);
+  let metaBytes = clusterSizeBytes;
+  const l2Entries = roundUp(alignedBytes / clusterSizeBytes, clusterSizeBytes / 8);
+  metaBytes += l2Entries * 8;
+  const l1Entries = roundUp((l2Entries * 8) / clusterSizeBytes, clusterSizeBytes / 8);
+  metaBytes += l1Entries * 8;
+  metaBytes += refcountMetadataBytes(
+    (metaBytes + alignedBytes) / clusterSizeBytes,
+    clusterSizeBytes,
+    refcountOrder,
+  );
+  return metaBytes + alignedBytes;
+}
+
+/** Calls `visit` for each chain-wide data run of `device` in [offset, end) (unallocated runs descend to the backing). */
+async function forEachDataRun(
+  device: BlockDevice,
+  offsetBytes: number,
+  endBytes: number,
+  visit: (offsetBytes: number, lengthBytes: number) => void,
+): Promise<void> {
+  let position = offsetBytes;
+  while (position < endBytes) {
+    const extents = await device.blockStatus(position, endBytes - position);
+    if (extents.length === 0) break;
+    for (const extent of extents) {
+      const extentEnd = Math.min(endBytes, extent.offsetBytes + extent.lengthBytes);
+      if (extent.allocated || !device.backing) {
+        if (!extent.zero && extent.data) visit(extent.offsetBytes, extentEnd - extent.offsetBytes);
+      } else if (extent.offsetBytes < device.backing.sizeBytes) {
+        await forEachDataRun(
+          device.backing,
+          extent.offsetBytes,
+          Math.min(extentEnd, device.backing.sizeBytes),
+          visit,
+        );
+      }
+      position = extentEnd;
+    }
+  }
+}
+
+/** qemu-img measure -O qcow2: required and fully-allocated host bytes. Throws InvalidOptionError for bad options. */
 export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
-  void input;
-  return { requiredBytes: 0, fullyAllocatedBytes: 0 };
+  const options = { ...input.options };
+  const hasBacking = options.backing_file !== undefined;
+  delete options.size;
+  delete options.backing_file;
+  delete options.backing_fmt;
+  const settings = parseCreateSettings(0, options);
+  const clusterSizeBytes = 2 ** settings.clusterBits;
+  const virtualSizeBytes = roundUp(input.source ? input.source.sizeBytes : input.sizeBytes, clusterSizeBytes);
+  const l2Tables = Math.ceil(virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / 8));
+  if (l2Tables * 8 > QCOW2_MAX_L1_BYTES) {
+    throw new InvalidOptionError({
+      option: 'size',
+      value: virtualSizeBytes,
+      message: 'The image size is too large (try using a larger cluster size)',
+    });
+  }
+  let requiredDataBytes = 0;
+  if (input.source) {
+    if (hasBacking) requiredDataBytes = virtualSizeBytes;
+    else {
+      // As qemu: each data run is extended to the end of its last cluster and counted from its cluster start.
+      let countedEnd = 0;
+      await forEachDataRun(input.source, 0, input.source.sizeBytes, (offsetBytes, lengthBytes) => {
+        const start = Math.max(offsetBytes, countedEnd);
+        const end = offsetBytes + lengthBytes;
+        if (start >= end) return;
+        const extendedEnd = roundUp(end, clusterSizeBytes);
+        requiredDataBytes += (start % clusterSizeBytes) + (extendedEnd - start);
+        countedEnd = extendedEnd;
+      });
+    }
+  }
+  if (settings.preallocation === 'full' || settings.preallocation === 'falloc')
+    requiredDataBytes = virtualSizeBytes;
+  const fully = fullyAllocatedBytes(virtualSizeBytes, clusterSizeBytes, settings.refcountOrder);
+  const result: MeasureResult = {
+    requiredBytes: fully - virtualSizeBytes + requiredDataBytes,
+    fullyAllocatedBytes: fully,
+  };
+  if (settings.version === 3 && input.source?.formatName === 'qcow2') result.bitmapsBytes = 0;
+  return result;
 }
