@@ -107,3 +107,31 @@ export async function generateCerts(dir: string): Promise<ControlPlaneCerts> {
 export async function pemAsBase64(path: string): Promise<string> {
   return (await readFile(path)).toString('base64');
 }
+
+/** A self-signed serving certificate for 127.0.0.1 (the local node's kubelet endpoint); returns PEM buffers. */
+export async function selfSignedServingCert(
+  dir: string,
+  commonName: string,
+): Promise<{ cert: Buffer; key: Buffer }> {
+  const keyPath = join(dir, `${commonName}.key`);
+  const certPath = join(dir, `${commonName}.crt`);
+  await openssl(
+    [
+      'req',
+      '-x509',
+      ...EC_KEY,
+      '-days',
+      VALID_DAYS,
+      '-subj',
+      `/CN=${commonName}`,
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ],
+    dir,
+  );
+  return { cert: await readFile(certPath), key: await readFile(keyPath) };
+}

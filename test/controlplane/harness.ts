@@ -177,6 +177,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       '--disable-admission-plugins=ServiceAccount',
       '--allow-privileged=true',
       '--endpoint-reconciler-type=none',
+      // `kubectl logs` reaches the local node's kubelet endpoint on 127.0.0.1 (its InternalIP).
+      '--kubelet-preferred-address-types=InternalIP',
       '--profiling=false',
     ]);
     const tls = {

@@ -10,6 +10,8 @@ import { NodeHeartbeat } from './local-node/node-heartbeat.ts';
 import { PodRunner } from './local-node/pod-runner.ts';
 import { ENTRYPOINTS } from './local-node/pod-spec.ts';
 import { LocalVolumes } from './local-node/volumes.ts';
+import { selfSignedServingCert } from './certs.ts';
+import { startKubeletServer } from './local-node/kubelet-server.ts';
 import { waitFor } from './net.ts';
 
 /** Repository root (bin/vdisk.mjs lives there). */
@@ -69,13 +71,26 @@ export async function startLocalNode(
   const log = options.log ?? stderrLog(options.quiet ?? false);
   await mkdir(stateDir, { recursive: true });
 
-  const heartbeat = new NodeHeartbeat(kubeConfig, nodeName, options.kubeletVersion ?? 'v1.34.4', log);
+  let pods: PodRunner | undefined;
+  const kubeletDir = join(stateDir, 'kubelet');
+  await mkdir(kubeletDir, { recursive: true });
+  const kubelet = await startKubeletServer(
+    await selfSignedServingCert(kubeletDir, nodeName),
+    (namespace, pod, container) => pods?.logSource(namespace, pod, container),
+  );
+  const heartbeat = new NodeHeartbeat(
+    kubeConfig,
+    nodeName,
+    options.kubeletVersion ?? 'v1.34.4',
+    kubelet.port,
+    log,
+  );
   const volumes = new LocalVolumes(
     kubeConfig,
     { nodeName, storageClassName, provisionerName, volumesDir, isDefaultClass: true },
     log,
   );
-  const pods = new PodRunner(
+  pods = new PodRunner(
     kubeConfig,
     {
       nodeName,
@@ -90,15 +105,18 @@ export async function startLocalNode(
     },
     log,
   );
+  const runner = pods;
   const stop = async () => {
     heartbeat.stop();
-    await pods.stop();
+    await runner.stop();
     await volumes.stop();
+    kubelet.server.closeAllConnections();
+    await new Promise((resolve) => kubelet.server.close(resolve));
   };
   try {
     await heartbeat.start();
     await volumes.start();
-    await pods.start();
+    await runner.start();
     const core = kubeConfig.makeApiClient(CoreV1Api);
     await waitFor(
       `node ${nodeName} Ready and schedulable`,
@@ -120,7 +138,7 @@ export async function startLocalNode(
     provisionerName,
     stateDir,
     volumesDir,
-    runningPids: () => pods.runningPids(),
+    runningPids: () => runner.runningPids(),
     stop,
   };
 }

@@ -43,7 +43,11 @@ function nodeConditions(): V1NodeCondition[] {
   ];
 }
 
-function nodeStatus(nodeName: string, kubeletVersion: string): NonNullable<V1Node['status']> {
+function nodeStatus(
+  nodeName: string,
+  kubeletVersion: string,
+  kubeletPort: number,
+): NonNullable<V1Node['status']> {
   const resources = { cpu: '16', memory: '32Gi', pods: '110', 'ephemeral-storage': '100Gi' };
   return {
     capacity: resources,
@@ -65,7 +69,8 @@ function nodeStatus(nodeName: string, kubeletVersion: string): NonNullable<V1Nod
       operatingSystem: 'linux',
       architecture: 'amd64',
     },
-    daemonEndpoints: { kubeletEndpoint: { Port: 0 } },
+    // The apiserver proxies `kubectl logs` here (kubelet-server.ts).
+    daemonEndpoints: { kubeletEndpoint: { Port: kubeletPort } },
   };
 }
 
@@ -76,10 +81,18 @@ export class NodeHeartbeat {
   readonly #nodeName: string;
   readonly #kubeletVersion: string;
   readonly #log: LocalNodeLog;
+  readonly #kubeletPort: number;
   #timers: NodeJS.Timeout[] = [];
   #nodeUid = '';
 
-  constructor(kubeConfig: KubeConfig, nodeName: string, kubeletVersion: string, log: LocalNodeLog) {
+  constructor(
+    kubeConfig: KubeConfig,
+    nodeName: string,
+    kubeletVersion: string,
+    kubeletPort: number,
+    log: LocalNodeLog,
+  ) {
+    this.#kubeletPort = kubeletPort;
     this.#core = kubeConfig.makeApiClient(CoreV1Api);
     this.#coordination = kubeConfig.makeApiClient(CoordinationV1Api);
     this.#nodeName = nodeName;
@@ -134,7 +147,7 @@ export class NodeHeartbeat {
   }
 
   async #postStatus(): Promise<void> {
-    const status = nodeStatus(this.#nodeName, this.#kubeletVersion);
+    const status = nodeStatus(this.#nodeName, this.#kubeletVersion, this.#kubeletPort);
     await this.#core.patchNodeStatus(
       {
         name: this.#nodeName,

@@ -2,7 +2,9 @@
 // pod; on graceful deletion it stops the pod's processes and then removes the pod object
 // (delete with gracePeriodSeconds 0), which is the kubelet's part of pod deletion.
 import { CoreV1Api, type KubeConfig, ListWatch, type V1Pod, Watch } from '@kubernetes/client-node';
+import { join } from 'node:path';
 import { httpStatus, JSON_PATCH, type LocalNodeLog, restartOnError } from './api.ts';
+import type { ContainerLogSource } from './kubelet-server.ts';
 import type { DataLookup } from './pod-spec.ts';
 import { PodWorker, type PodWorkerContext } from './pod-worker.ts';
 
@@ -56,6 +58,18 @@ export class PodRunner {
   /** PIDs of every container process running now (for leak checks). */
   runningPids(): number[] {
     return [...this.#workers.values()].flatMap((worker) => worker.runningPids);
+  }
+
+  /** The log file of a container of a pod on this node (for the kubelet server's /containerLogs). */
+  logSource(namespace: string, podName: string, containerName: string): ContainerLogSource | undefined {
+    const pod = this.#pods.get(podName, namespace);
+    const uid = pod?.metadata?.uid;
+    const containers = [...(pod?.spec?.initContainers ?? []), ...(pod?.spec?.containers ?? [])];
+    if (uid === undefined || !containers.some((c) => c.name === containerName)) return undefined;
+    return {
+      path: join(this.#context.stateDir, 'pods', uid, `${containerName}.log`),
+      isRunning: () => this.#workers.get(uid)?.isContainerRunning(containerName) ?? false,
+    };
   }
 
   #lookup(namespace: string): DataLookup {

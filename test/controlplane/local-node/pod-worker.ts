@@ -396,6 +396,11 @@ export class PodWorker {
     return this.#podDir;
   }
 
+  /** True while the named container's process runs. */
+  isContainerRunning(containerName: string): boolean {
+    return this.#running.has(containerName);
+  }
+
   /** PIDs (= process groups) of the containers running now. */
   get runningPids(): number[] {
     return [...this.#running.values()].map((proc) => proc.pid);

@@ -90,6 +90,64 @@ describeWithControlPlane('local node', () => {
     expect(log).toBe(direct.stdout);
   });
 
+  it('serves container logs to kubectl logs through the apiserver', async () => {
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: 'talker' },
+        spec: {
+          restartPolicy: 'Never',
+          containers: [
+            { name: 'main', image: 'vdisk:dev', command: ['vdisk-probe', 'say:hello', 'say:world'] },
+          ],
+        },
+      },
+    });
+    await eventually('talker finished', readPod('talker'), isFinished);
+    const { kubectlPath, kubeconfigPath } = controlPlane();
+    const kubectl = (...args: string[]) =>
+      run(kubectlPath, ['--kubeconfig', kubeconfigPath, '-n', namespace, ...args]);
+    expect((await kubectl('logs', 'talker')).stdout).toBe('hello\nworld\n');
+    expect((await kubectl('logs', 'talker', '--tail=1')).stdout).toBe('world\n');
+    expect((await kubectl('logs', 'talker', '--limit-bytes=3')).stdout).toBe('hel');
+  });
+
+  it('follows a running container with kubectl logs -f until it exits', async () => {
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: 'ticker' },
+        spec: {
+          restartPolicy: 'Never',
+          containers: [
+            {
+              name: 'main',
+              image: 'vdisk:dev',
+              command: ['vdisk-probe', 'say:ready', 'sleep:1500', 'say:done'],
+            },
+          ],
+        },
+      },
+    });
+    const running = await eventually(
+      'ticker running',
+      readPod('ticker'),
+      (p) => p.status?.phase === 'Running',
+    );
+    await waitForReadyLine(running);
+    const { kubectlPath, kubeconfigPath } = controlPlane();
+    const followed = await run(kubectlPath, [
+      '--kubeconfig',
+      kubeconfigPath,
+      '-n',
+      namespace,
+      'logs',
+      '-f',
+      'ticker',
+    ]);
+    expect(followed.stdout).toBe('ready\ndone\n');
+  });
+
   it('fails a pod whose image is not vdisk with reason UnsupportedImage', async () => {
     await core.createNamespacedPod({
       namespace,
