@@ -3,11 +3,12 @@
 // or unallocated/discarded); new blocks are appended at offset_data + blocks_allocated * block size.
 
 import { randomUUID } from 'node:crypto';
-import type { BlockDevice, ImageInfo } from '../../block-device.ts';
+import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { actualSizeOf, checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import { WriteLock } from '../common/write-lock.ts';
 import type {
   CheckIssue,
   CheckReport,
@@ -100,6 +101,13 @@ class VdiDevice extends MappedDevice {
       });
     }
     return { kind: 'data', lengthBytes, hostOffsetBytes: hostBlockBytes + inBlockBytes };
+  }
+
+  private readonly writeLock = new WriteLock();
+
+  /** Writes one at a time: concurrent writes to one unallocated block must not both allocate it. */
+  override write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    return this.writeLock.run(() => super.write(offsetBytes, data, options));
   }
 
   protected override allocationUnitBytes(): number {

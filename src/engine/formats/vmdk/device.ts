@@ -6,6 +6,7 @@ import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions }
 import { PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { actualSizeOf } from '../common/binary.ts';
+import { WriteLock } from '../common/write-lock.ts';
 import type { CheckIssue } from '../driver.ts';
 import type { Descriptor } from './descriptor.ts';
 import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
@@ -60,6 +61,8 @@ export class VmdkDevice implements BlockDevice {
   readonly compressedWriteUnitBytes?: number;
   private readonly otherFiles: HostFile[];
   private closed = false;
+  /** Serializes writes: two writes finding one grain unallocated must not both append it. */
+  private readonly writeLock = new WriteLock();
 
   constructor(init: VmdkDeviceInit) {
     this.path = init.path;
@@ -157,7 +160,11 @@ export class VmdkDevice implements BlockDevice {
       });
   }
 
-  async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+  write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    return this.writeLock.run(() => this.writeUnlocked(offsetBytes, data, options));
+  }
+
+  private async writeUnlocked(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     let done = 0;
     while (done < data.length) {
       const at = offsetBytes + done;
@@ -225,12 +232,16 @@ export class VmdkDevice implements BlockDevice {
     await sparse.commitGrain(grainIndex, hostGrainBytes);
   }
 
-  async writeCompressed(offsetBytes: number, data: Uint8Array): Promise<void> {
+  writeCompressed(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.writeLock.run(() => this.writeCompressedUnlocked(offsetBytes, data));
+  }
+
+  private async writeCompressedUnlocked(offsetBytes: number, data: Uint8Array): Promise<void> {
     const extent = this.extentAt(offsetBytes);
     this.requireWritable(extent);
     const piece = await this.pieceAt(offsetBytes, data.length);
     if (extent.kind !== 'sparse' || !extent.sparse?.isCompressed) {
-      await this.write(offsetBytes, data);
+      await this.writeUnlocked(offsetBytes, data);
       return;
     }
     await this.writeGrain(extent, offsetBytes, data.subarray(0, piece.lengthBytes), piece);
@@ -252,7 +263,7 @@ export class VmdkDevice implements BlockDevice {
           inExtentBytes % sparse.grainBytes === 0 &&
           piece.lengthBytes === sparse.grainBytes;
         if (sparse?.hasZeroGrain && wholeGrain && !sparse.isCompressed) {
-          await sparse.zeroGrain(inExtentBytes / sparse.grainBytes);
+          await this.writeLock.run(() => sparse.zeroGrain(inExtentBytes / sparse.grainBytes));
         } else {
           if (options?.fastOnly) throw new UnsupportedError({ format: 'vmdk', feature: 'fast zero' });
           for (let written = 0; written < piece.lengthBytes; written += COPY_CHUNK_BYTES) {

@@ -4,11 +4,12 @@
 // Header Format", "Block Allocation Table and Data Blocks"; qemu block/vpc.c).
 
 import { randomUUID } from 'node:crypto';
-import type { BlockDevice, ImageInfo } from '../../block-device.ts';
+import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { actualSizeOf, checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import { WriteLock } from '../common/write-lock.ts';
 import type {
   CreateContext,
   CreateOptionSpec,
@@ -113,6 +114,13 @@ class VpcDevice extends MappedDevice {
     return state
       ? { kind: 'data', lengthBytes: runBytes, hostOffsetBytes: dataBytes + inBlockBytes }
       : { kind: 'unallocated', lengthBytes: runBytes };
+  }
+
+  private readonly writeLock = new WriteLock();
+
+  /** Writes one at a time: concurrent writes to one unallocated block must not both allocate it. */
+  override write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    return this.writeLock.run(() => super.write(offsetBytes, data, options));
   }
 
   protected override allocationUnitBytes(): number {
