@@ -90,13 +90,14 @@ describe.skipIf(!HAS_QEMU)('qcow2 measure matches qemu-img measure', () => {
     run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'flat.qcow2', '-F', 'qcow2', top]);
     run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 9 5000000 300000', '-c', 'write -z 1048576 1048576', top]);
     for (const source of [raw, flat, compressed, top]) {
-      for (const options of [
+      const optionSets: Array<Record<string, string>> = [
         {},
         { cluster_size: '4096' },
         { preallocation: 'metadata' },
         { preallocation: 'falloc' },
         { backing_file: 'x.qcow2' },
-      ]) {
+      ];
+      for (const options of optionSets) {
         expect([source, options, await vdiskMeasure(0, options, source)]).toEqual([
           source,
           options,
