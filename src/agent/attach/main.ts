@@ -3,6 +3,7 @@
 // or detach fails, with the error's code in the report. bin/vdisk-agent.mjs dispatches here.
 
 import { writeFileSync } from 'node:fs';
+import { pino } from 'pino';
 import { hostPath } from '../runtime/paths.ts';
 import { ATTACH_USAGE, parseAttachArgv } from './config.ts';
 import { LocalRunner } from './runner.ts';
@@ -73,10 +74,16 @@ export async function main(argv: string[], deps: MainDeps = {}): Promise<number>
       }
     }
   };
+  // Logs are pino JSON lines on stderr; stdout carries only the reports.
+  const logger = deps.stderr
+    ? undefined
+    : pino({ base: { component: 'attach' } }, pino.destination({ fd: 2, sync: true }));
   const log =
     deps.log ??
     ((message: string, fields?: Record<string, unknown>) =>
-      stderr(`${JSON.stringify({ msg: message, ...fields })}\n`));
+      logger
+        ? logger.info(fields ?? {}, message)
+        : stderr(`${JSON.stringify({ msg: message, ...fields })}\n`));
   try {
     const config = parseAttachArgv(argv);
     config.imagePath = hostPath(config.imagePath);
@@ -87,6 +94,7 @@ export async function main(argv: string[], deps: MainDeps = {}): Promise<number>
       runner: deps.runner ?? new LocalRunner(),
       serve: deps.serve ?? serveInProcess,
       log,
+      ...(logger ? { serverLog: logger.child({ component: 'nbd' }) } : {}),
       ...(deps.open ? { open: deps.open } : {}),
       ...(deps.sleep ? { sleep: deps.sleep } : {}),
     };

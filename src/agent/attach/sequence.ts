@@ -4,6 +4,7 @@
 // succeeded is undone when a later one fails, and a restarted agent cleans what its last run left.
 
 import type { BlockDevice } from '../../engine/block-device.ts';
+import type { NbdLogger } from '../../nbd/transmission.ts';
 import { openImage } from '../../engine/open.ts';
 import {
   applyLayout,
@@ -25,6 +26,8 @@ export interface AttachDeps {
   /** Waits between polls (tests pass a no-op); milliseconds. */
   sleep?: (ms: number) => Promise<void>;
   log?: (message: string, fields?: Record<string, unknown>) => void;
+  /** Passed on to the NBD server. */
+  serverLog?: NbdLogger;
 }
 
 export interface PartitionReport {
@@ -259,6 +262,7 @@ export async function attach(config: AttachConfig, deps: AttachDeps): Promise<At
       readOnly: config.readOnly,
       socketPath: config.socketPath,
       exportName: config.exportName,
+      ...(deps.serverLog ? { log: deps.serverLog } : {}),
     });
     attachment.nbdName = await bindNbd(config, node);
     const devicePath = `/dev/${attachment.nbdName}`;

@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { startNbdServer } from '../../nbd/server.ts';
+import type { NbdLogger } from '../../nbd/transmission.ts';
 
 export interface ServeRequest {
   device: BlockDevice;
@@ -15,6 +16,8 @@ export interface ServeRequest {
   readOnly: boolean;
   socketPath: string;
   exportName: string;
+  /** Control-path logging of the server (connections, handshakes); silent when absent. */
+  log?: NbdLogger;
 }
 
 export interface RunningServer {
@@ -30,6 +33,7 @@ export const serveInProcess: ServeFn = async (request) => {
   const handle = await startNbdServer({
     socketPath: request.socketPath,
     persistent: true,
+    ...(request.log ? { log: request.log } : {}),
     exports: [
       { name: request.exportName, device: request.device, readOnly: request.readOnly, discard: true },
     ],
