@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasTool, run } from '../unit/nbd/tools.ts';
+import { NBD_OPT_STARTTLS, NBD_REP_ACK } from '../../src/nbd/wire.ts';
+import { option, RawClient, readOptionReply } from '../unit/nbd/raw-client.ts';
 import { type ServerProcess, startVdiskServe } from './serve-helpers.ts';
 
 const tools = ['openssl', 'qemu-img', 'qemu-io', 'nbdinfo', 'nbdcopy'];
@@ -205,6 +207,39 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
       `nbds://localhost:${port}/?tls-certificates=${join(folder, 'anonymous')}`,
     ]);
     expect(anonymous.code).not.toBe(0);
+    await vdisk.stop();
+  });
+
+  it('frees the slot of a client that stalls inside the TLS handshake', async () => {
+    const socket = join(folder, 'stall.sock');
+    const vdisk = await startVdiskServe([
+      '-t',
+      '-e',
+      '1',
+      '--handshake-limit',
+      '1',
+      '-k',
+      socket,
+      '-f',
+      'raw',
+      '--object',
+      `tls-creds-x509,id=tls0,dir=${join(folder, 'server')},endpoint=server`,
+      '--tls-creds',
+      'tls0',
+      image,
+    ]);
+    servers.push(vdisk);
+    const stalled = await RawClient.connect(socket);
+    await stalled.read(18);
+    stalled.send(Buffer.from([0, 0, 0, 3]));
+    stalled.send(option(NBD_OPT_STARTTLS));
+    expect((await readOptionReply(stalled)).type).toBe(NBD_REP_ACK);
+    expect(await stalled.waitClosed(5000)).toBe(true);
+    const good = await run('nbdinfo', [
+      '--size',
+      `nbds+unix:///?socket=${socket}&tls-certificates=${join(folder, 'client')}&tls-verify-peer=false`,
+    ]);
+    expect(good.stdout).toBe(`${4 * 1024 * 1024}\n`);
     await vdisk.stop();
   });
 });
