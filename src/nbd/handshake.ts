@@ -262,7 +262,8 @@ export async function negotiate(
         case NBD_OPT_LIST_META_CONTEXT:
         case NBD_OPT_SET_META_CONTEXT: {
           const isList = option === NBD_OPT_LIST_META_CONTEXT;
-          if (!structuredReplies) {
+          // Listing is harmless; selecting needs structured replies first (qemu-nbd draws the same line).
+          if (!isList && !structuredReplies) {
             replyError(NBD_REP_ERR_INVALID, 'metadata contexts need structured replies first');
             break;
           }

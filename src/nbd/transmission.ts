@@ -187,7 +187,7 @@ export class TransmissionSession {
       }
       if (!this.socket.destroyed) this.socket.end();
       // A client that never reads the rest of its replies must not hold the connection open forever.
-      const timer = setTimeout(() => this.socket.destroy(), 30_000);
+      const timer = setTimeout(() => this.socket.destroy(), 10_000);
       timer.unref();
       await this.closed;
       clearTimeout(timer);
