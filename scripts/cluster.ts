@@ -1,7 +1,8 @@
 // `npm run cluster:up` / `npm run cluster:down`: a local Kubernetes control plane + vdisk local node for
 // development, running detached in the background. Writes .local/kubeconfig, .local/bin/kubectl,
 // .local/cluster.pid (the supervisor) and .local/cluster.json (component PIDs); logs in .local/cluster.log.
-// Usage: node scripts/cluster.ts up | down | status   (`serve` is the detached supervisor itself)
+// State (etcd data, PV folders) survives down/up; `down --purge` wipes it.
+// Usage: node scripts/cluster.ts up | down [--purge] | status   (`serve` is the detached supervisor itself)
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
@@ -55,7 +56,7 @@ function usage(): string {
     `try:        ${PATHS.kubectl} --kubeconfig ${PATHS.kubeconfig} get nodes,storageclasses`,
     `            export KUBECONFIG=${PATHS.kubeconfig} PATH=${dirname(PATHS.kubectl)}:$PATH`,
     `logs:       ${PATHS.log}, ${PATHS.controlPlaneDir}/logs/, pods: ${LOCAL}/node/pods/<uid>/`,
-    'stop:       npm run cluster:down',
+    'stop:       npm run cluster:down   (keeps state; npm run cluster:down -- --purge wipes it)',
   ].join('\n');
 }
 
@@ -96,12 +97,12 @@ async function up(): Promise<number> {
   }
   const log = await readFile(PATHS.log, 'utf8').catch(() => '');
   console.error(`cluster did not come up; last log lines:\n${log.split('\n').slice(-30).join('\n')}`);
-  await down();
+  await down(false);
   return 1;
 }
 
 async function serve(): Promise<void> {
-  await rm(PATHS.controlPlaneDir, { recursive: true, force: true });
+  // .local/controlplane keeps certificates and etcd data, so objects and PVs survive down/up (down --purge wipes).
   const plane = await startControlPlane({
     dir: PATHS.controlPlaneDir,
     assetsDir: process.env.KUBEBUILDER_ASSETS,
@@ -141,7 +142,7 @@ async function serve(): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }
 
-async function down(): Promise<number> {
+async function down(purge: boolean): Promise<number> {
   const pid = await readPid();
   const state = await readState();
   if (pid !== undefined) {
@@ -165,6 +166,12 @@ async function down(): Promise<number> {
     return 1;
   }
   console.log(pid === undefined && state === undefined ? 'cluster was not running' : 'cluster stopped');
+  if (purge) {
+    for (const folder of [PATHS.controlPlaneDir, join(LOCAL, 'volumes'), join(LOCAL, 'node')]) {
+      await rm(folder, { recursive: true, force: true });
+    }
+    console.log('removed the cluster state (.local/controlplane, .local/volumes, .local/node)');
+  }
   return 0;
 }
 
@@ -186,7 +193,7 @@ switch (command) {
     process.exitCode = await up();
     break;
   case 'down':
-    process.exitCode = await down();
+    process.exitCode = await down(process.argv.includes('--purge'));
     break;
   case 'status':
     process.exitCode = await status();
@@ -195,6 +202,6 @@ switch (command) {
     await serve();
     break;
   default:
-    console.error('usage: node scripts/cluster.ts up | down | status');
+    console.error('usage: node scripts/cluster.ts up | down [--purge] | status');
     process.exitCode = 2;
 }

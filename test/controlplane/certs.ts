@@ -2,7 +2,7 @@
 // serving certificate (SAN 127.0.0.1 + localhost), an admin client certificate (O=system:masters,
 // the envtest default user) and the service-account signing key. EC P-256 keys: fast to generate.
 import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { access, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -62,6 +62,34 @@ async function signedCert(
   return { certPath, keyPath };
 }
 
+/** The certificate paths inside `dir`. */
+export function certPaths(dir: string): ControlPlaneCerts {
+  return {
+    caCertPath: join(dir, 'ca.crt'),
+    caKeyPath: join(dir, 'ca.key'),
+    apiserverCertPath: join(dir, 'apiserver.crt'),
+    apiserverKeyPath: join(dir, 'apiserver.key'),
+    adminCertPath: join(dir, 'admin.crt'),
+    adminKeyPath: join(dir, 'admin.key'),
+    serviceAccountKeyPath: join(dir, 'sa.key'),
+    serviceAccountPublicKeyPath: join(dir, 'sa.pub'),
+  };
+}
+
+/** Reuses the certificates in `dir` when all exist (a restarted dev cluster), else mints them. */
+export async function reuseOrGenerateCerts(dir: string): Promise<ControlPlaneCerts> {
+  const paths = certPaths(dir);
+  const present = await Promise.all(
+    Object.values(paths).map((path) =>
+      access(path).then(
+        () => true,
+        () => false,
+      ),
+    ),
+  );
+  return present.every(Boolean) ? paths : generateCerts(dir);
+}
+
 /** Mints every certificate into `dir` (must exist). Throws when openssl fails. */
 export async function generateCerts(dir: string): Promise<ControlPlaneCerts> {
   await openssl(
@@ -80,7 +108,7 @@ export async function generateCerts(dir: string): Promise<ControlPlaneCerts> {
     ],
     dir,
   );
-  const [apiserver, admin] = await Promise.all([
+  await Promise.all([
     signedCert(
       dir,
       'apiserver',
@@ -91,16 +119,7 @@ export async function generateCerts(dir: string): Promise<ControlPlaneCerts> {
   ]);
   await openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'sa.key'], dir);
   await openssl(['ec', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], dir);
-  return {
-    caCertPath: join(dir, 'ca.crt'),
-    caKeyPath: join(dir, 'ca.key'),
-    apiserverCertPath: apiserver.certPath,
-    apiserverKeyPath: apiserver.keyPath,
-    adminCertPath: admin.certPath,
-    adminKeyPath: admin.keyPath,
-    serviceAccountKeyPath: join(dir, 'sa.key'),
-    serviceAccountPublicKeyPath: join(dir, 'sa.pub'),
-  };
+  return certPaths(dir);
 }
 
 /** Reads a PEM file as the base64 string kubeconfig `*-data` fields hold. */

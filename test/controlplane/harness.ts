@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { binaryPath, ensureAssets } from './assets.ts';
-import { type ControlPlaneCerts, generateCerts } from './certs.ts';
+import { type ControlPlaneCerts, reuseOrGenerateCerts } from './certs.ts';
 import { freePort, httpsGet, waitFor } from './net.ts';
 import { type ManagedProcess, processGroupMembers, startProcess, stopProcess } from './processes.ts';
 
@@ -14,7 +14,10 @@ import { type ManagedProcess, processGroupMembers, startProcess, stopProcess } f
 export interface ControlPlaneOptions {
   /** Folder with the binaries; default: build or reuse via {@link ensureAssets}. */
   assetsDir?: string;
-  /** Working folder (certs, etcd data, logs, kubeconfig); default: a fresh mkdtemp folder, removed by stop(). */
+  /**
+   * Working folder (certs, etcd data, logs, kubeconfig); default: a fresh mkdtemp folder, removed by stop().
+   * A given folder is kept by stop(), and its certificates and etcd data are reused by the next start.
+   */
   dir?: string;
   /** Start kube-controller-manager (Job controller, garbage collector, PV binder, ...). Default true. */
   controllerManager?: boolean;
@@ -124,7 +127,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
   };
 
   try {
-    const certs = await generateCerts(dir);
+    // A given dir that already holds certificates and etcd data is a restarted cluster: both are reused.
+    const certs = await reuseOrGenerateCerts(dir);
     const [etcdClientPort, etcdPeerPort, apiPort, controllerManagerPort, schedulerPort] = await Promise.all([
       freePort(),
       freePort(),
