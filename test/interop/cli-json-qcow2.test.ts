@@ -107,6 +107,25 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk on qcow2 chains, beside qemu-img
     await same(['measure', '-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '100M']);
     await same(['measure', '--output=json', '-O', 'qcow2', base]);
     await same(['measure', '--output=json', '-O', 'qcow2', top]);
+    await same(['measure', '-O', 'qcow2', base]);
+    await same(['measure', '--output=json', '-O', 'raw', top]);
+  });
+
+  it('map of compressed clusters: JSON without offsets, and the human table refuses as qemu-img does', async () => {
+    const packed = join(dir, 'packed.qcow2');
+    mustRun('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', join(dir, 'base.raw'), packed]);
+    for (const args of [
+      ['map', '--output=json', packed],
+      ['map', packed],
+    ]) {
+      const qemu = tool('qemu-img', args);
+      const ours = await vdisk(args);
+      expect({
+        code: ours.code,
+        stdout: ours.stdout,
+        stderr: ours.stderr.replace(/^vdisk:/gm, 'qemu-img:'),
+      }).toEqual({ code: qemu.code, stdout: qemu.stdout, stderr: qemu.stderr });
+    }
   });
 
   it('check reports a leaked cluster as qemu-img does (exit 3), and -r leaks repairs it', async () => {

@@ -42,13 +42,13 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     const result = await measureImage({ outputFormat: outputFmt, options, sizeBytes, source });
     if (output === 'json') {
       io.stdout(
-        `${qemuJson({ required: result.requiredBytes, 'fully-allocated': result.fullyAllocatedBytes, bitmaps: result.bitmapsBytes || undefined })}\n`,
+        `${qemuJson({ required: result.requiredBytes, 'fully-allocated': result.fullyAllocatedBytes, bitmaps: result.bitmapsBytes })}\n`,
       );
     } else {
       io.stdout(
         `required size: ${result.requiredBytes}\nfully allocated size: ${result.fullyAllocatedBytes}\n`,
       );
-      if (result.bitmapsBytes) io.stdout(`bitmaps size: ${result.bitmapsBytes}\n`);
+      if (result.bitmapsBytes !== undefined) io.stdout(`bitmaps size: ${result.bitmapsBytes}\n`);
     }
   } finally {
     await source?.close();
