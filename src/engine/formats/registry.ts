@@ -8,6 +8,7 @@ import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
 import { parallelsDriver } from './parallels/driver.ts';
+import { qcowDriver } from './qcow/driver.ts';
 import { qedDriver } from './qed/driver.ts';
 import { rawDriver } from './raw.ts';
 import { vhdxDriver } from './vhdx/driver.ts';
@@ -19,6 +20,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   // (drivers are listed here, raw last: it is the probe of last resort)
   bochsDriver,
   cloopDriver,
+  qcowDriver,
   qedDriver,
   parallelsDriver,
   vhdxDriver,
