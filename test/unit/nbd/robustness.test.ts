@@ -38,7 +38,7 @@ describe('NBD server robustness (raw sockets)', () => {
     server = await startNbdServer({
       exports: [{ name: '', device: disk.device }],
       socketPath,
-      handshakeTimeoutMs: 2000,
+      handshakeTimeoutMs: 1000,
     });
   });
 
