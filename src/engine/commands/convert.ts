@@ -36,6 +36,8 @@ export interface ConvertDeviceOptions {
   chunkBytes?: number;
   /** Called with (doneBytes, totalBytes) as chunks complete. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+  /** Stops the copy between chunks; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export interface ConvertStats {
@@ -298,6 +300,10 @@ export async function convertDevice(
     const buffer = new Uint8Array(chunkBytes);
     for (;;) {
       if (failure) return;
+      if (options.signal?.aborted) {
+        failure ??= options.signal.reason ?? new Error('convert aborted');
+        return;
+      }
       const step = await tasks.next();
       if (step.done) return;
       const task = step.value;

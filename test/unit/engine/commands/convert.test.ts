@@ -143,3 +143,23 @@ describe('convert', () => {
     await source.close();
   });
 });
+
+describe('convert cancellation', () => {
+  it('stops between chunks when its signal aborts, rejecting with the reason', async () => {
+    const source = await makeSource('src7.raw');
+    const controller = new AbortController();
+    const reason = new Error('stop now');
+    await expect(
+      convertImage({
+        sourcePath: source,
+        targetPath: join(folder, 'dst7.raw'),
+        chunkBytes: 64 * 1024,
+        parallelRequests: 1,
+        signal: controller.signal,
+        onProgress: (done) => {
+          if (done >= 64 * 1024) controller.abort(reason);
+        },
+      }),
+    ).rejects.toBe(reason);
+  });
+});
