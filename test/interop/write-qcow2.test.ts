@@ -229,6 +229,34 @@ describe.skipIf(!HAS_QEMU)('qcow2 images written by vdisk pass qemu-img check an
       { seed: 11, operations: 120, clusterSizeBytes: 65536, compressed: true },
     ));
 
+  it('copies shared clusters and L2 tables on write when qemu took an internal snapshot', async () => {
+    const path = join(dir, 'snapshot.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', path, '4M']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 2M', path]);
+    run('qemu-img', ['snapshot', '-c', 'before', path]);
+    const device = await openImage(path);
+    await device.write(1000, new Uint8Array(100000).fill(2));
+    await device.writeZeroes(1 << 20, 65536, { mayUnmap: true });
+    await device.discard(3 << 19, 65536);
+    await device.writeCompressed?.(3 << 20, new Uint8Array(65536).fill(3));
+    await device.close();
+    expect(runStatus('qemu-img', ['check', path]).stdout).toContain('No errors were found');
+    const patterns = (file: string, format: string, checks: string[]): string =>
+      runStatus('qemu-io', ['-f', format, '-r', ...checks.flatMap((check) => ['-c', check]), file]).stdout;
+    const now = patterns(path, 'qcow2', [
+      'read -P 1 0 1000',
+      'read -P 2 1000 100000',
+      'read -P 0 1048576 65536',
+      'read -P 0 1572864 65536',
+      'read -P 3 3M 64k',
+    ]);
+    expect(now).not.toContain('Pattern verification failed');
+    const snapshotRaw = join(dir, 'snapshot.raw');
+    run('qemu-img', ['convert', '-l', 'before', '-O', 'raw', path, snapshotRaw]);
+    const then = patterns(snapshotRaw, 'raw', ['read -P 1 0 2M', 'read -P 0 2M 2M']);
+    expect(then).not.toContain('Pattern verification failed');
+  });
+
   it('fills a refcount block and grows the refcount table (512-byte clusters, 64-bit refcounts)', async () => {
     const path = join(dir, 'grow.qcow2');
     await createWithDriver('qcow2', path, 4 * MiB, { cluster_size: '512', refcount_bits: '64' });
