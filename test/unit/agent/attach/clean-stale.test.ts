@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAttachArgv } from '../../../../src/agent/attach/config.ts';
 import { NodeOps } from '../../../../src/agent/attach/node-ops.ts';
-import { cleanStale } from '../../../../src/agent/attach/sequence.ts';
+import { cleanStale } from '../../../../src/agent/attach/recovery.ts';
 import { fail, ok, ScriptedRunner } from './replay-runner.ts';
 
 const noSleep = async () => undefined;
