@@ -270,6 +270,47 @@ export class SparseExtent {
     await this.setGte(grainIndex, hostOffsetBytes / SECTOR_BYTES);
   }
 
+  /** Reserves `count` contiguous zero-filled grains at the end of the file; returns the first's offset. */
+  async reserveGrains(count: number): Promise<number> {
+    const hostOffsetBytes = Math.ceil(this.fileEndBytes / SECTOR_BYTES) * SECTOR_BYTES;
+    this.fileEndBytes = hostOffsetBytes + count * this.grainBytes;
+    await this.file.truncate(this.fileEndBytes);
+    return hostOffsetBytes;
+  }
+
+  /**
+   * Points grains [firstGrainIndex, firstGrainIndex + count) at consecutive grains from `hostOffsetBytes`,
+   * writing each touched grain table's changed entries once (and the redundant table's).
+   */
+  async commitGrains(firstGrainIndex: number, hostOffsetBytes: number, count: number): Promise<void> {
+    let done = 0;
+    while (done < count) {
+      const grainIndex = firstGrainIndex + done;
+      const gdIndex = Math.floor(grainIndex / this.header.gtesPerGt);
+      const firstInTable = grainIndex % this.header.gtesPerGt;
+      const inThisTable = Math.min(count - done, this.header.gtesPerGt - firstInTable);
+      const gdEntry = this.gd[gdIndex] ?? 0;
+      if (gdEntry === 0) {
+        throw new UnsupportedError({
+          format: 'vmdk',
+          feature: 'allocating grain tables',
+          message: `${this.file.path}: grain directory entry ${gdIndex} has no grain table`,
+        });
+      }
+      const table = await this.grainTable(gdIndex, gdEntry);
+      const bytes = Buffer.alloc(inThisTable * 4);
+      for (let i = 0; i < inThisTable; i++) {
+        const value = (hostOffsetBytes + (done + i) * this.grainBytes) / SECTOR_BYTES;
+        table[firstInTable + i] = value;
+        bytes.writeUInt32LE(value, i * 4);
+      }
+      await this.file.write(gdEntry * SECTOR_BYTES + firstInTable * 4, bytes);
+      const rgdEntry = this.rgd?.[gdIndex] ?? 0;
+      if (rgdEntry !== 0) await this.file.write(rgdEntry * SECTOR_BYTES + firstInTable * 4, bytes);
+      done += inThisTable;
+    }
+  }
+
   /** Marks a whole grain as zeroed (needs the zeroed-grain flag). */
   async zeroGrain(grainIndex: number): Promise<void> {
     await this.setGte(grainIndex, GTE_ZEROED);
