@@ -372,6 +372,24 @@ describe('desiredDisk', () => {
     expect(grow.deletePods).toEqual(['vd-d1-attach-1234abcd']);
   });
 
+  it('reaches a fixed point: reconciling a Ready disk again changes nothing (no API writes)', () => {
+    const first = desiredDisk(observed(disk(blank, { status: { image: readyImage } })));
+    const again = desiredDisk(observed(disk(blank, { status: JSON.parse(JSON.stringify(first.status)) })));
+    expect(again.status).toEqual(first.status);
+    expect([again.createJobs, again.deleteJobs, again.createPods, again.deletePods, again.events]).toEqual([
+      [],
+      [],
+      [],
+      [],
+      [],
+    ]);
+    expect([again.addFinalizer, again.createClaim, again.expandClaimToBytes]).toEqual([
+      false,
+      undefined,
+      undefined,
+    ]);
+  });
+
   it('round-trips imager argv', () => {
     const request = {
       operation: 'import',
