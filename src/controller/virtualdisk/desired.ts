@@ -295,13 +295,6 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   }
   if (!disk.metadata.finalizers?.includes(FINALIZER)) desired.addFinalizer = true;
 
-  if (!observed.claim) {
-    desired.createClaim = buildClaim(disk, observed.requiredClaimBytes);
-  } else {
-    const requested = claimRequestBytes(observed.claim) ?? 0;
-    if (requested < observed.requiredClaimBytes) desired.expandClaimToBytes = observed.requiredClaimBytes;
-  }
-
   const image = previous.image;
   const specSizeBytes = quantityBytes(disk.spec.size, 'spec.size');
   const operation: Operation | undefined = !image
@@ -309,6 +302,15 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     : image.virtualSize < specSizeBytes
       ? 'resize'
       : undefined;
+
+  if (!observed.claim) {
+    desired.createClaim = buildClaim(disk, observed.requiredClaimBytes);
+  } else if (operation === 'resize') {
+    // Only while growing: a class without volume expansion refuses, and a Ready disk must not retry
+    // (and warn) on every reconcile. The image may still fit: sparse formats rarely fill the claim.
+    const requested = claimRequestBytes(observed.claim) ?? 0;
+    if (requested < observed.requiredClaimBytes) desired.expandClaimToBytes = observed.requiredClaimBytes;
+  }
   const currentJobName = operation
     ? jobNameFor(
         'vd',
