@@ -1,6 +1,7 @@
 // The local node's storage: a StorageClass (default class) whose PVCs this provisioner satisfies with
 // hostPath PersistentVolumes backed by folders under `volumesDir`, following the external-provisioner
-// protocol (PV with claimRef; kube-controller-manager's PV controller binds; Released + Delete -> removed).
+// protocol (PV with claimRef; kube-controller-manager's PV controller binds; Released + Delete -> removed),
+// and the external-resizer part of expansion (a larger request updates PV and PVC capacity; folders have no size).
 import { mkdir, rm } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import {
@@ -14,7 +15,30 @@ import {
   type V1PersistentVolumeClaim,
   type V1StorageClass,
 } from '@kubernetes/client-node';
-import { httpStatus, type LocalNodeLog, restartOnError } from './api.ts';
+import { httpStatus, JSON_PATCH, type LocalNodeLog, MERGE_PATCH, restartOnError } from './api.ts';
+
+const QUANTITY_SUFFIX_BYTES: Readonly<Record<string, number>> = {
+  '': 1,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
+};
+
+/** A resource.Quantity of storage in bytes (approximate above 2^53); NaN when it does not parse. */
+export function quantityBytes(quantity: string | undefined): number {
+  const match = /^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$/.exec(quantity?.trim() ?? '');
+  const factor = match === null ? undefined : QUANTITY_SUFFIX_BYTES[match[2] ?? ''];
+  return match === null || factor === undefined ? Number.NaN : Number(match[1]) * factor;
+}
 
 const PROVISIONED_BY = 'pv.kubernetes.io/provisioned-by';
 const DEFAULT_CLASS = 'storageclass.kubernetes.io/is-default-class';
@@ -54,7 +78,10 @@ export class LocalVolumes {
       this.#core.listPersistentVolume(),
     );
     for (const verb of ['add', 'update'] as const) {
-      this.#claims.on(verb, (claim) => void this.#provision(claim));
+      this.#claims.on(verb, (claim) => {
+        void this.#provision(claim);
+        void this.#expand(claim);
+      });
       this.#volumes.on(verb, (volume) => void this.#reclaim(volume));
     }
     restartOnError(this.#claims, () => this.#stopped, log, 'persistentvolumeclaims');
@@ -149,6 +176,47 @@ export class LocalVolumes {
         this.#log.warn('Provisioning failed', { pvc: `${namespace}/${name}`, err: String(err) });
     } finally {
       this.#inFlight.delete(volumeName);
+    }
+  }
+
+  /** Grows PV and PVC capacity to a larger request on a bound claim of ours (hostPath folders have no size). */
+  async #expand(claim: V1PersistentVolumeClaim): Promise<void> {
+    const { namespace = '', name = '' } = claim.metadata ?? {};
+    const volumeName = claim.spec?.volumeName ?? '';
+    const requested = claim.spec?.resources?.requests?.storage;
+    const current = claim.status?.capacity?.storage;
+    if (claim.status?.phase !== 'Bound' || volumeName === '' || requested === undefined) return;
+    if (!(quantityBytes(requested) > quantityBytes(current))) return;
+    const volume = this.#volumes.get(volumeName);
+    if (volume?.metadata?.annotations?.[PROVISIONED_BY] !== this.#options.provisionerName) return;
+    const key = `expand/${namespace}/${name}/${requested}`;
+    if (this.#inFlight.has(key)) return;
+    this.#inFlight.add(key);
+    try {
+      await this.#core.patchPersistentVolume(
+        { name: volumeName, body: { spec: { capacity: { storage: requested } } } },
+        MERGE_PATCH,
+      );
+      await this.#core.patchNamespacedPersistentVolumeClaimStatus(
+        {
+          name,
+          namespace,
+          body: [
+            { op: 'add', path: '/status/capacity', value: { ...claim.status?.capacity, storage: requested } },
+            { op: 'add', path: '/status/conditions', value: [] },
+          ],
+        },
+        JSON_PATCH,
+      );
+      this.#log.info('Expanded PersistentVolume', {
+        pvc: `${namespace}/${name}`,
+        pv: volumeName,
+        storage: requested,
+      });
+    } catch (err) {
+      this.#log.warn('Volume expansion failed', { pvc: `${namespace}/${name}`, err: String(err) });
+    } finally {
+      this.#inFlight.delete(key);
     }
   }
 

@@ -2,7 +2,7 @@
 // hostPath PV whose folder exists, kube-controller-manager binds the two, and deleting the PVC
 // releases the PV, which the provisioner deletes together with its folder.
 import { existsSync } from 'node:fs';
-import { CoreV1Api, StorageV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, StorageV1Api, setHeaderOptions } from '@kubernetes/client-node';
 import { beforeAll, expect, it } from 'vitest';
 import {
   controlPlane,
@@ -26,6 +26,33 @@ describeWithControlPlane('local StorageClass', () => {
     const storageClass = await storage.readStorageClass({ name: controlPlane().storageClassName });
     expect(storageClass.provisioner).toBe(controlPlane().provisionerName);
     expect(storageClass.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class']).toBe('true');
+  });
+
+  it('expands a bound PVC: PV and PVC capacity follow a larger request', async () => {
+    await core.createNamespacedPersistentVolumeClaim({
+      namespace,
+      body: {
+        metadata: { name: 'growing' },
+        spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
+      },
+    });
+    const bound = await eventually(
+      'PVC Bound',
+      () => core.readNamespacedPersistentVolumeClaim({ namespace, name: 'growing' }),
+      (c) => c.status?.phase === 'Bound',
+    );
+    expect(bound.status?.capacity?.storage).toBe('16Mi');
+    await core.patchNamespacedPersistentVolumeClaim(
+      { namespace, name: 'growing', body: { spec: { resources: { requests: { storage: '1Gi' } } } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    const grown = await eventually(
+      'PVC capacity 1Gi',
+      () => core.readNamespacedPersistentVolumeClaim({ namespace, name: 'growing' }),
+      (c) => c.status?.capacity?.storage === '1Gi',
+    );
+    const volume = await core.readPersistentVolume({ name: grown.spec?.volumeName ?? '' });
+    expect(volume.spec?.capacity?.storage).toBe('1Gi');
   });
 
   it('binds a PVC to a hostPath PV whose folder exists, and removes both when the PVC is deleted', async () => {

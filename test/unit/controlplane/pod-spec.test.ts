@@ -9,6 +9,7 @@ import {
   unsupportedReason,
 } from '../../controlplane/local-node/pod-spec.ts';
 import { podStatusPatch } from '../../controlplane/local-node/pod-status.ts';
+import { quantityBytes } from '../../controlplane/local-node/volumes.ts';
 
 describe('local node pod translation', () => {
   it('recognises vdisk images by repository name', () => {
@@ -101,5 +102,16 @@ describe('local node pod translation', () => {
     }>;
     expect(status?.state.terminated).toMatchObject({ exitCode: 0, message: '{"ok":true}' });
     expect(byPath.get('/status/podIP')).toBe('127.0.0.1');
+  });
+});
+
+describe('storage quantities', () => {
+  it('parses decimal and binary suffixes', () => {
+    expect(quantityBytes('1Gi')).toBe(2 ** 30);
+    expect(quantityBytes('1.5Mi')).toBe(1.5 * 2 ** 20);
+    expect(quantityBytes('500M')).toBe(5e8);
+    expect(quantityBytes('4096')).toBe(4096);
+    expect(quantityBytes('1Xi')).toBeNaN();
+    expect(quantityBytes(undefined)).toBeNaN();
   });
 });
