@@ -173,7 +173,9 @@ export async function applyLayout(
   const wipeBytes = 128 * 1024;
   for (const partition of planned) {
     const lengthBytes = Math.min(wipeBytes, partition.sectorCount * SECTOR_BYTES);
-    await io.write(partition.startSector * SECTOR_BYTES, Buffer.alloc(lengthBytes));
+    // writeZeroes lets a format record zeros (a qcow2 zero cluster) instead of allocating data.
+    if (io.writeZeroes) await io.writeZeroes(partition.startSector * SECTOR_BYTES, lengthBytes);
+    else await io.write(partition.startSector * SECTOR_BYTES, Buffer.alloc(lengthBytes));
   }
   // Table sectors last: a crash before this point leaves the old table (or none), never a half-new one.
   for (const write of writes.filter((entry) => entry.sector !== 0 && entry.sector !== 1)) {

@@ -12,7 +12,7 @@ export const ALIGNMENT_BYTES = 1024 * 1024;
 
 /** The byte I/O the codecs need: a BlockDevice satisfies it, and so does a Buffer wrapped by bufferIo(). */
 export type PartitionIo = Pick<BlockDevice, 'sizeBytes' | 'read'> &
-  Partial<Pick<BlockDevice, 'write' | 'flush'>>;
+  Partial<Pick<BlockDevice, 'write' | 'writeZeroes' | 'flush'>>;
 
 export type PartitionKind = 'primary' | 'extended' | 'logical' | 'gpt';
 
