@@ -7,7 +7,6 @@ import { decodeL2, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
 import { HEADER_FIELD } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
-import { tableEntryOffset } from './refcount.ts';
 
 /** Issues kept in a report (counts go on past it). */
 const MAX_ISSUES = 1000;
@@ -186,8 +185,6 @@ async function walkImage(image: Qcow2Image): Promise<Walk> {
   await walkL1(image, walk, image.l1, image.header.l1TableOffsetBytes, true);
   const { offsetBytes: tableOffsetBytes, clusterCount } = image.refcounts.tableLocation;
   reference(walk, clusterSizeBytes, tableOffsetBytes, clusterCount * clusterSizeBytes);
-  const table = Buffer.alloc(clusterCount * clusterSizeBytes);
-  await image.file.read(tableOffsetBytes, table);
   for (let tableIndex = 0; tableIndex < image.refcounts.tableEntryCount; tableIndex++) {
     const blockOffsetBytes = image.refcounts.blockOffset(tableIndex);
     if (blockOffsetBytes === 0) continue;
@@ -213,7 +210,6 @@ async function walkImage(image: Qcow2Image): Promise<Walk> {
     }
     reference(walk, clusterSizeBytes, blockOffsetBytes, clusterSizeBytes);
   }
-  void tableEntryOffset;
   await walkSnapshots(image, walk, fileSizeBytes);
   return walk;
 }
@@ -354,7 +350,7 @@ async function runCheck(image: Qcow2Image, repair: RepairMode): Promise<CheckRep
   const fixed = { leaks: 0, corruptions: 0 };
   let walk = await walkImage(image);
   let comparison = await compareRefcounts(image, walk, repair, fixed);
-  let copiedErrors = await checkCopiedFlags(image, walk, repair, fixed);
+  await checkCopiedFlags(image, walk, repair, fixed);
   if (fixed.leaks + fixed.corruptions > 0) {
     // Repairs may have allocated refcount blocks: write everything, then check again as qemu-img does.
     await image.refcounts.flush();
@@ -362,9 +358,8 @@ async function runCheck(image: Qcow2Image, repair: RepairMode): Promise<CheckRep
     await image.file.sync();
     walk = await walkImage(image);
     comparison = await compareRefcounts(image, walk, 'none', { leaks: 0, corruptions: 0 });
-    copiedErrors = await checkCopiedFlags(image, walk, 'none', { corruptions: 0 });
+    await checkCopiedFlags(image, walk, 'none', { corruptions: 0 });
   }
-  void copiedErrors;
   const totalClusters = Math.ceil(image.header.virtualSizeBytes / image.clusterSizeBytes);
   return {
     issues: walk.issues,

@@ -2,17 +2,14 @@
 // (allocation, COW of partial clusters), zero clusters, discard, compressed writes, block status, info.
 // Implements qcow2.txt "Cluster mapping"; metadata order and flushing live in image.ts.
 
-import { dirname, isAbsolute, resolve } from 'node:path';
 import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
 import { PermissionError, UnsupportedError } from '../../errors.ts';
 import { decodeL2, type L2Mapping, writeCompressedEntry } from './cluster-map.ts';
-import { compressCluster, compressionTypeName, decompressCluster } from './compress.ts';
-import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
+import { compressCluster, decompressCluster } from './compress.ts';
+import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
-
-/** Most guest clusters one blockStatus call describes (callers loop). */
-const BLOCK_STATUS_MAX_CLUSTERS = 1 << 20;
+import { collectExtents, describeImage } from './status.ts';
 
 type Piece =
   | { kind: 'host'; bufferOffset: number; lengthBytes: number; hostOffsetBytes: number }
@@ -433,115 +430,11 @@ export class Qcow2Device implements BlockDevice {
   // ---- status ----
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
-    return this.lock.run(async () => {
-      const extents: Extent[] = [];
-      const clusterSizeBytes = this.clusterSizeBytes;
-      const end = offsetBytes + lengthBytes;
-      let position = offsetBytes;
-      let clustersSeen = 0;
-      while (position < end && clustersSeen < BLOCK_STATUS_MAX_CLUSTERS) {
-        const guestCluster = Math.floor(position / clusterSizeBytes);
-        const { mapping, l2OffsetBytes } = await this.image.lookup(guestCluster);
-        let pieceEnd = Math.min(end, (guestCluster + 1) * clusterSizeBytes);
-        if (l2OffsetBytes === 0)
-          pieceEnd = Math.min(
-            end,
-            (guestCluster + this.image.clustersLeftInL2(guestCluster)) * clusterSizeBytes,
-          );
-        clustersSeen += Math.ceil((pieceEnd - guestCluster * clusterSizeBytes) / clusterSizeBytes);
-        const inClusterBytes = position - guestCluster * clusterSizeBytes;
-        const extent = this.extentFor(mapping, position, pieceEnd - position, inClusterBytes);
-        const previous = extents[extents.length - 1];
-        if (previous && this.canMerge(previous, extent)) previous.lengthBytes += extent.lengthBytes;
-        else extents.push(extent);
-        position = pieceEnd;
-      }
-      return extents;
-    });
+    return this.lock.run(() => collectExtents(this.image, this.backing?.sizeBytes, offsetBytes, lengthBytes));
   }
 
-  private extentFor(
-    mapping: L2Mapping,
-    offsetBytes: number,
-    lengthBytes: number,
-    inClusterBytes: number,
-  ): Extent {
-    switch (mapping.kind) {
-      case 'normal':
-        return {
-          offsetBytes,
-          lengthBytes,
-          allocated: true,
-          zero: false,
-          data: true,
-          hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
-          hostFile: this.image.path,
-        };
-      case 'zero-alloc':
-        return {
-          offsetBytes,
-          lengthBytes,
-          allocated: true,
-          zero: true,
-          data: false,
-          hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
-          hostFile: this.image.path,
-        };
-      case 'zero-plain':
-        return { offsetBytes, lengthBytes, allocated: true, zero: true, data: false };
-      case 'compressed':
-        return { offsetBytes, lengthBytes, allocated: true, zero: false, data: true, compressed: true };
-      default: {
-        const readsZero = !this.backing || offsetBytes >= this.backing.sizeBytes;
-        return { offsetBytes, lengthBytes, allocated: false, zero: readsZero, data: false };
-      }
-    }
-  }
-
-  private canMerge(previous: Extent, next: Extent): boolean {
-    if (previous.allocated !== next.allocated || previous.zero !== next.zero || previous.data !== next.data)
-      return false;
-    if (previous.compressed !== next.compressed) return false;
-    if (previous.hostOffsetBytes === undefined && next.hostOffsetBytes === undefined) return true;
-    return (
-      previous.hostOffsetBytes !== undefined &&
-      next.hostOffsetBytes === previous.hostOffsetBytes + previous.lengthBytes
-    );
-  }
-
-  async info(): Promise<ImageInfo> {
-    const header = this.image.header;
-    const file = this.image.file as { allocatedBytes?: () => Promise<number> };
-    const data: Record<string, unknown> = {
-      compat: header.version === 3 ? '1.1' : '0.10',
-      'compression-type': compressionTypeName(header.compressionType) ?? String(header.compressionType),
-    };
-    if (header.version === 3) {
-      data['lazy-refcounts'] = (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
-    }
-    data['refcount-bits'] = 2 ** header.refcountOrder;
-    if (header.version === 3) {
-      data.corrupt = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
-      data['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
-    }
-    const info: ImageInfo = {
-      format: 'qcow2',
-      filename: this.image.path,
-      virtualSizeBytes: this.sizeBytes,
-      clusterSizeBytes: this.clusterSizeBytes,
-      dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
-      formatSpecific: { type: 'qcow2', data },
-    };
-    if (typeof file.allocatedBytes === 'function')
-      info.actualSizeBytes = await file.allocatedBytes.call(this.image.file);
-    if (header.backingFileName !== undefined) {
-      info.backingFilename = header.backingFileName;
-      info.fullBackingFilename = isAbsolute(header.backingFileName)
-        ? header.backingFileName
-        : resolve(dirname(this.image.path), header.backingFileName);
-      if (header.backingFormat) info.backingFormat = header.backingFormat;
-    }
-    return info;
+  info(): Promise<ImageInfo> {
+    return describeImage(this.image);
   }
 
   async close(): Promise<void> {

@@ -5,11 +5,12 @@
 import type { BlockDevice } from '../../block-device.ts';
 import type { FormatDriver, OpenContext } from '../driver.ts';
 import { checkQcow2, rebuildRefcounts } from './check.ts';
-import { createQcow2, QCOW2_CREATE_OPTIONS } from './create.ts';
+import { createQcow2 } from './create.ts';
 import { Qcow2Device } from './device.ts';
 import { probeQcow2 } from './header.ts';
 import { loadImage } from './load.ts';
 import { measureQcow2 } from './measure.ts';
+import { QCOW2_CREATE_OPTIONS } from './options.ts';
 
 /** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {

@@ -220,15 +220,6 @@ export class Qcow2Image {
     await this.file.write(offsetBytes, field);
   }
 
-  get hasUnflushedMetadata(): boolean {
-    return (
-      this.l2Cache.hasDirty() ||
-      this.refcounts.blocks.hasDirty() ||
-      this.l1DirtyLast >= 0 ||
-      this.pendingFrees.length > 0
-    );
-  }
-
   /**
    * Makes every completed write durable in crash-safe order: data and refcount blocks, sync, L2 tables, sync,
    * L1 entries, sync; only then are dropped references freed (refcount decrements written, synced).

@@ -5,7 +5,7 @@
 import type { BlockDevice } from '../../block-device.ts';
 import { InvalidOptionError } from '../../errors.ts';
 import type { MeasureInput, MeasureResult } from '../driver.ts';
-import { parseCreateSettings } from './create.ts';
+import { parseCreateSettings } from './options.ts';
 import { QCOW2_MAX_L1_BYTES } from './header.ts';
 
 function roundUp(value: number, multiple: number): number {

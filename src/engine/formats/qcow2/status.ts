@@ -1,0 +1,138 @@
+// What an open qcow2 image says about itself: block status extents in qemu-img map's terms (data clusters
+// with host offsets, zero clusters, compressed clusters without one, unallocated ranges) and info()
+// with qemu-img info's format-specific keys. qcow2.txt "Cluster mapping", qemu's qcow2_get_specific_info.
+
+import { dirname, isAbsolute, resolve } from 'node:path';
+import type { Extent, ImageInfo } from '../../block-device.ts';
+import type { L2Mapping } from './cluster-map.ts';
+import { compressionTypeName } from './compress.ts';
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
+import type { Qcow2Image } from './image.ts';
+
+/** Most guest clusters one blockStatus call describes (callers loop). */
+const BLOCK_STATUS_MAX_CLUSTERS = 1 << 20;
+
+function extentFor(
+  image: Qcow2Image,
+  backingSizeBytes: number | undefined,
+  mapping: L2Mapping,
+  offsetBytes: number,
+  lengthBytes: number,
+  inClusterBytes: number,
+): Extent {
+  switch (mapping.kind) {
+    case 'normal':
+      return {
+        offsetBytes,
+        lengthBytes,
+        allocated: true,
+        zero: false,
+        data: true,
+        hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
+        hostFile: image.path,
+      };
+    case 'zero-alloc':
+      // qemu-img map shows the preallocated host cluster of a zero cluster too.
+      return {
+        offsetBytes,
+        lengthBytes,
+        allocated: true,
+        zero: true,
+        data: false,
+        hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
+        hostFile: image.path,
+      };
+    case 'zero-plain':
+      return { offsetBytes, lengthBytes, allocated: true, zero: true, data: false };
+    case 'compressed':
+      return { offsetBytes, lengthBytes, allocated: true, zero: false, data: true, compressed: true };
+    default: {
+      const readsZero = backingSizeBytes === undefined || offsetBytes >= backingSizeBytes;
+      return { offsetBytes, lengthBytes, allocated: false, zero: readsZero, data: false };
+    }
+  }
+}
+
+function canMerge(previous: Extent, next: Extent): boolean {
+  if (previous.allocated !== next.allocated || previous.zero !== next.zero || previous.data !== next.data)
+    return false;
+  if (previous.compressed !== next.compressed) return false;
+  if (previous.hostOffsetBytes === undefined && next.hostOffsetBytes === undefined) return true;
+  return (
+    previous.hostOffsetBytes !== undefined &&
+    next.hostOffsetBytes === previous.hostOffsetBytes + previous.lengthBytes
+  );
+}
+
+/**
+ * Extents of [offsetBytes, offsetBytes + lengthBytes), merged where kind and host contiguity allow; stops early
+ * after BLOCK_STATUS_MAX_CLUSTERS clusters. `backingSizeBytes` is undefined when the image has no backing device.
+ */
+export async function collectExtents(
+  image: Qcow2Image,
+  backingSizeBytes: number | undefined,
+  offsetBytes: number,
+  lengthBytes: number,
+): Promise<Extent[]> {
+  const extents: Extent[] = [];
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const end = offsetBytes + lengthBytes;
+  let position = offsetBytes;
+  let clustersSeen = 0;
+  while (position < end && clustersSeen < BLOCK_STATUS_MAX_CLUSTERS) {
+    const guestCluster = Math.floor(position / clusterSizeBytes);
+    const { mapping, l2OffsetBytes } = await image.lookup(guestCluster);
+    // Without an L2 table the whole range it would map is unallocated: skip it in one step.
+    const clusterCount = l2OffsetBytes === 0 ? image.clustersLeftInL2(guestCluster) : 1;
+    const pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
+    clustersSeen += clusterCount;
+    const extent = extentFor(
+      image,
+      backingSizeBytes,
+      mapping,
+      position,
+      pieceEnd - position,
+      position - guestCluster * clusterSizeBytes,
+    );
+    const previous = extents[extents.length - 1];
+    if (previous && canMerge(previous, extent)) previous.lengthBytes += extent.lengthBytes;
+    else extents.push(extent);
+    position = pieceEnd;
+  }
+  return extents;
+}
+
+/** info(): sizes, dirty flag, backing names, and qemu's format-specific data in qemu's key order. */
+export async function describeImage(image: Qcow2Image): Promise<ImageInfo> {
+  const header = image.header;
+  const data: Record<string, unknown> = {
+    compat: header.version === 3 ? '1.1' : '0.10',
+    'compression-type': compressionTypeName(header.compressionType) ?? String(header.compressionType),
+  };
+  if (header.version === 3)
+    data['lazy-refcounts'] = (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+  data['refcount-bits'] = 2 ** header.refcountOrder;
+  if (header.version === 3) {
+    data.corrupt = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+    data['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+  }
+  const info: ImageInfo = {
+    format: 'qcow2',
+    filename: image.path,
+    virtualSizeBytes: header.virtualSizeBytes,
+    clusterSizeBytes: image.clusterSizeBytes,
+    dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
+    formatSpecific: { type: 'qcow2', data },
+  };
+  const file = image.file as { allocatedBytes?: () => Promise<number> };
+  if (typeof file.allocatedBytes === 'function')
+    info.actualSizeBytes = await file.allocatedBytes.call(image.file);
+  if (header.backingFileName !== undefined) {
+    info.backingFilename = header.backingFileName;
+    info.fullBackingFilename = isAbsolute(header.backingFileName)
+      ? header.backingFileName
+      : resolve(dirname(image.path), header.backingFileName);
+    if (header.backingFormat) info.backingFormat = header.backingFormat;
+  }
+  return info;
+}
