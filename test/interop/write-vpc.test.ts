@@ -113,4 +113,57 @@ describe.skipIf(!hasQemuImg)('vpc images written by vdisk', () => {
     const compared = runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', expected, path]);
     expect(compared.stdout + compared.stderr).toContain('Images are identical');
   });
+  for (const [name, options] of [
+    ['dynamic', {}],
+    ['fixed', { subformat: 'fixed' }],
+    ['dynamic-force-size', { force_size: 'on' }],
+  ] as const) {
+    it(`grows a ${name} image in place (relocating blocks past a larger BAT); qemu-img reads old and new data`, async () => {
+      const path = join(dir, `grow-${name}.vhd`);
+      await createWithDriver('vpc', path, 6 * 1024 * 1024, options);
+      const raw = await writeSeededRaw(dir, `grow-${name}.raw`, 6 * 1024 * 1024, 8);
+      await copyImageInto(raw, path, 'vpc');
+      const newSizeBytes = 300 * 1024 * 1024; // 150 BAT entries: the BAT outgrows its first sector
+      const device = await openImage(path, { format: 'vpc' });
+      const tail = seededBytes(4096, 77);
+      let grownBytes = 0;
+      try {
+        await device.resize!(newSizeBytes, { shrink: false });
+        grownBytes = device.sizeBytes;
+        await device.write(grownBytes - 8192, tail);
+      } finally {
+        await device.close();
+      }
+      const reference = join(dir, `grow-${name}-qemu.vhd`);
+      const optionText = Object.entries(options)
+        .map(([key, value]) => `${key}=${value}`)
+        .join(',');
+      run('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'vpc',
+        ...(optionText ? ['-o', optionText] : []),
+        reference,
+        String(newSizeBytes),
+      ]);
+      const info = JSON.parse(run('qemu-img', ['info', '-f', 'vpc', '--output=json', path]));
+      expect(info['virtual-size']).toBe(grownBytes);
+      expect(grownBytes).toBe(
+        JSON.parse(run('qemu-img', ['info', '-f', 'vpc', '--output=json', reference]))['virtual-size'],
+      );
+      const expected = join(dir, `grow-${name}-expected.raw`);
+      run('qemu-img', ['create', '-q', '-f', 'raw', expected, String(grownBytes)]);
+      run('dd', [`if=${raw}`, `of=${expected}`, 'conv=notrunc', 'status=none']);
+      run('sh', [
+        '-c',
+        `printf '%s' "$1" | xxd -r -p | dd of="$2" bs=1 seek=${grownBytes - 8192} conv=notrunc status=none`,
+        'sh',
+        Buffer.from(tail).toString('hex'),
+        expected,
+      ]);
+      const compared = runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', expected, path]);
+      expect(compared.stdout).toContain('Images are identical');
+    });
+  }
 });

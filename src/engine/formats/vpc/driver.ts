@@ -38,6 +38,7 @@ import {
   type VpcFooter,
 } from './footer.ts';
 import { readParentReference } from './parent.ts';
+import { type DynamicState, growVpc } from './resize.ts';
 
 const SECTOR_BYTES = 512;
 /** qemu's create block size. */
@@ -46,15 +47,6 @@ const DEFAULT_BLOCK_BYTES = 2 * 1024 * 1024;
 const MAX_BAT_ENTRIES = 64 * 1024 * 1024;
 /** Largest block size vdisk accepts (the spec's is 2 MiB; qemu only asks for a power of two). */
 const MAX_BLOCK_BYTES = 256 * 1024 * 1024;
-
-interface DynamicState {
-  header: VpcDynamicHeader;
-  bat: Uint32Array;
-  blockSizeBytes: number;
-  bitmapSizeBytes: number;
-  /** Where the next block goes; the footer copy sits here. */
-  freeDataBlockOffsetBytes: number;
-}
 
 interface VpcInit {
   context: OpenContext;
@@ -67,8 +59,8 @@ interface VpcInit {
 }
 
 class VpcDevice extends MappedDevice {
-  private readonly footer: VpcFooter;
-  private readonly footerBytes: Buffer;
+  private footer: VpcFooter;
+  private footerBytes: Buffer;
   private readonly dynamic: DynamicState | undefined;
   private readonly backingReference: string | undefined;
 
@@ -146,6 +138,32 @@ class VpcDevice extends MappedDevice {
     const bytes = Buffer.alloc(4);
     bytes.writeUInt32BE(entry, 0);
     await this.file.write(dynamic.header.tableOffsetBytes + unitIndex * 4, bytes);
+  }
+
+  /** Grows the guest size (beyond qemu 7.2, which cannot resize VHDs); see resize.ts. */
+  async resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    if (this.isReadOnly || this.footer.diskType === VPC_TYPE_DIFFERENCING) {
+      throw new UnsupportedError({ format: 'vpc', feature: 'resizing a read-only or differencing image' });
+    }
+    if (sizeBytes < this.sizeBytes) {
+      throw new UnsupportedError({
+        format: 'vpc',
+        feature: options.shrink ? 'shrinking' : 'shrinking (and --shrink was not given)',
+      });
+    }
+    await this.writeLock.run(async () => {
+      const grown = await growVpc({
+        file: this.file,
+        path: this.path,
+        footer: this.footer,
+        dynamic: this.dynamic,
+        currentSizeBytes: this.sizeBytes,
+        requestedBytes: sizeBytes,
+      });
+      this.footer = grown.footer;
+      this.footerBytes = grown.footerBytes;
+      this.currentSizeBytes = grown.sizeBytes;
+    });
   }
 
   async info(): Promise<ImageInfo> {
@@ -467,7 +485,7 @@ export const vpcDriver = {
     check: false,
     compression: [],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
   },
   createOptions: vpcCreateOptions,
   open: openVpc,

@@ -287,10 +287,14 @@ const CURRENT_SIZE_CREATORS = new Set(['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0'])
  * friends (by creator app), for maximum-geometry images, or when `forceSizeCalc` says so.
  */
 export function guestSizeBytes(footer: VpcFooter, forceSizeCalc?: 'chs' | 'current_size'): number {
+  if (usesCurrentSize(footer, forceSizeCalc))
+    return Math.floor(footer.currentSizeBytes / SECTOR_BYTES) * SECTOR_BYTES;
+  return footer.cylinders * footer.heads * footer.sectorsPerTrack * SECTOR_BYTES;
+}
+
+/** True when qemu 7.2 sizes this image from current_size rather than from its CHS geometry. */
+export function usesCurrentSize(footer: VpcFooter, forceSizeCalc?: 'chs' | 'current_size'): boolean {
   const chsSectors = footer.cylinders * footer.heads * footer.sectorsPerTrack;
   const useChs = forceSizeCalc === 'chs' || !CURRENT_SIZE_CREATORS.has(footer.creatorApp);
-  if (!useChs || chsSectors === VPC_MAX_GEOMETRY_SECTORS || forceSizeCalc === 'current_size') {
-    return Math.floor(footer.currentSizeBytes / SECTOR_BYTES) * SECTOR_BYTES;
-  }
-  return chsSectors * SECTOR_BYTES;
+  return !useChs || chsSectors === VPC_MAX_GEOMETRY_SECTORS || forceSizeCalc === 'current_size';
 }
