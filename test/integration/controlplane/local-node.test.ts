@@ -232,6 +232,40 @@ describeWithControlPlane('local node', () => {
     expect(await readFile(join(podDir, 'volumes', 'scratch', 'tmp'), 'utf8')).toBe('x');
   });
 
+  it('runs init containers to completion, in order, before the containers', async () => {
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: 'staged' },
+        spec: {
+          restartPolicy: 'Never',
+          volumes: [{ name: 'work', emptyDir: {} }],
+          initContainers: [
+            { name: 'first', image: 'vdisk:dev', command: ['vdisk-probe', 'write:/work/step=1'] },
+            {
+              name: 'second',
+              image: 'vdisk:dev',
+              command: ['vdisk-probe', 'expect:/work/step=1', 'write:/work/step=2'],
+            },
+          ].map((c) => ({ ...c, volumeMounts: [{ name: 'work', mountPath: '/work' }] })),
+          containers: [
+            {
+              name: 'main',
+              image: 'vdisk:dev',
+              command: ['vdisk-probe', 'expect:/work/step=2'],
+              volumeMounts: [{ name: 'work', mountPath: '/work' }],
+            },
+          ],
+        },
+      },
+    });
+    const pod = await eventually('staged finished', readPod('staged'), isFinished);
+    expect(pod.status?.containerStatuses?.[0]?.state?.terminated?.message).toBeUndefined();
+    expect(pod.status?.phase).toBe('Succeeded');
+    expect(pod.status?.initContainerStatuses?.map((s) => s.state?.terminated?.exitCode)).toEqual([0, 0]);
+    expect(pod.status?.conditions?.find((c) => c.type === 'Initialized')?.status).toBe('True');
+  });
+
   it('restarts a failed container under restartPolicy OnFailure', async () => {
     await core.createNamespacedPod({
       namespace,
