@@ -34,7 +34,6 @@ import {
   VPC_TYPE_DYNAMIC,
   VPC_TYPE_FIXED,
   VPC_UNALLOCATED,
-  type VpcDynamicHeader,
   type VpcFooter,
 } from './footer.ts';
 import { readParentReference } from './parent.ts';
