@@ -198,16 +198,15 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
           execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', target, `${sizeMib}M`]);
           const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw);
           execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, target]);
-          best = { seconds: Math.min(best.seconds, result.seconds), rssMib: Math.max(best.rssMib, result.rssMib) };
+          best = {
+            seconds: Math.min(best.seconds, result.seconds),
+            rssMib: Math.max(best.rssMib, result.rssMib),
+          };
         }
         add('write qcow2', server, 1, best.seconds, best.rssMib);
       } catch (err) {
         log(`write qcow2 ${server}: failed (${err instanceof Error ? err.message : String(err)})`);
       } finally {
-        await rm(target, { force: true });
-      }
-    }
-  } finally {
         await rm(target, { force: true });
       }
     }
