@@ -1,7 +1,7 @@
 // The attach agent's configuration: `vdisk-agent attach` flags (or one --config JSON object with the
 // same fields), validated with bounded sizes. The layout and mounts mirror VirtualDisk spec.layout
 // and spec.attach.mounts; sizes are byte counts or Kubernetes quantities (`1Gi`; `500M` is 500*10^6),
-// then qemu spellings the quantity grammar lacks (`1g`, `512k` are binary).
+// then qemu spellings the quantity grammar lacks (`1g` is 2^30).
 
 import { parseArgs } from 'node:util';
 import { parseQuantityBytes } from '../../api/quantity.ts';
