@@ -196,4 +196,44 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
       await ok('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 11M 1M', '-c', 'read -P 0 12M 3M', disk]),
     ).not.toMatch(/Pattern verification failed/);
   });
+
+  it('punches holes in the file for TRIM and zero writes with --discard=unmap --detect-zeroes=unmap', async () => {
+    const disk = join(folder, 'sparse.raw');
+    await ok('qemu-img', ['create', '-q', '-f', 'raw', disk, '8M']);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 8M', disk]);
+    const vdisk = await serve([
+      '-t',
+      '--discard=unmap',
+      '--detect-zeroes=unmap',
+      '-f',
+      'raw',
+      '-k',
+      join(folder, 'sparse.sock'),
+      disk,
+    ]);
+    await ok('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'discard 1M 1M',
+      '-c',
+      'write -P 0 4M 1M',
+      '-c',
+      'write -z -u 6M 1M',
+      vdisk.uri,
+    ]);
+    expect(await vdisk.stop()).toBe(0);
+    const map = JSON.parse(await ok('qemu-img', ['map', '--output=json', '-f', 'raw', disk])) as {
+      start: number;
+      length: number;
+      data: boolean;
+    }[];
+    const holes = map.filter((extent) => !extent.data).map((extent) => [extent.start, extent.length]);
+    const MIB = 1024 * 1024;
+    expect(holes).toEqual([
+      [MIB, MIB],
+      [4 * MIB, MIB],
+      [6 * MIB, MIB],
+    ]);
+  });
 });
