@@ -32,12 +32,15 @@ function snapshotJson(snapshot: SnapshotInfo): Record<string, unknown> {
   };
 }
 
+/** Formats whose qemu 7.2 driver has no bdrv_get_info: qemu-img info prints no dirty-flag for them. */
+const QEMU_FORMATS_WITHOUT_GET_INFO: ReadonlySet<string> = new Set(['parallels', 'bochs', 'cloop']);
+
 /** The ImageInfo QAPI object qemu-img prints (members absent when qemu leaves them out). */
 export function infoJson(info: ImageInfo): Record<string, unknown> {
   return {
     filename: info.filename,
     format: info.format,
-    'dirty-flag': info.dirty ?? false,
+    'dirty-flag': QEMU_FORMATS_WITHOUT_GET_INFO.has(info.format) ? undefined : (info.dirty ?? false),
     'actual-size': info.actualSizeBytes,
     'virtual-size': info.virtualSizeBytes,
     'cluster-size': info.clusterSizeBytes,

@@ -19,19 +19,37 @@ export interface ChainExtent {
   compressed?: boolean;
 }
 
+export interface ChainStatusOptions {
+  /** Report the top layer's unallocated ranges as not present at depth 0 instead of asking the
+   * backing (convert -B copies only what the top layer holds). */
+  topOnly?: boolean;
+  /** Answer as qemu-img would (map, compare -s): formats whose qemu driver has no block status
+   * report every range as stored data without a host offset, whatever vdisk's driver knows. */
+  qemuView?: boolean;
+}
+
+/**
+ * Formats whose qemu 7.2 driver has no bdrv_co_block_status, so qemu-img map and compare see all
+ * of them as data (block/io.c's fallback).
+ */
+const QEMU_FORMATS_WITHOUT_BLOCK_STATUS: ReadonlySet<string> = new Set(['vhdx', 'bochs', 'cloop']);
+
 /**
  * Chain extents covering [offsetBytes, offsetBytes+lengthBytes), in order, possibly ending early
- * (callers loop). With `topOnly` the top layer's unallocated ranges are reported as not present at
- * depth 0 instead of asking the backing (convert -B copies only what the top layer holds).
+ * (callers loop).
  */
 export async function chainBlockStatus(
   device: BlockDevice,
   offsetBytes: number,
   lengthBytes: number,
-  topOnly = false,
+  options: ChainStatusOptions = {},
   depth = 0,
 ): Promise<ChainExtent[]> {
-  const extents = await device.blockStatus(offsetBytes, lengthBytes);
+  const topOnly = options.topOnly ?? false;
+  const extents =
+    options.qemuView && QEMU_FORMATS_WITHOUT_BLOCK_STATUS.has(device.formatName)
+      ? [{ offsetBytes, lengthBytes, allocated: true, zero: false, data: true }]
+      : await device.blockStatus(offsetBytes, lengthBytes);
   const result: ChainExtent[] = [];
   for (const extent of extents) {
     if (extent.lengthBytes <= 0) break;
@@ -59,7 +77,7 @@ export async function chainBlockStatus(
         backing,
         extent.offsetBytes,
         backingEndBytes - extent.offsetBytes,
-        false,
+        { qemuView: options.qemuView },
         depth + 1,
       );
       result.push(...below);
@@ -111,11 +129,11 @@ export async function* walkChain(
   device: BlockDevice,
   offsetBytes: number,
   endBytes: number,
-  topOnly = false,
+  options: ChainStatusOptions = {},
 ): AsyncGenerator<ChainExtent> {
   let positionBytes = offsetBytes;
   while (positionBytes < endBytes) {
-    const extents = await chainBlockStatus(device, positionBytes, endBytes - positionBytes, topOnly);
+    const extents = await chainBlockStatus(device, positionBytes, endBytes - positionBytes, options);
     if (extents.length === 0) {
       // A driver that answers nothing would loop forever; treat the rest as data so it is copied.
       yield {

@@ -46,8 +46,14 @@ function sectorOf(offsetBytes: number): number {
   return Math.floor(offsetBytes / SECTOR_BYTES) * SECTOR_BYTES;
 }
 
-async function statusAt(device: BlockDevice, offsetBytes: number, endBytes: number): Promise<ChainExtent> {
-  const [first] = await chainBlockStatus(device, offsetBytes, endBytes - offsetBytes);
+/** The chain status at `offsetBytes`; `qemuView` (strict mode) answers as qemu's block layer would. */
+async function statusAt(
+  device: BlockDevice,
+  offsetBytes: number,
+  endBytes: number,
+  qemuView = false,
+): Promise<ChainExtent> {
+  const [first] = await chainBlockStatus(device, offsetBytes, endBytes - offsetBytes, { qemuView });
   if (!first || first.offsetBytes > offsetBytes || first.offsetBytes + first.lengthBytes <= offsetBytes) {
     return {
       offsetBytes,
@@ -101,8 +107,8 @@ export async function compareImages(
   const bufferB = new Uint8Array(COMPARE_CHUNK_BYTES);
   let positionBytes = 0;
   while (positionBytes < commonBytes) {
-    const statusA = await statusAt(a, positionBytes, commonBytes);
-    const statusB = await statusAt(b, positionBytes, commonBytes);
+    const statusA = await statusAt(a, positionBytes, commonBytes, options.strict);
+    const statusB = await statusAt(b, positionBytes, commonBytes, options.strict);
     // qemu compares whole status words: they carry BDRV_BLOCK_EOF when the run reaches the end, and
     // BDRV_BLOCK_OFFSET_VALID when the bytes sit at a known host offset.
     const eofA = statusA.offsetBytes + statusA.lengthBytes >= a.sizeBytes;

@@ -148,7 +148,7 @@ export async function convertDevice(
 
   // The producer walks the chain once, in order; workers pull from it (async generators serialise next()).
   async function* produce(): AsyncGenerator<Task> {
-    const extents = walkChain(source, 0, totalBytes, targetHasBacking)[Symbol.asyncIterator]();
+    const extents = walkChain(source, 0, totalBytes, { topOnly: targetHasBacking })[Symbol.asyncIterator]();
     let pending: { start: number; end: number; kind: Kind } | undefined;
     const nextRun = async (): Promise<{ start: number; end: number; kind: Kind } | undefined> => {
       // Merge neighbouring extents of one kind so large holes are skipped in one step.

@@ -44,7 +44,7 @@ export async function* mapImage(
   lengthBytes = device.sizeBytes - startBytes,
 ): AsyncGenerator<MapEntry> {
   let current: MapEntry | undefined;
-  for await (const extent of walkChain(device, startBytes, startBytes + lengthBytes)) {
+  for await (const extent of walkChain(device, startBytes, startBytes + lengthBytes, { qemuView: true })) {
     const next: MapEntry = {
       startBytes: extent.offsetBytes,
       lengthBytes: extent.lengthBytes,
