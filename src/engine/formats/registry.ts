@@ -7,6 +7,7 @@ import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
+import { dmgDriver } from './dmg/driver.ts';
 import { parallelsDriver } from './parallels/driver.ts';
 import { qcowDriver } from './qcow/driver.ts';
 import { qedDriver } from './qed/driver.ts';
@@ -24,6 +25,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   qedDriver,
   parallelsDriver,
   vhdxDriver,
+  dmgDriver,
   vmdkDriver,
   vdiDriver,
   vpcDriver,
