@@ -39,15 +39,23 @@ function need<T>(value: T | undefined, option: string, operation: string): T {
   return value;
 }
 
-/** Grows the image to `sizeBytes` when smaller (never shrinks). */
+/** Grows the image to `sizeBytes` when smaller; with `refuseLarger`, an image already larger is an error. */
 async function growTo(
   imagePath: string,
   format: string | undefined,
   sizeBytes: number | undefined,
+  refuseLarger = false,
 ): Promise<void> {
   if (sizeBytes === undefined) return;
   const device = await openImage(imagePath, { format });
   try {
+    if (refuseLarger && device.sizeBytes > sizeBytes) {
+      throw new InvalidOptionError({
+        option: 'size',
+        value: sizeBytes,
+        message: `the source is ${device.sizeBytes} bytes, larger than the disk size of ${sizeBytes} bytes: grow spec.size`,
+      });
+    }
     if (device.sizeBytes >= sizeBytes) return;
     if (!device.resize)
       throw new UnsupportedError({
@@ -72,7 +80,8 @@ async function publish(
   await rm(temporary, { force: true });
   try {
     await build(temporary);
-    await growTo(temporary, request.format, request.sizeBytes);
+    // A copy larger than the disk would overflow a PVC sized for spec.size.
+    await growTo(temporary, request.format, request.sizeBytes, true);
     await rename(temporary, imagePath);
   } catch (err) {
     await rm(temporary, { force: true });

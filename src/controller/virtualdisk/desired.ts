@@ -179,6 +179,11 @@ function planOperation(observed: ObservedDisk, operation: Operation): Plan | { w
       }
       const node = isAttachedReadWrite(sourceDisk);
       if (node) return { waiting: `source VirtualDisk ${name} is attached read-write on node ${node}` };
+      if (sourceDisk.status.image.virtualSize > sizeBytes) {
+        return {
+          waiting: `source VirtualDisk ${name} is ${sourceDisk.status.image.virtualSize} bytes, larger than spec.size (${sizeBytes} bytes): grow spec.size`,
+        };
+      }
       return {
         request: { operation, ...base, source: `${SOURCE_MOUNT_PATH}/${sourceDisk.status.image.path}` },
         sourceClaimName: sourceDisk.status.claimName,
@@ -194,6 +199,14 @@ function planOperation(observed: ObservedDisk, operation: Operation): Plan | { w
       if (!snapshotDisk?.status?.image || !snapshotDisk.status.claimName) {
         return {
           waiting: `VirtualDisk ${snapshot.spec.virtualDiskName} of DiskSnapshot ${name} has no image`,
+        };
+      }
+      const restoreBytes = snapshot.status.restoreSize
+        ? parseQuantityBytes(snapshot.status.restoreSize)
+        : undefined;
+      if (restoreBytes !== undefined && restoreBytes > sizeBytes) {
+        return {
+          waiting: `DiskSnapshot ${name} needs ${snapshot.status.restoreSize}, more than spec.size ${disk.spec.size}: grow spec.size`,
         };
       }
       const external = snapshot.spec.mode === 'external';

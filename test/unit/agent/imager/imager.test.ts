@@ -275,6 +275,22 @@ describe.skipIf(!hasQemuImg)('imager', () => {
     expect((await readFile(join(grown.data, 'disk.img'))).subarray(0, 4 * MIB).equals(body)).toBe(true);
   });
 
+  it('refuses to clone a source larger than the disk size, leaving no image', async () => {
+    const { code, result, data } = await run(
+      {
+        operation: 'clone',
+        image: '/data/disk.img',
+        format: 'raw',
+        sizeBytes: 2 * MIB,
+        source: '/source/disk.img',
+      },
+      async ({ source: folder }) => writeFile(join(folder, 'disk.img'), pattern(4 * MIB)),
+    );
+    expect(code).toBe(2);
+    expect(result).toMatchObject({ ok: false, code: 'VDISK_EINVAL' });
+    expect(await readdir(data)).toEqual([]);
+  });
+
   it('rejects bad argv with VDISK_EINVAL and exit 2', async () => {
     const folder = await mkdtemp(join(root, 'argv-'));
     process.env.VDISK_PATH_MAP = JSON.stringify({ '/dev/termination-log': join(folder, 'termination-log') });

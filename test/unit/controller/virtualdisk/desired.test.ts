@@ -232,6 +232,17 @@ describe('desiredDisk', () => {
     expect(pod.volumes?.[1]?.persistentVolumeClaim).toEqual({ claimName: 'vdisk-base', readOnly: true });
   });
 
+  it('waits with a message when the clone source is larger than spec.size', () => {
+    const spec = { size: '512Mi', source: { virtualDisk: { name: 'base' } } } satisfies VirtualDiskSpecInput;
+    const source = disk(blank, {
+      name: 'base',
+      status: { phase: 'Ready', image: readyImage, claimName: 'vdisk-base' },
+    });
+    const result = desiredDisk(observed(disk(spec), { sourceDisk: source }));
+    expect(result.createJobs).toEqual([]);
+    expect(result.status.conditions?.find((c) => c.type === 'Ready')?.message).toContain('grow spec.size');
+  });
+
   it('restores an internal snapshot by name from the snapshot disk', () => {
     const spec = { size: '1Gi', source: { snapshot: { name: 's1' } } } satisfies VirtualDiskSpecInput;
     const snapshot: DiskSnapshot = {
