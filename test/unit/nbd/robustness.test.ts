@@ -194,21 +194,34 @@ describe('NBD server robustness (raw sockets)', () => {
   });
 
   it('survives arbitrary bytes in the handshake and the transmission phase', async () => {
+    // Where the junk starts: as client flags, as option data, inside one option, or as requests.
+    const stages = ['flags', 'options', 'option', 'requests'] as const;
     await fc.assert(
       fc.asyncProperty(
-        fc.boolean(),
+        fc.constantFrom(...stages),
+        fc.integer({ min: 0, max: 16 }),
         fc.uint8Array({ minLength: 1, maxLength: 400 }),
-        async (afterHandshake, junk) => {
+        async (stage, optionCode, junk) => {
           const client = await RawClient.connect(socketPath);
-          if (afterHandshake) await handshake(client);
-          else await client.read(18);
+          if (stage === 'requests') {
+            await handshake(client, '', junk.length % 2 === 0);
+          } else {
+            await client.read(18);
+            if (stage !== 'flags') client.send(Buffer.from([0, 0, 0, 3]));
+            if (stage === 'option') {
+              const header = option(optionCode).subarray(0, 12);
+              const length = Buffer.alloc(4);
+              length.writeUInt32BE(junk.length, 0);
+              client.send(Buffer.concat([header, length]));
+            }
+          }
           client.send(junk);
           client.socket.end();
           // The server answers what it can and closes once the client has ended: it never hangs.
           expect(await client.waitClosed(3000)).toBe(true);
         },
       ),
-      { numRuns: 40 },
+      { numRuns: 60 },
     );
     await assertServerHealthy();
   });
