@@ -4,12 +4,15 @@
 import { CoreV1Api, type KubeConfig, ListWatch, type V1Pod, Watch } from '@kubernetes/client-node';
 import { join } from 'node:path';
 import { httpStatus, JSON_PATCH, type LocalNodeLog, restartOnError } from './api.ts';
+import { podEventRecorder } from './events.ts';
 import type { ContainerLogSource } from './kubelet-server.ts';
 import type { DataLookup } from './pod-spec.ts';
 import { PodWorker, type PodWorkerContext } from './pod-worker.ts';
 
 /** Settings of {@link PodRunner}. */
-export type PodRunnerOptions = Omit<PodWorkerContext, 'core' | 'lookup' | 'log'> & { nodeName: string };
+export type PodRunnerOptions = Omit<PodWorkerContext, 'core' | 'lookup' | 'log' | 'recordEvent'> & {
+  nodeName: string;
+};
 
 /** Longest grace period honoured when the local node itself stops, in ms. */
 const NODE_STOP_GRACE_MS = 5_000;
@@ -27,7 +30,13 @@ export class PodRunner {
   constructor(kubeConfig: KubeConfig, options: PodRunnerOptions, log: LocalNodeLog) {
     this.#core = kubeConfig.makeApiClient(CoreV1Api);
     this.#log = log;
-    this.#context = { ...options, core: this.#core, lookup: (namespace) => this.#lookup(namespace), log };
+    this.#context = {
+      ...options,
+      core: this.#core,
+      lookup: (namespace) => this.#lookup(namespace),
+      log,
+      recordEvent: podEventRecorder(this.#core, options.nodeName),
+    };
     const fieldSelector = `spec.nodeName=${options.nodeName}`;
     this.#pods = new ListWatch<V1Pod>(
       '/api/v1/pods',

@@ -8,6 +8,7 @@ import type { CoreV1Api, V1Container, V1Pod } from '@kubernetes/client-node';
 import { mapPath, parsePathMap, PATH_MAP_ENV } from '../../../src/agent/runtime/paths.ts';
 import { type ManagedProcess, startProcess, stopProcessGroup } from '../processes.ts';
 import { httpStatus, JSON_PATCH, type LocalNodeLog } from './api.ts';
+import type { PodEventRecorder } from './events.ts';
 import {
   containerArgv,
   containerEnv,
@@ -43,6 +44,8 @@ export interface PodWorkerContext {
   claimFolder: ClaimFolderLookup;
   lookup: (namespace: string) => DataLookup;
   log: LocalNodeLog;
+  /** Records Kubernetes Events about the pod. */
+  recordEvent: PodEventRecorder;
   /** Restart backoff: first delay and cap, in ms. */
   restartBackoffMs: { initial: number; max: number };
 }
@@ -124,6 +127,7 @@ export class PodWorker {
       this.#record.phase = 'Failed';
       this.#record.reason = 'LocalNodeError';
       this.#record.message = String(err).slice(0, TERMINATION_MESSAGE_MAX_BYTES);
+      this.#context.recordEvent(this.#pod, 'Warning', 'LocalNodeError', this.#record.message);
       await this.#flushStatus();
     });
   }
@@ -147,6 +151,7 @@ export class PodWorker {
       this.#record.reason = 'UnsupportedImage';
       this.#record.message = `the vdisk local node cannot run this pod: ${unsupported.join('; ')}`;
       this.#context.log.info('Rejected Pod', { pod: this.#key, reason: 'UnsupportedImage' });
+      this.#context.recordEvent(this.#pod, 'Warning', 'UnsupportedImage', this.#record.message);
       await this.#flushStatus();
       return;
     }
@@ -244,6 +249,12 @@ export class PodWorker {
       reason: 'CrashLoopBackOff',
       message: `back-off ${delayMs} ms restarting container ${rec.name} (exit code ${exitCode})`,
     };
+    this.#context.recordEvent(
+      this.#pod,
+      'Warning',
+      'BackOff',
+      `Back-off restarting failed container ${rec.name}`,
+    );
     await this.#flushStatus();
     await this.#sleep(delayMs);
     if (this.#stopping) return false;
@@ -314,6 +325,7 @@ export class PodWorker {
     rec.current = { kind: 'running', startedAt, pid: proc.pid };
     if (this.#record.phase === 'Pending' && this.#record.containers.includes(rec))
       this.#record.phase = 'Running';
+    this.#context.recordEvent(this.#pod, 'Normal', 'Started', `Started container ${container.name}`);
     this.#context.log.info('Started container', { pod: this.#key, container: container.name, pid: proc.pid });
     await this.#flushStatus();
 
@@ -385,6 +397,9 @@ export class PodWorker {
    */
   async terminate(gracePeriodMs: number): Promise<void> {
     this.#abort.abort();
+    for (const name of this.#running.keys()) {
+      this.#context.recordEvent(this.#pod, 'Normal', 'Killing', `Stopping container ${name}`);
+    }
     await Promise.all([...this.#running.values()].map((proc) => stopProcessGroup(proc.pid, gracePeriodMs)));
     await this.#done;
     if (!isTerminal(this.#record.phase) && this.#record.startTime !== undefined) this.#finish();

@@ -163,6 +163,12 @@ describeWithControlPlane('local node', () => {
     expect(pod.status?.phase).toBe('Failed');
     expect(pod.status?.reason).toBe('UnsupportedImage');
     expect(pod.status?.containerStatuses?.[0]?.state?.waiting?.reason).toBe('UnsupportedImage');
+    const events = await eventually(
+      'UnsupportedImage event',
+      () => core.listNamespacedEvent({ namespace, fieldSelector: 'involvedObject.name=busybox' }),
+      (list) => list.items.some((e) => e.reason === 'UnsupportedImage'),
+    );
+    expect(events.items.find((e) => e.reason === 'UnsupportedImage')?.type).toBe('Warning');
   });
 
   it('gives a container its env, PVC and emptyDir folders, and reports exit code and termination message', async () => {
