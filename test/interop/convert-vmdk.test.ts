@@ -94,4 +94,35 @@ describe.skipIf(!HAS_QEMU)('vdisk convert / info / check on vmdk', () => {
       expect(compared.stdout, `${format} ${options}`).toContain('Images are identical');
     }
   });
+  it('map --output=json equals qemu-img map for vmdk subformats, vdi and vpc', async () => {
+    const raw = join(dir, 'map.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', raw, '8M']);
+    mustRun('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 7 1M 3M',
+      '-c',
+      'write -P 9 7M 100k',
+      '-c',
+      'write -P 3 0 4k',
+      raw,
+    ]);
+    for (const [format, options] of [
+      ['vmdk', 'subformat=monolithicSparse'],
+      ['vmdk', 'subformat=monolithicFlat'],
+      ['vmdk', 'subformat=twoGbMaxExtentFlat'],
+      ['vmdk', 'subformat=streamOptimized'],
+      ['vdi', 'static=off'],
+      ['vpc', 'subformat=dynamic'],
+    ] as const) {
+      const path = join(dir, `map-${options.replace(/\W/g, '')}.${format}`);
+      mustRun('qemu-img', ['convert', '-f', 'raw', '-O', format, '-o', options, raw, path]);
+      const ours = await vdisk(['map', '--output=json', path]);
+      expect(ours.code).toBe(0);
+      expect(JSON.parse(ours.stdout), `${format} ${options}`).toEqual(
+        JSON.parse(mustRun('qemu-img', ['map', '--output=json', path])),
+      );
+    }
+  });
 });

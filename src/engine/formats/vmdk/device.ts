@@ -12,6 +12,8 @@ import type { Descriptor } from './descriptor.ts';
 import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
 
 const COPY_CHUNK_BYTES = 1024 * 1024;
+/** Smallest run block status reports for a FLAT file (guards against a zero-length SEEK answer). */
+const SECTOR_ALIGN = 512;
 /** Most bytes one batched allocation appends (bounds the lookups done under the write lock). */
 const MAX_BATCH_BYTES = 32 * 1024 * 1024;
 const ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
@@ -31,7 +33,15 @@ export interface OpenedExtent {
 }
 
 type Piece =
-  | { kind: 'data'; lengthBytes: number; file: HostFile; path: string; hostOffsetBytes: number }
+  /** `isHole`: a hole of a sparse FLAT file (reads as zeros; only block status asks). */
+  | {
+      kind: 'data';
+      lengthBytes: number;
+      file: HostFile;
+      path: string;
+      hostOffsetBytes: number;
+      isHole?: boolean;
+    }
   | { kind: 'zero'; lengthBytes: number }
   | { kind: 'unallocated'; lengthBytes: number }
   | {
@@ -90,19 +100,33 @@ export class VmdkDevice implements BlockDevice {
     return this.extents[low]!;
   }
 
-  private async pieceAt(offsetBytes: number, maxLengthBytes: number): Promise<Piece> {
+  private async pieceAt(offsetBytes: number, maxLengthBytes: number, withHoles = false): Promise<Piece> {
     const extent = this.extentAt(offsetBytes);
     const inExtentBytes = offsetBytes - extent.startBytes;
     const lengthBytes = Math.min(maxLengthBytes, extent.sizeBytes - inExtentBytes);
     if (extent.kind === 'zero') return { kind: 'zero', lengthBytes };
     if (extent.kind === 'flat') {
-      return {
-        kind: 'data',
-        lengthBytes,
-        file: extent.file!,
-        path: extent.path,
-        hostOffsetBytes: extent.flatOffsetBytes + inExtentBytes,
-      };
+      const file = extent.file!;
+      const hostOffsetBytes = extent.flatOffsetBytes + inExtentBytes;
+      if (withHoles && file.seekData && file.seekHole) {
+        // As qemu maps a FLAT extent: the file's holes read as zeros, its data runs as data.
+        const dataAt = await file.seekData(hostOffsetBytes);
+        if (dataAt === null || dataAt > hostOffsetBytes) {
+          const holeBytes = dataAt === null ? lengthBytes : Math.min(lengthBytes, dataAt - hostOffsetBytes);
+          return {
+            kind: 'data',
+            lengthBytes: holeBytes,
+            file,
+            path: extent.path,
+            hostOffsetBytes,
+            isHole: true,
+          };
+        }
+        const holeAt = await file.seekHole(hostOffsetBytes);
+        const dataBytes = Math.min(lengthBytes, Math.max(SECTOR_ALIGN, holeAt - hostOffsetBytes));
+        return { kind: 'data', lengthBytes: dataBytes, file, path: extent.path, hostOffsetBytes };
+      }
+      return { kind: 'data', lengthBytes, file, path: extent.path, hostOffsetBytes };
     }
     const mapping = await extent.sparse!.lookup(inExtentBytes, lengthBytes);
     if (mapping.kind === 'data') {
@@ -336,12 +360,15 @@ export class VmdkDevice implements BlockDevice {
     let done = 0;
     while (done < lengthBytes && result.length < 4096) {
       const at = offsetBytes + done;
-      const piece = await this.pieceAt(at, lengthBytes - done);
+      const piece = await this.pieceAt(at, lengthBytes - done, true);
       const extent: Extent = {
         offsetBytes: at,
         lengthBytes: piece.lengthBytes,
         allocated: piece.kind !== 'unallocated',
-        zero: piece.kind === 'zero' || (piece.kind === 'unallocated' && !this.backing),
+        zero:
+          piece.kind === 'zero' ||
+          (piece.kind === 'unallocated' && !this.backing) ||
+          (piece.kind === 'data' && piece.isHole === true),
         data: piece.kind === 'data' || piece.kind === 'compressed',
       };
       if (piece.kind === 'data') {
