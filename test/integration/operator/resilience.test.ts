@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { type CustomObjectsApi, type KubeConfig, type V1Job, Watch } from '@kubernetes/client-node';
+import { BatchV1Api, type CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../../../src/controller/logger.ts';
 import { Manager } from '../../../src/controller/manager.ts';
@@ -83,17 +83,19 @@ describeWithControlPlane('controller resilience on a real control plane', () => 
   }
 
   it('converges after SIGKILLs at several points, creating exactly one imager Job', async () => {
+    // Polled, not watched: a watch can time out under load, and every Job here lives >= 2 s.
     const jobUids = new Set<string>();
-    const watch = new Watch(kubeConfig);
-    const request = await watch.watch(
-      `/apis/batch/v1/namespaces/${namespace}/jobs`,
-      {},
-      (_phase: string, job: V1Job) => {
-        if (job.metadata?.labels?.['vdisk.dev/disk'] === 'crash' && job.metadata.uid)
-          jobUids.add(job.metadata.uid);
-      },
-      () => undefined,
-    );
+    const batch = kubeConfig.makeApiClient(BatchV1Api);
+    let polling = true;
+    const poller = (async () => {
+      while (polling) {
+        const jobs = await batch
+          .listNamespacedJob({ namespace, labelSelector: 'vdisk.dev/disk=crash' })
+          .catch(() => undefined);
+        for (const job of jobs?.items ?? []) if (job.metadata?.uid) jobUids.add(job.metadata.uid);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    })();
     try {
       await createDisk(custom, namespace, 'crash', {
         size: '2Mi',
@@ -117,7 +119,8 @@ describeWithControlPlane('controller resilience on a real control plane', () => 
       expect(disk.status).toMatchObject({ image: { format: 'qcow2', virtualSize: 2 * MIB } });
       expect(jobUids.size).toBe(1);
     } finally {
-      request.abort();
+      polling = false;
+      await poller;
     }
   });
 
