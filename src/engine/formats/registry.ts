@@ -7,6 +7,7 @@ import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
 import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
+import { cowDriver } from './cow.ts';
 import { dmgDriver } from './dmg/driver.ts';
 import { parallelsDriver } from './parallels/driver.ts';
 import { qcowDriver } from './qcow/driver.ts';
@@ -26,6 +27,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   parallelsDriver,
   vhdxDriver,
   dmgDriver,
+  cowDriver,
   vmdkDriver,
   vdiDriver,
   vpcDriver,
