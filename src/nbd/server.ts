@@ -108,7 +108,9 @@ function makeTlsUpgrade(options: NbdTlsOptions): (socket: Duplex) => Promise<Dup
       tlsSocket.once('secure', () => resolve(tlsSocket));
       tlsSocket.once('error', reject);
       // A client that drops (or is dropped by the handshake timer) mid-TLS may close without an error.
-      tlsSocket.once('close', () => reject(new StreamClosedError('the client left during the TLS handshake')));
+      tlsSocket.once('close', () =>
+        reject(new StreamClosedError('the client left during the TLS handshake')),
+      );
     });
 }
 
