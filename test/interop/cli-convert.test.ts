@@ -212,6 +212,38 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk convert judged by qemu-img', () 
     ).toBeGreaterThan(0);
   });
 
+  it('concatenates several sources as qemu-img does, and refuses -B with them', async () => {
+    const sources = [path('src.raw'), path('top.qcow2'), path('base.qcow2')];
+    mustRun('qemu-img', ['convert', '-O', 'raw', ...sources, path('qemu-cat.raw')]);
+    expect((await vdisk(['convert', '-O', 'qcow2', ...sources, path('cat.qcow2')])).code).toBe(0);
+    clean('cat.qcow2');
+    identical('qemu-cat.raw', 'cat.qcow2');
+    const refused = await vdisk([
+      'convert',
+      '-O',
+      'qcow2',
+      '-B',
+      path('base.qcow2'),
+      '-F',
+      'qcow2',
+      ...sources,
+      path('cat-b.qcow2'),
+    ]);
+    expect(refused.code).toBe(
+      tool('qemu-img', [
+        'convert',
+        '-O',
+        'qcow2',
+        '-B',
+        path('base.qcow2'),
+        '-F',
+        'qcow2',
+        ...sources,
+        path('cat-q.qcow2'),
+      ]).code,
+    );
+  });
+
   it('runs the README commands through bin/vdisk.mjs', () => {
     const node = process.execPath;
     const run = (args: string[]): string =>

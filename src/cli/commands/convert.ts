@@ -17,9 +17,10 @@ import { createOptionsHelp } from './create.ts';
 
 const HELP = `usage: vdisk convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_fmt] [-o options]
                      [-B backing_file [-F backing_fmt]] [-l snapshot] [-S sparse_size]
-                     [-m num_requests] [--target-is-zero] filename output_filename
+                     [-m num_requests] [--target-is-zero] filename [filename2 [...]] output_filename
 
-Copies the guest contents of filename into a new image of output_fmt (raw when absent).
+Copies the guest contents of filename (several are concatenated) into a new image of output_fmt
+(raw when absent).
   -c                 compress the target's clusters (qcow2)
   -p                 show progress
   -n                 the target exists: do not create it
@@ -71,9 +72,10 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     return 0;
   }
   if (parsed.operands.length < 2) throw new CliUsageError('Expecting image file name');
-  if (parsed.operands.length > 2)
-    throw new CliUsageError('vdisk convert takes one source image (concatenating several is not supported)');
-  const [sourcePath = '', targetPath = ''] = parsed.operands;
+  // Several sources are concatenated, as qemu-img does; the last operand is the target.
+  const sourcePaths = parsed.operands.slice(0, -1);
+  const targetPath = parsed.operands.at(-1) ?? '';
+  const [sourcePath = '', ...moreSourcePaths] = sourcePaths;
   const requestsText = lastValue(parsed, 'requests');
   const parallelRequests = requestsText === undefined ? DEFAULT_PARALLEL_REQUESTS : Number(requestsText);
   if (
@@ -93,6 +95,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const progress = progressPrinter(io, hasFlag(parsed, 'progress') && !quiet);
   await convertImage({
     sourcePath,
+    moreSourcePaths,
     sourceFormat: lastValue(parsed, 'format'),
     sourceSnapshot: lastValue(parsed, 'snapshot'),
     targetPath,
@@ -115,7 +118,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
 export const convertCommand: CliCommand = {
   name: 'convert',
   synopsis:
-    'convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_fmt] [-o options] [-B backing_file [-F backing_fmt]] [-S sparse_size] [-m num] filename output_filename',
+    'convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_fmt] [-o options] [-B backing_file [-F backing_fmt]] [-S sparse_size] [-m num] filename [filename2 [...]] output_filename',
   summary: 'Convert an image to another format (or copy it sparsely)',
   run,
 };

@@ -6,12 +6,15 @@ import type { BlockDevice } from '../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../errors.ts';
 import { openImage } from '../open.ts';
 import { type ConvertDeviceOptions, type ConvertStats, convertDevice } from './convert.ts';
+import { ConcatDevice } from './concat-device.ts';
 import { createImage } from './create.ts';
 
 export interface ConvertImageRequest
   extends Omit<ConvertDeviceOptions, 'targetHasBacking' | 'targetIsZeroed'> {
   sourcePath: string;
-  /** `-f`; probed when absent. */
+  /** Further sources read after the first, back to back (qemu-img convert a b c out). */
+  moreSourcePaths?: readonly string[];
+  /** `-f` (for every source); probed when absent. */
   sourceFormat?: string;
   /** `-l`: convert this internal snapshot of the source instead of its active state. */
   sourceSnapshot?: string;
@@ -38,15 +41,35 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
       message: '--target-is-zero requires use of -n flag',
     });
   }
+  const concatenating = (request.moreSourcePaths?.length ?? 0) > 0;
+  if (concatenating && request.backingFile !== undefined) {
+    throw new InvalidOptionError({
+      option: 'B',
+      message: 'Having a backing file for the target makes no sense when concatenating multiple input images',
+    });
+  }
+  if (concatenating && request.sourceSnapshot !== undefined) {
+    throw new InvalidOptionError({ option: 'l', message: 'No support for concatenating multiple snapshot' });
+  }
   let source: BlockDevice | undefined;
   let snapshot: BlockDevice | undefined;
   let target: BlockDevice | undefined;
   try {
-    source = await openImage(request.sourcePath, {
-      format: request.sourceFormat,
-      readOnly: true,
-      allowBackingEscape: true,
-    });
+    const openSource = (path: string): Promise<BlockDevice> =>
+      openImage(path, { format: request.sourceFormat, readOnly: true, allowBackingEscape: true });
+    if (concatenating) {
+      const opened: BlockDevice[] = [];
+      try {
+        for (const path of [request.sourcePath, ...(request.moreSourcePaths ?? [])])
+          opened.push(await openSource(path));
+      } catch (err) {
+        await Promise.allSettled(opened.map((device) => device.close()));
+        throw err;
+      }
+      source = new ConcatDevice(opened);
+    } else {
+      source = await openSource(request.sourcePath);
+    }
     if (request.sourceSnapshot !== undefined) {
       if (!source.snapshots)
         throw new UnsupportedError({
