@@ -2,13 +2,21 @@
 // (allocation, COW of partial clusters), zero clusters, discard, compressed writes, block status, info.
 // Implements qcow2.txt "Cluster mapping"; metadata order and flushing live in image.ts.
 
-import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
+import type {
+  BlockDevice,
+  Extent,
+  ImageInfo,
+  SnapshotOperations,
+  WriteOptions,
+  WriteZeroesOptions,
+} from '../../block-device.ts';
 import { PermissionError, UnsupportedError } from '../../errors.ts';
 import { decodeL2, type L2Mapping, writeCompressedEntry } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
+import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
 
 type Piece =
@@ -36,13 +44,42 @@ export class Qcow2Device implements BlockDevice {
   /** One decompressed cluster, keyed by its host offset: sequential small reads of a compressed cluster. */
   private lastDecompressed: { hostOffsetBytes: number; data: Buffer } | undefined;
 
-  constructor(image: Qcow2Image, backing: BlockDevice | undefined) {
+  /** Internal snapshots (list, create, apply, delete, open a read-only view). */
+  readonly snapshots: SnapshotOperations | undefined;
+  /** A snapshot view shares its parent's file and backing: closing it closes neither. */
+  private readonly isView: boolean;
+
+  constructor(image: Qcow2Image, backing: BlockDevice | undefined, options: { isView?: boolean } = {}) {
     this.image = image;
     this.backing = backing;
+    this.isView = options.isView ?? false;
     this.sizeBytes = image.header.virtualSizeBytes;
     this.isReadOnly = image.readOnly;
     this.compressedWriteUnitBytes = image.readOnly ? undefined : image.clusterSizeBytes;
     if (image.readOnly) this.writeCompressed = undefined;
+    this.snapshots = this.isView
+      ? undefined
+      : snapshotOperations({
+          image,
+          exclusive: (work) =>
+            this.lock.run(async () => {
+              await this.image.flush();
+              this.lastDecompressed = undefined;
+              return work();
+            }),
+          openView: (l1, sizeBytes) => {
+            const header = { ...image.header, virtualSizeBytes: sizeBytes, l1EntryCount: l1.length / 8 };
+            const view = new Qcow2Image({
+              file: image.file,
+              path: image.path,
+              header,
+              l1,
+              refcountTable: Buffer.alloc(image.clusterSizeBytes),
+              readOnly: true,
+            });
+            return new Qcow2Device(view, backing, { isView: true });
+          },
+        });
   }
 
   private get clusterSizeBytes(): number {
@@ -440,6 +477,7 @@ export class Qcow2Device implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.isView) return;
     try {
       if (!this.isReadOnly) await this.lock.run(() => this.image.flush());
     } finally {

@@ -31,7 +31,7 @@ export const qcow2Driver: FormatDriver = {
     create: true,
     write: true,
     backing: true,
-    internalSnapshots: false,
+    internalSnapshots: true,
     check: true,
     compression: ['zlib', 'zstd'],
     encryption: [],

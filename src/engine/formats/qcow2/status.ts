@@ -8,6 +8,7 @@ import type { L2Mapping } from './cluster-map.ts';
 import { compressionTypeName } from './compress.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
+import { readSnapshotTable, toSnapshotInfo } from './snapshot.ts';
 
 /** Most guest clusters one blockStatus call describes (callers loop). */
 const BLOCK_STATUS_MAX_CLUSTERS = 1 << 20;
@@ -124,6 +125,7 @@ export async function describeImage(image: Qcow2Image): Promise<ImageInfo> {
     dirty: (header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
     formatSpecific: { type: 'qcow2', data },
   };
+  if (header.snapshotCount > 0) info.snapshots = (await readSnapshotTable(image)).map(toSnapshotInfo);
   const file = image.file as { allocatedBytes?: () => Promise<number> };
   if (typeof file.allocatedBytes === 'function')
     info.actualSizeBytes = await file.allocatedBytes.call(image.file);
