@@ -5,7 +5,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { BatchV1Api, type CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import {
+  BatchV1Api,
+  CoordinationV1Api,
+  type CustomObjectsApi,
+  type KubeConfig,
+} from '@kubernetes/client-node';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../../../src/controller/logger.ts';
 import { Manager } from '../../../src/controller/manager.ts';
@@ -153,5 +158,38 @@ describeWithControlPlane('controller resilience on a real control plane', () => 
     await first.stop();
     await eventually('second leads', async () => second.isReady, Boolean, 20_000);
     await second.stop();
+  });
+
+  it('shuts down gracefully on SIGTERM: exit 0 and the Lease is released for a successor', async () => {
+    const child = spawn(
+      process.execPath,
+      [
+        join(controlPlane().repoRoot, 'bin', 'vdisk-agent.mjs'),
+        'controller',
+        `--kubeconfig=${kubeconfigPath}`,
+        `--namespace=${namespace}`,
+        '--metrics-port=0',
+        '--leader-elect',
+        `--leader-election-namespace=${namespace}`,
+      ],
+      { stdio: ['ignore', 'pipe', 'ignore'] },
+    );
+    children.push(child);
+    let output = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    await waitFor('leader Lease acquired', async () => output.includes('Acquired leader Lease'), {
+      timeoutMs: 30_000,
+      intervalMs: 100,
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(output).toContain('Stopped controller');
+    const lease = await kubeConfig
+      .makeApiClient(CoordinationV1Api)
+      .readNamespacedLease({ name: 'vdisk-controller', namespace });
+    expect(lease.spec?.holderIdentity ?? '').toBe('');
   });
 });
