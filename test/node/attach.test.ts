@@ -12,7 +12,14 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/main.ts';
 import { formatRegistry } from '../../src/engine/formats/registry.ts';
-import { bootVm, buildGuest, GUEST_NBD_ADDRESS, missingTools, type Vm } from './helpers/vm.ts';
+import {
+  bootVm,
+  buildGuest,
+  GUEST_NBD_ADDRESS,
+  GUEST_NBD_ADDRESS_2,
+  missingTools,
+  type Vm,
+} from './helpers/vm.ts';
 
 const AGENT = fileURLToPath(new URL('./helpers/agent-in-vm.ts', import.meta.url));
 const MiB = 1024 * 1024;
@@ -47,9 +54,9 @@ interface Agent {
   stderr(): string;
 }
 
-function startAgent(vm: Vm, args: string[], transcriptName?: string): Agent {
+function startAgent(vm: Vm, args: string[], transcriptName?: string, channel = vm.agentSocket): Agent {
   const transcript = transcriptDir && transcriptName ? join(transcriptDir, `${transcriptName}.json`) : '-';
-  const child = spawn(process.execPath, [AGENT, vm.agentSocket, transcript, '--', ...args], {
+  const child = spawn(process.execPath, [AGENT, channel, transcript, '--', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const reports: Array<Record<string, unknown>> = [];
@@ -157,13 +164,15 @@ function checkImage(image: string): void {
 describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () => {
   let dir: string;
   let nbdSocket: string;
+  let secondNbdSocket: string;
   let vm: Vm;
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'vdisk-node-'));
     nbdSocket = join(dir, 'nbd.sock');
+    secondNbdSocket = join(dir, 'nbd2.sock');
     if (!guest) throw new Error('unreachable: guest not built');
-    vm = await bootVm({ dir, nbdSocket, guest });
+    vm = await bootVm({ dir, nbdSocket, secondNbdSocket, guest });
   });
 
   afterAll(async () => {
@@ -180,6 +189,7 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
   async function expectNothingLeft(): Promise<void> {
     expect((await vm.shell.run('dmsetup', ['ls'])).stdout).toMatch(/No devices found/);
     expect((await vm.shell.run('cat', ['/sys/block/nbd0/pid'])).exitCode).not.toBe(0);
+    expect((await vm.shell.run('cat', ['/sys/block/nbd1/pid'])).exitCode).not.toBe(0);
     expect((await vm.shell.run('cat', ['/sys/block/nbd0/size'])).stdout.trim()).toBe('0');
     expect((await vm.shell.run('cat', ['/proc/mounts'])).stdout).not.toMatch(/nbd/);
   }
@@ -359,6 +369,49 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
     expect(await agent.stop()).toBe(0);
     await expectNothingLeft();
     checkImage(image);
+  });
+
+  it('attaches two disks at once through two agents: distinct devices, each file on its own image', async () => {
+    const layout = JSON.stringify({ table: 'mbr', partitions: [{ filesystem: 'ext4' }] });
+    const images = [await makeImage(dir, 'two-a', 64 * MiB), await makeImage(dir, 'two-b', 64 * MiB)];
+    const agents = images.map((image, index) =>
+      startAgent(
+        vm,
+        [
+          '--image',
+          image,
+          '--id',
+          `two-${index}`,
+          '--socket',
+          index === 0 ? nbdSocket : secondNbdSocket,
+          '--connect',
+          index === 0 ? GUEST_NBD_ADDRESS : GUEST_NBD_ADDRESS_2,
+          '--layout',
+          layout,
+          '--mount',
+          `1:/mnt/two-${index}`,
+        ],
+        undefined,
+        index === 0 ? vm.agentSocket : vm.secondAgentSocket,
+      ),
+    );
+    const reports = await Promise.all(agents.map((agent) => agent.nextReport()));
+    expect(
+      reports.map((report) => report.phase),
+      JSON.stringify(reports),
+    ).toEqual(['Attached', 'Attached']);
+    expect(reports.map((report) => report.device).sort()).toEqual(['/dev/nbd0', '/dev/nbd1']);
+    for (const index of [0, 1]) {
+      expect((await vm.shell.sh(`echo disk-${index} > /mnt/two-${index}/which.txt && sync`)).exitCode).toBe(
+        0,
+      );
+    }
+    expect(await Promise.all(agents.map((agent) => agent.stop()))).toEqual([0, 0]);
+    await expectNothingLeft();
+    for (const [index, image] of images.entries()) {
+      expect(debugfsCat(dir, image, MiB, '/which.txt').trim()).toBe(`disk-${index}`);
+      checkImage(image);
+    }
   });
 
   it('recovers after the agent (and its NBD server) is killed with SIGKILL while attached', async () => {

@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { VmRunner } from './vm-runner.ts';
 
 export const GUEST_NBD_ADDRESS = '10.0.2.100:10809';
+/** Where the guest reaches `secondNbdSocket` (a second disk served by a second agent). */
+export const GUEST_NBD_ADDRESS_2 = '10.0.2.100:10810';
 const BOOT_TIMEOUT_MS = 120_000;
 
 export function has(tool: string): boolean {
@@ -62,6 +64,8 @@ export interface Vm {
   /** The test's command channel (the agent gets its own, `agentSocket`). */
   shell: VmRunner;
   agentSocket: string;
+  /** A second agent's command channel (ttyS3), for two disks attached at once. */
+  secondAgentSocket: string;
   console(): string;
   stop(): Promise<void>;
 }
@@ -70,11 +74,19 @@ export interface Vm {
 export async function bootVm(options: {
   dir: string;
   nbdSocket: string;
+  secondNbdSocket: string;
   guest: { kernel: string; initrd: string };
 }): Promise<Vm> {
   const agentSocket = join(options.dir, 'agent-cmd.sock');
   const testSocket = join(options.dir, 'test-cmd.sock');
-  for (const path of [agentSocket, testSocket, options.nbdSocket]) {
+  const secondAgentSocket = join(options.dir, 'agent2-cmd.sock');
+  for (const path of [
+    agentSocket,
+    testSocket,
+    secondAgentSocket,
+    options.nbdSocket,
+    options.secondNbdSocket,
+  ]) {
     // QEMU separates option fields with commas.
     if (path.includes(',')) throw new Error(`socket path ${path} contains a comma`);
   }
@@ -90,12 +102,14 @@ export async function bootVm(options: {
         `unix:${agentSocket},server=on,wait=off`,
         '-serial',
         `unix:${testSocket},server=on,wait=off`,
+        '-serial',
+        `unix:${secondAgentSocket},server=on,wait=off`,
       ],
       ...['-kernel', options.guest.kernel, '-initrd', options.guest.initrd],
       ...['-append', 'console=ttyS0 quiet panic=-1 i8042.noaux i8042.nokbd'],
       ...[
         '-netdev',
-        `user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:${GUEST_NBD_ADDRESS}-cmd:socat - UNIX-CONNECT:${options.nbdSocket}`,
+        `user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:${GUEST_NBD_ADDRESS}-cmd:socat - UNIX-CONNECT:${options.nbdSocket},guestfwd=tcp:${GUEST_NBD_ADDRESS_2}-cmd:socat - UNIX-CONNECT:${options.secondNbdSocket}`,
       ],
       ...['-device', 'virtio-net-pci,netdev=n0,romfile='],
     ],
@@ -129,6 +143,7 @@ export async function bootVm(options: {
   return {
     shell,
     agentSocket,
+    secondAgentSocket,
     console: () => consoleText,
     async stop() {
       shell.close();
