@@ -299,6 +299,14 @@ print(json.dumps({'names': names, 'contexts': contexts, 'info': info}))
     expect(parsed.exports[0]?.contexts).toEqual(['base:allocation', 'qemu:allocation-depth']);
     const map = await run('nbdinfo', ['--map=qemu:allocation-depth', '--totals', uri('overlay')]);
     expect(map.stdout).toMatch(/0\.0%?\s|absent|local|backing/);
+    const list = await run('nbdinfo', ['--list', '--json', uri('')]);
+    const listed = JSON.parse(list.stdout) as { exports: { 'export-name': string; description?: string }[] };
+    expect(listed.exports.map((entry) => [entry['export-name'], entry.description ?? ''])).toEqual([
+      ['', 'main disk'],
+      ['overlay', ''],
+      ['ro', 'read-only disk'],
+      ['discard', ''],
+    ]);
     const can = await run('nbdinfo', ['--can', 'multi-conn', uri('')]);
     expect(can.code).toBe(0);
     const isReadOnly = await run('nbdinfo', ['--is', 'readonly', uri('ro')]);
