@@ -108,7 +108,8 @@ export function buildImagerJob(input: ImagerJobInput): V1Job {
         spec: {
           restartPolicy: 'Never',
           automountServiceAccountToken: false,
-          securityContext: { fsGroup: 107 },
+          // The agent image runs as 65532 (config/manager); fsGroup makes the PVC writable for it.
+          securityContext: { fsGroup: 65532 },
           volumes,
           containers: [
             {
