@@ -6,6 +6,11 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
+  copyRawInto,
+  createWithDriver,
+  run,
+  runStatus,
+  writeSeededRaw,
   has,
   qemuRawSha256,
   SAMPLES_DIR,
@@ -56,5 +61,35 @@ describe.skipIf(!hasQemuImg)('cloop built from the layout, read like qemu-img', 
     } finally {
       await device.close();
     }
+  });
+});
+
+describe.skipIf(!hasQemuImg)('cloop written by vdisk, read by qemu-img', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => ({ dir, cleanup } = await scratchDir()));
+  afterEach(async () => cleanup());
+
+  it('creates and sequentially writes an image qemu-img compares equal', async () => {
+    const raw = await writeSeededRaw(dir, 'in.raw', 3 << 20, 31);
+    const path = join(dir, 'v.cloop');
+    await createWithDriver('cloop', path, 3 << 20, { block_size: '32768' });
+    const device = await openImage(path);
+    try {
+      await copyRawInto(raw, device);
+      await expect(device.write(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'VDISK_ENOTSUP' });
+    } finally {
+      await device.close();
+    }
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'cloop', raw, path]).status).toBe(0);
+    expect(JSON.parse(run('qemu-img', ['info', '--output=json', path]))['virtual-size']).toBe(3 << 20);
+  });
+
+  it('creates an all-zero image qemu-img reads', async () => {
+    const path = join(dir, 'z.cloop');
+    await createWithDriver('cloop', path, 1 << 20);
+    const zeros = join(dir, 'zeros.raw');
+    await writeFile(zeros, new Uint8Array(1 << 20));
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'cloop', zeros, path]).status).toBe(0);
   });
 });

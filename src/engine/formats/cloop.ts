@@ -7,6 +7,7 @@ import type { BlockDevice, ImageInfo } from '../block-device.ts';
 import { CorruptImageError, ImageFormatError } from '../errors.ts';
 import { actualSizeOf, readExact, u64be, viewOf } from './common/binary.ts';
 import { MappedDevice, type RangeMapping } from './common/mapped-device.ts';
+import { cloopCreateOptions, createCloop, openCloopWriter } from './cloop-writer.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
 
 export const CLOOP_MAGIC_V2 =
@@ -173,17 +174,19 @@ export async function readCloopIndex(
 }
 
 async function openCloop(context: OpenContext): Promise<BlockDevice> {
+  // Read-write opens are sequential rewrites (beyond qemu, which only reads cloop).
+  if (!context.readOnly) return openCloopWriter(context);
   const { blockBytes, offsets } = await readCloopIndex(context);
   return new CloopDevice(context, blockBytes, offsets);
 }
 
 export const cloopDriver = {
   name: 'cloop',
-  description: 'cloop compressed loop image (read-only)',
+  description: 'cloop compressed loop image (read; create and sequential rewrite beyond qemu)',
   probe: (head: Uint8Array) => probeCloop(head),
   capabilities: {
-    create: false,
-    write: false,
+    create: true,
+    write: true,
     backing: false,
     internalSnapshots: false,
     check: false,
@@ -191,6 +194,7 @@ export const cloopDriver = {
     encryption: [],
     resize: 'none',
   },
-  createOptions: [],
+  createOptions: cloopCreateOptions,
   open: openCloop,
+  create: createCloop,
 } satisfies FormatDriver;
