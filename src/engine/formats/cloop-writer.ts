@@ -26,7 +26,9 @@ function headerBytes(blockBytes: number, blockCount: number): Uint8Array {
 function offsetsBytes(offsets: readonly number[]): Uint8Array {
   const table = new Uint8Array(offsets.length * 8);
   const view = viewOf(table);
-  offsets.forEach((offset, i) => view.setBigUint64(i * 8, BigInt(offset), false));
+  offsets.forEach((offset, i) => {
+    view.setBigUint64(i * 8, BigInt(offset), false);
+  });
   return table;
 }
 
