@@ -8,7 +8,7 @@ import type { TestProject } from 'vitest/node';
 import { binaryPath, ensureAssets } from './assets.ts';
 import { startControlPlane } from './harness.ts';
 import { REPO_ROOT, startLocalNode } from './local-node.ts';
-import { processGroupMembers } from './processes.ts';
+import { forgetTempFolder, processGroupMembers, removeTempFolderOnCrash } from './processes.ts';
 import type { ControlPlaneInfo } from './vitest.ts';
 
 /** Test-only entry points the tier's local node runs besides vdisk and vdisk-agent. */
@@ -46,6 +46,7 @@ export default async function setup(project: TestProject): Promise<(() => Promis
   const startedAt = Date.now();
   const controlPlane = await startControlPlane({ assetsDir: assets.dir });
   const workDir = await mkdtemp(join(tmpdir(), 'vdisk-integration-'));
+  removeTempFolderOnCrash(workDir);
   let node: Awaited<ReturnType<typeof startLocalNode>>;
   try {
     node = await startLocalNode(controlPlane.kubeConfig, {
@@ -83,6 +84,7 @@ export default async function setup(project: TestProject): Promise<(() => Promis
     await node.stop();
     await controlPlane.stop();
     await rm(workDir, { recursive: true, force: true });
+    forgetTempFolder(workDir);
     const left = (await Promise.all(pids.map(processGroupMembers))).flat();
     if (left.length > 0) throw new Error(`the control plane left processes behind: ${left.join(', ')}`);
   };

@@ -8,7 +8,14 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { binaryPath, ensureAssets } from './assets.ts';
 import { type ControlPlaneCerts, reuseOrGenerateCerts } from './certs.ts';
 import { freePort, httpsGet, waitFor } from './net.ts';
-import { type ManagedProcess, processGroupMembers, startProcess, stopProcess } from './processes.ts';
+import {
+  forgetTempFolder,
+  type ManagedProcess,
+  processGroupMembers,
+  removeTempFolderOnCrash,
+  startProcess,
+  stopProcess,
+} from './processes.ts';
 
 /** Options for {@link startControlPlane}. */
 export interface ControlPlaneOptions {
@@ -97,6 +104,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
   }
   const ownsDir = options.dir === undefined;
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'vdisk-controlplane-')));
+  if (ownsDir) removeTempFolderOnCrash(dir);
   const logsDir = join(dir, 'logs');
   await mkdir(logsDir, { recursive: true });
   const timeoutMs = options.startTimeoutMs ?? 120_000;
@@ -123,7 +131,10 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       const left = await processGroupMembers(proc.pid);
       if (left.length > 0) throw new Error(`${proc.name} left processes behind: ${left.join(', ')}`);
     }
-    if (ownsDir) await rm(dir, { recursive: true, force: true });
+    if (ownsDir) {
+      await rm(dir, { recursive: true, force: true });
+      forgetTempFolder(dir);
+    }
   };
 
   try {

@@ -1,61 +1,87 @@
 // Child processes of the control plane and the local node: each runs in its own process group
 // (detached), logs to a file, and is stopped by PID: SIGTERM to the group, a grace period, SIGKILL.
 // Linux /proc is read to prove that nothing of a group survived. A watchdog (one small bash loop per
-// Node.js process) kills the groups still listed if this process dies without stopping them (SIGKILL,
-// a killed test runner), so a crashed run leaves no control plane behind.
+// Node.js process) kills the groups still listed, and removes the listed temp folders, if this process
+// dies without stopping them (SIGKILL, a killed test runner): a crashed run leaves no control plane behind.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, relative } from 'node:path';
 
-/** $1 = PID to outlive, $2 = file listing process groups to kill once it is gone. */
+/**
+ * $1 = PID to outlive, $2 = list file: lines `g <pgid>` (process groups to kill) and `d <folder>` (temp
+ * folders to remove) once $1 is gone.
+ */
 const WATCHDOG_SCRIPT = `
 while kill -0 "$1" 2>/dev/null; do sleep 1; done
 [ -s "$2" ] || { rm -f "$2"; exit 0; }
-groups=$(cat "$2")
-for g in $groups; do kill -TERM -- "-$g" 2>/dev/null; done
-sleep 3
-for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+groups=$(sed -n 's/^g //p' "$2")
+if [ -n "$groups" ]; then
+  for g in $groups; do kill -TERM -- "-$g" 2>/dev/null; done
+  sleep 3
+  for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+fi
+sed -n 's/^d //p' "$2" | while IFS= read -r d; do rm -rf -- "$d"; done
 rm -f "$2"
 `;
 
 let watchdogListPath: string | undefined;
 const watchedGroups = new Set<number>();
+const watchedFolders = new Set<string>();
 
 function writeWatchList(): void {
-  if (watchdogListPath !== undefined) writeFileSync(watchdogListPath, [...watchedGroups].join('\n'));
+  if (watchdogListPath === undefined) return;
+  const lines = [...[...watchedGroups].map((g) => `g ${g}`), ...[...watchedFolders].map((d) => `d ${d}`)];
+  writeFileSync(watchdogListPath, lines.length === 0 ? '' : `${lines.join('\n')}\n`);
 }
 
-/** Lists a process group for the watchdog (started on first use; it outlives this process by ~1 s). */
+/** Starts the watchdog of this Node.js process on first use; it outlives this process by ~1 s. */
+function ensureWatchdog(): void {
+  if (watchdogListPath !== undefined) return;
+  watchdogListPath = join(tmpdir(), `vdisk-watchdog-${process.pid}-${randomBytes(4).toString('hex')}.list`);
+  writeFileSync(watchdogListPath, '');
+  const watchdog = spawn(
+    'bash',
+    ['-c', WATCHDOG_SCRIPT, 'vdisk-watchdog', String(process.pid), watchdogListPath],
+    {
+      detached: true,
+      stdio: 'ignore',
+    },
+  );
+  watchdog.unref();
+  const listPath = watchdogListPath;
+  process.once('exit', () => {
+    if (watchedGroups.size === 0 && watchedFolders.size === 0) rmSync(listPath, { force: true });
+  });
+}
+
 function watchGroup(pgid: number): void {
-  if (watchdogListPath === undefined) {
-    watchdogListPath = join(
-      tmpdir(),
-      `vdisk-watchdog-${process.pid}-${randomBytes(4).toString('hex')}.pgids`,
-    );
-    writeFileSync(watchdogListPath, '');
-    const watchdog = spawn(
-      'bash',
-      ['-c', WATCHDOG_SCRIPT, 'vdisk-watchdog', String(process.pid), watchdogListPath],
-      {
-        detached: true,
-        stdio: 'ignore',
-      },
-    );
-    watchdog.unref();
-    const listPath = watchdogListPath;
-    process.once('exit', () => {
-      if (watchedGroups.size === 0) rmSync(listPath, { force: true });
-    });
-  }
+  ensureWatchdog();
   watchedGroups.add(pgid);
   writeWatchList();
 }
 
 function unwatchGroup(pgid: number): void {
   if (watchedGroups.delete(pgid)) writeWatchList();
+}
+
+/**
+ * Has the watchdog remove a temporary folder (inside os.tmpdir() only) if this process dies before
+ * {@link forgetTempFolder} is called; for the harness's mkdtemp folders (etcd data is ~120 MB).
+ */
+export function removeTempFolderOnCrash(folder: string): void {
+  const inside = relative(tmpdir(), folder);
+  if (inside === '' || inside.startsWith('..') || isAbsolute(inside) || folder.includes('\n')) return;
+  ensureWatchdog();
+  watchedFolders.add(folder);
+  writeWatchList();
+}
+
+/** Undoes {@link removeTempFolderOnCrash} once the folder was removed normally. */
+export function forgetTempFolder(folder: string): void {
+  if (watchedFolders.delete(folder)) writeWatchList();
 }
 
 /** A started child: its PID (= its process group id) and a promise settled when it exits. */

@@ -69,9 +69,14 @@ describeWithControlPlane('local node', () => {
     const job = await eventually(
       'Job complete',
       () => batch.readNamespacedJob({ namespace, name: 'version' }),
-      (j) => (j.status?.succeeded ?? 0) > 0 || (j.status?.failed ?? 0) > 0,
+      // The Job controller counts the pod before it adds the terminal condition: wait for the condition.
+      (j) =>
+        j.status?.conditions?.some(
+          (c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True',
+        ) === true,
     );
     expect(job.status?.conditions?.find((c) => c.type === 'Complete')?.status).toBe('True');
+    expect(job.status?.succeeded).toBe(1);
 
     const pods = await core.listNamespacedPod({ namespace, labelSelector: 'job-name=version' });
     expect(pods.items).toHaveLength(1);
