@@ -7,7 +7,6 @@ import { fork } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pino } from 'pino';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { InvalidOptionError } from '../../engine/errors.ts';
 import { findDriver } from '../../engine/formats/registry.ts';
@@ -15,6 +14,7 @@ import { NodeHostFile } from '../../engine/io/host-file.ts';
 import { openImage } from '../../engine/open.ts';
 import { openPartition } from '../../nbd/partition-window.ts';
 import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../nbd/server.ts';
+import type { NbdLogger } from '../../nbd/transmission.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
 
@@ -316,6 +316,12 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
     });
   }
 
+  // -v: control-path lines as JSON on stderr (per-request lines stay at debug); pino loads only then.
+  let log: NbdLogger | undefined;
+  if (hasFlag(parsed, 'verbose')) {
+    const { pino } = await import('pino');
+    log = pino({ base: { component: 'nbd' } }, pino.destination({ fd: 2, sync: true }));
+  }
   let server: NbdServerHandle;
   try {
     server = await startNbdServer({
@@ -338,9 +344,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
       handshakeTimeoutMs: handshakeLimitSeconds * 1000,
       tls,
       // -v: control-path lines as JSON on stderr (per-request lines stay at debug).
-      ...(hasFlag(parsed, 'verbose')
-        ? { log: pino({ base: { component: 'nbd' } }, pino.destination({ fd: 2, sync: true })) }
-        : {}),
+      ...(log ? { log } : {}),
     });
   } catch (err) {
     await device.close();
