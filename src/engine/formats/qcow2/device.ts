@@ -10,12 +10,13 @@ import type {
   WriteOptions,
   WriteZeroesOptions,
 } from '../../block-device.ts';
-import { PermissionError, UnsupportedError } from '../../errors.ts';
+import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
 import { decodeL2, type L2Mapping, writeCompressedEntry } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
+import { growImage, shrinkImage } from './resize.ts';
 import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
 
@@ -33,7 +34,7 @@ type Piece =
 
 export class Qcow2Device implements BlockDevice {
   readonly image: Qcow2Image;
-  readonly sizeBytes: number;
+  sizeBytes: number;
   readonly isReadOnly: boolean;
   readonly preferredBlockSizeBytes = 512;
   readonly backing: BlockDevice | undefined;
@@ -458,6 +459,37 @@ export class Qcow2Device implements BlockDevice {
       this.lastDecompressed = undefined;
     });
   };
+
+  /** Grows or (with `shrink`) shrinks the guest size; preallocation other than off is not supported. */
+  async resize(
+    sizeBytes: number,
+    options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean },
+  ): Promise<void> {
+    this.checkWritable();
+    if (options.preallocation && options.preallocation !== 'off') {
+      throw new UnsupportedError({
+        format: 'qcow2',
+        feature: `resize with preallocation=${options.preallocation}`,
+      });
+    }
+    await this.lock.run(async () => {
+      // qemu keeps guest sizes in whole sectors.
+      const rounded = Math.ceil(sizeBytes / 512) * 512;
+      if (rounded > this.sizeBytes) await growImage(this.image, rounded);
+      else if (rounded < this.sizeBytes) {
+        if (!options.shrink)
+          throw new InvalidOptionError({
+            option: 'size',
+            value: sizeBytes,
+            message: `${this.image.path}: use --shrink to shrink the image`,
+          });
+        await shrinkImage(this.image, rounded, options.allowDataLoss ?? false);
+      }
+      this.sizeBytes = this.image.header.virtualSizeBytes;
+      this.lastDecompressed = undefined;
+      await this.image.flush();
+    });
+  }
 
   async flush(): Promise<void> {
     if (this.isReadOnly) return;

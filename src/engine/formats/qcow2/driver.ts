@@ -35,7 +35,7 @@ export const qcow2Driver: FormatDriver = {
     check: true,
     compression: ['zlib', 'zstd'],
     encryption: [],
-    resize: 'none',
+    resize: 'grow-shrink',
   },
   createOptions: QCOW2_CREATE_OPTIONS,
   open: openQcow2,

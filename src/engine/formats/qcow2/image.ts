@@ -45,7 +45,7 @@ export class Qcow2Image {
   readonly clusterBits: number;
   readonly clusterSizeBytes: number;
   readonly l2EntryCount: number;
-  readonly l1: Buffer;
+  l1: Buffer;
   readonly l2Cache: TableCache;
   readonly refcounts: RefcountManager;
   readonly readOnly: boolean;
@@ -90,6 +90,13 @@ export class Qcow2Image {
         await this.file.sync();
       },
     });
+  }
+
+  /** Switches to a new, already written L1 table (grow). */
+  replaceL1(l1: Buffer, offsetBytes: number): void {
+    this.l1 = l1;
+    this.header.l1TableOffsetBytes = offsetBytes;
+    this.header.l1EntryCount = l1.length / 8;
   }
 
   get l1EntryCount(): number {
