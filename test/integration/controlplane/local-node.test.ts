@@ -303,6 +303,32 @@ describeWithControlPlane('local node', () => {
     expect(status?.lastState?.terminated?.exitCode).toBe(1);
   });
 
+  it('restarts a container that exits 0 under restartPolicy Always, with back-off', async () => {
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: 'looper' },
+        spec: {
+          restartPolicy: 'Always',
+          containers: [{ name: 'main', image: 'vdisk:dev', command: ['vdisk-probe', 'exit:0'] }],
+        },
+      },
+    });
+    const pod = await eventually(
+      'looper restarted twice',
+      readPod('looper'),
+      (p) => (p.status?.containerStatuses?.[0]?.restartCount ?? 0) >= 2,
+    );
+    expect(pod.status?.phase).toBe('Running');
+    expect(pod.status?.containerStatuses?.[0]?.lastState?.terminated?.exitCode).toBe(0);
+    await core.deleteNamespacedPod({ namespace, name: 'looper' });
+    await eventually(
+      'looper gone',
+      () => core.listNamespacedPod({ namespace, fieldSelector: 'metadata.name=looper' }),
+      (l) => l.items.length === 0,
+    );
+  });
+
   it('stops a running pod with SIGTERM on deletion and then removes it', async () => {
     await core.createNamespacedPod({
       namespace,
