@@ -168,4 +168,58 @@ describe.skipIf(!hasQemuImg)('vmdk images written by vdisk', () => {
     expect((await readFile(qemuRaw)).equals(expected)).toBe(true);
     expect(runStatus('qemu-img', ['check', child]).status).toBe(0);
   });
+  for (const [subformat, fromBytes, toBytes] of [
+    ['monolithicSparse', 5 * 1024 * 1024, 300 * 1024 * 1024],
+    ['monolithicFlat', 5 * 1024 * 1024, 300 * 1024 * 1024],
+    ['twoGbMaxExtentSparse', 1536 * 1024 * 1024, 4608 * 1024 * 1024],
+    ['twoGbMaxExtentFlat', 1536 * 1024 * 1024, 2560 * 1024 * 1024],
+  ] as const) {
+    it(`grows ${subformat} in place; qemu-img checks it and reads old and new data`, async () => {
+      const path = join(dir, `grow-${subformat}.vmdk`);
+      await createWithDriver('vmdk', path, fromBytes, { subformat });
+      const head = seededBytes(70000, 1);
+      const tail = seededBytes(70000, 2);
+      const device = await openImage(path, { format: 'vmdk' });
+      try {
+        await device.write(4096, head);
+        await device.resize!(toBytes, { shrink: false });
+        expect(device.sizeBytes).toBe(toBytes);
+        await device.write(toBytes - 100000, tail);
+      } finally {
+        await device.close();
+      }
+      const info = qemuInfo(path);
+      expect(info['virtual-size']).toBe(toBytes);
+      const extentBytes = (info['format-specific'].data.extents as Array<{ 'virtual-size': number }>).reduce(
+        (sum, extent) => sum + extent['virtual-size'],
+        0,
+      );
+      expect(extentBytes).toBe(toBytes);
+      const checked = runStatus('qemu-img', ['check', path]);
+      expect(checked.stdout + checked.stderr).toContain('No errors were found on the image.');
+      // The two written ranges as qemu-img dd reads them (its count includes the skipped blocks).
+      for (const [offsetBytes, bytes] of [
+        [4096, head],
+        [toBytes - 100000, tail],
+      ] as const) {
+        const out = join(dir, `range-${subformat}-${offsetBytes}.raw`);
+        run('qemu-img', [
+          'dd',
+          '-f',
+          'vmdk',
+          '-O',
+          'raw',
+          `if=${path}`,
+          `of=${out}`,
+          'bs=512',
+          `skip=${Math.floor(offsetBytes / 512)}`,
+          `count=${Math.floor(offsetBytes / 512) + Math.ceil((bytes.length + (offsetBytes % 512)) / 512)}`,
+        ]);
+        const got = await readFile(out);
+        expect(
+          got.subarray(offsetBytes % 512, (offsetBytes % 512) + bytes.length).equals(Buffer.from(bytes)),
+        ).toBe(true);
+      }
+    });
+  }
 });

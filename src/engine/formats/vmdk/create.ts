@@ -30,7 +30,7 @@ export const VMDK_SUBFORMATS = [
 ] as const;
 const ADAPTER_TYPES = ['ide', 'lsilogic', 'buslogic', 'legacyESX'];
 /** twoGbMaxExtent* split size, as qemu's. */
-const SPLIT_EXTENT_BYTES = 2 * 1024 * 1024 * 1024;
+export const SPLIT_EXTENT_BYTES = 2 * 1024 * 1024 * 1024;
 const GRAIN_SECTORS = 128;
 const GTES_PER_GT = 512;
 const DESCRIPTOR_OFFSET_SECTORS = 1;
@@ -73,7 +73,7 @@ function parseBool(options: Record<string, string>, name: string): boolean {
 }
 
 /** Writes a sparse extent of `sizeBytes` into `file`: header, redundant GD+GTs, GD+GTs, optional descriptor. */
-async function writeSparseExtent(
+export async function writeSparseExtent(
   file: HostFile,
   sizeBytes: number,
   compressed: boolean,

@@ -130,6 +130,37 @@ export function parseDescriptor(text: string, file: string, fileOffsetBytes = 0)
   return descriptor;
 }
 
+/** One extent line as qemu writes it. */
+function extentLineText(extent: ExtentLine): string {
+  return extent.type === 'ZERO'
+    ? `${extent.access} ${extent.sectors} ZERO\n`
+    : `${extent.access} ${extent.sectors} ${extent.type} "${extent.fileName}"${extent.type === 'FLAT' ? ` ${extent.offsetSectors}` : ''}\n`;
+}
+
+/**
+ * Replaces a descriptor's extent lines with `extents` (where the first one stood) and its
+ * ddb.geometry.cylinders with `cylinders`, keeping every other line as it was.
+ */
+export function rewriteDescriptorExtents(text: string, extents: ExtentLine[], cylinders: number): string {
+  const out: string[] = [];
+  let placed = false;
+  for (const rawLine of text.split(/(?<=\n)/)) {
+    const line = rawLine.replace(/\r?\n$/, '').trim();
+    if (EXTENT_LINE.test(line)) {
+      if (!placed) out.push(extents.map(extentLineText).join(''));
+      placed = true;
+      continue;
+    }
+    if (/^ddb\.geometry\.cylinders\s*=/.test(line)) {
+      out.push(`ddb.geometry.cylinders = "${cylinders}"\n`);
+      continue;
+    }
+    out.push(rawLine);
+  }
+  if (!placed) out.push(extents.map(extentLineText).join(''));
+  return out.join('');
+}
+
 export interface DescriptorText {
   cid: number;
   parentCid: number;
@@ -146,13 +177,7 @@ export interface DescriptorText {
 /** The descriptor qemu-img create writes (same lines, same order). */
 export function buildDescriptor(text: DescriptorText): string {
   const hex = (value: number) => (value >>> 0).toString(16);
-  const extentLines = text.extents
-    .map((extent) =>
-      extent.type === 'ZERO'
-        ? `${extent.access} ${extent.sectors} ZERO\n`
-        : `${extent.access} ${extent.sectors} ${extent.type} "${extent.fileName}"${extent.type === 'FLAT' ? ` ${extent.offsetSectors}` : ''}\n`,
-    )
-    .join('');
+  const extentLines = text.extents.map(extentLineText).join('');
   return (
     '# Disk DescriptorFile\n' +
     'version=1\n' +

@@ -9,6 +9,7 @@ import { actualSizeOf } from '../common/binary.ts';
 import { WriteLock } from '../common/write-lock.ts';
 import type { CheckIssue } from '../driver.ts';
 import type { Descriptor } from './descriptor.ts';
+import { growVmdk } from './resize.ts';
 import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
 
 const COPY_CHUNK_BYTES = 1024 * 1024;
@@ -64,17 +65,18 @@ export interface VmdkDeviceInit {
 export class VmdkDevice implements BlockDevice {
   readonly formatName = 'vmdk';
   readonly preferredBlockSizeBytes = 512;
-  readonly sizeBytes: number;
+  sizeBytes: number;
   readonly isReadOnly: boolean;
   readonly backing: BlockDevice | undefined;
   readonly path: string;
   readonly descriptor: Descriptor;
   readonly extents: OpenedExtent[];
   readonly compressedWriteUnitBytes?: number;
-  private readonly otherFiles: HostFile[];
+  /** Files besides the extents' (the descriptor file), closed with the device. */
+  readonly otherFiles: HostFile[];
   private closed = false;
   /** Serializes writes: two writes finding one grain unallocated must not both append it. */
-  private readonly writeLock = new WriteLock();
+  readonly writeLock = new WriteLock();
 
   constructor(init: VmdkDeviceInit) {
     this.path = init.path;
@@ -392,6 +394,11 @@ export class VmdkDevice implements BlockDevice {
       done += piece.lengthBytes;
     }
     return result;
+  }
+
+  /** Grows the guest size in place (beyond qemu 7.2, which cannot resize VMDK); see resize.ts. */
+  resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    return this.writeLock.run(() => growVmdk(this, sizeBytes, options.shrink));
   }
 
   async info(): Promise<ImageInfo> {

@@ -110,7 +110,7 @@ export const vmdkDriver = {
     check: true,
     compression: ['deflate'],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
   },
   createOptions: vmdkCreateOptions,
   open: openVmdk,

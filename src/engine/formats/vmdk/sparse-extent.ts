@@ -42,12 +42,12 @@ export class SparseExtent {
   readonly file: HostFile;
   readonly header: SparseHeader;
   readonly grainBytes: number;
-  readonly sizeBytes: number;
+  sizeBytes: number;
   readonly isCompressed: boolean;
   readonly hasZeroGrain: boolean;
-  private readonly gd: Uint32Array;
+  private gd: Uint32Array;
   private readonly gdOffsetBytes: number;
-  private readonly rgd: Uint32Array | undefined;
+  private rgd: Uint32Array | undefined;
   private readonly rgdOffsetBytes: number;
   private readonly gtCache = new Map<number, Uint32Array>();
   private readonly gtBytes: number;
@@ -339,6 +339,61 @@ export class SparseExtent {
   /** Grain index range [first, last] whose tables are absent, for fast skipping in check and status. */
   gtCoverageBytes(): number {
     return this.header.gtesPerGt * this.grainBytes;
+  }
+
+  /**
+   * Grows the extent to `capacitySectors` (beyond qemu 7.2): new grain tables are appended zeroed, and
+   * the grain directories take the new entries in their sector padding. Throws UnsupportedError when the
+   * directories have no room (the tables right after them would have to move: convert instead).
+   */
+  async grow(capacitySectors: number): Promise<void> {
+    if (this.header.gdOffsetSectors === GD_AT_END || this.isCompressed) {
+      throw new UnsupportedError({ format: 'vmdk', feature: 'resizing stream-optimized extents' });
+    }
+    const header = { ...this.header, capacitySectors };
+    const entryCount = l1EntryCount(header);
+    const roomOf = (table: Uint32Array, offsetBytes: number): number => {
+      let firstTableBytes = Number.POSITIVE_INFINITY;
+      for (const entry of table)
+        if (entry !== 0) firstTableBytes = Math.min(firstTableBytes, entry * SECTOR_BYTES);
+      return Math.floor((firstTableBytes - offsetBytes) / 4);
+    };
+    const room = Math.min(
+      roomOf(this.gd, this.gdOffsetBytes),
+      this.rgd ? roomOf(this.rgd, this.rgdOffsetBytes) : Number.POSITIVE_INFINITY,
+    );
+    if (entryCount > room) {
+      throw new UnsupportedError({
+        format: 'vmdk',
+        feature: 'growing past the grain directory',
+        message: `${this.file.path}: the grain directory has room for ${room} tables; ${entryCount} are needed (convert to a new image instead)`,
+      });
+    }
+    const extend = async (table: Uint32Array, offsetBytes: number): Promise<Uint32Array> => {
+      const grown = new Uint32Array(entryCount);
+      grown.set(table);
+      const entries = Buffer.alloc((entryCount - table.length) * 4);
+      for (let i = table.length; i < entryCount; i++) {
+        const tableOffsetBytes = Math.ceil(this.fileEndBytes / SECTOR_BYTES) * SECTOR_BYTES;
+        this.fileEndBytes = tableOffsetBytes + Math.ceil(this.gtBytes / SECTOR_BYTES) * SECTOR_BYTES;
+        grown[i] = tableOffsetBytes / SECTOR_BYTES;
+        entries.writeUInt32LE(grown[i]!, (i - table.length) * 4);
+      }
+      await this.file.truncate(this.fileEndBytes);
+      // Tables first (zeroed by the truncate), then the directory entries that point at them.
+      await this.file.sync();
+      await this.file.write(offsetBytes + table.length * 4, entries);
+      return grown;
+    };
+    if (entryCount > this.gd.length) {
+      this.gd = await extend(this.gd, this.gdOffsetBytes);
+      if (this.rgd) this.rgd = await extend(this.rgd, this.rgdOffsetBytes);
+    }
+    const capacity = Buffer.alloc(8);
+    capacity.writeBigUInt64LE(BigInt(capacitySectors), 0);
+    await this.file.write(12, capacity);
+    (this.header as { capacitySectors: number }).capacitySectors = capacitySectors;
+    this.sizeBytes = capacitySectors * SECTOR_BYTES;
   }
 
   get endOfFileBytes(): number {
