@@ -113,6 +113,11 @@ export class TransmissionSession {
   private readonly log: NbdLogger;
   private readonly budget: ByteBudget | undefined;
   private readonly onBudgetRoom = (): void => this.pump();
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    if (!this.socket.destroyed) this.socket.uncork();
+  };
   private chunks: Buffer[] = [];
   private bufferedBytes = 0;
   private pending: PendingPayload | undefined;
@@ -465,7 +470,12 @@ export class TransmissionSession {
       written?.();
       return;
     }
-    this.socket.cork();
+    // Replies finishing in the same event-loop turn leave in one writev: corked until setImmediate.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
     let ok = true;
     buffers.forEach((buffer, index) => {
       ok =
@@ -473,7 +483,6 @@ export class TransmissionSession {
           ? this.socket.write(buffer, () => written())
           : this.socket.write(buffer);
     });
-    this.socket.uncork();
     // Replies may queue up to a bound before reading stops: stopping at the first full socket buffer
     // would leave the pipeline empty while the kernel drains it.
     if (!ok && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) this.waitingForDrain = true;
