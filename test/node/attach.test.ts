@@ -54,9 +54,16 @@ interface Agent {
   stderr(): string;
 }
 
-function startAgent(vm: Vm, args: string[], transcriptName?: string, channel = vm.agentSocket): Agent {
+function startAgent(
+  vm: Vm,
+  args: string[],
+  transcriptName?: string,
+  channel = vm.agentSocket,
+  env: Record<string, string> = {},
+): Agent {
   const transcript = transcriptDir && transcriptName ? join(transcriptDir, `${transcriptName}.json`) : '-';
   const child = spawn(process.execPath, [AGENT, channel, transcript, '--', ...args], {
+    env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const reports: Array<Record<string, unknown>> = [];
@@ -412,6 +419,35 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
       expect(debugfsCat(dir, image, MiB, '/which.txt').trim()).toBe(`disk-${index}`);
       checkImage(image);
     }
+  });
+
+  it('recovers from a SIGKILL in the middle of the attach sequence, between kpartx and mkfs', async () => {
+    const image = await makeImage(dir, 'midway', 64 * MiB);
+    const args = [
+      ...baseArgs(image, 'midway'),
+      '--layout',
+      JSON.stringify({ table: 'mbr', partitions: [{ filesystem: 'ext4' }] }),
+      '--mount',
+      '1:/mnt/midway',
+    ];
+    const doomed = startAgent(vm, args, undefined, vm.agentSocket, { VDISK_AGENT_DIE_BEFORE: 'mkfs.ext4' });
+    await expect(doomed.nextReport()).rejects.toThrow(/exited without a report/);
+    expect(doomed.child.signalCode).toBe('SIGKILL');
+    // Left behind: the binding and the mapping, with no filesystem yet.
+    expect((await vm.shell.run('cat', ['/sys/block/nbd0/pid'])).exitCode).toBe(0);
+    expect((await vm.shell.run('dmsetup', ['ls'])).stdout).toMatch(/nbd0p1/);
+
+    const successor = startAgent(vm, args);
+    expect(await successor.nextReport(), successor.stderr()).toMatchObject({
+      phase: 'Attached',
+      recovered: ['/dev/nbd0'],
+      layoutApplied: false,
+      filesystemsCreated: [{ partition: 1, filesystem: 'ext4' }],
+      mounts: [{ path: '/mnt/midway' }],
+    });
+    expect(await successor.stop()).toBe(0);
+    await expectNothingLeft();
+    checkImage(image);
   });
 
   it('recovers after the agent (and its NBD server) is killed with SIGKILL while attached', async () => {
