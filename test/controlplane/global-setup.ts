@@ -1,6 +1,7 @@
 // vitest globalSetup of the integration tier: builds or reuses the control-plane binaries, starts ONE
 // control plane + local node for the whole tier, provides where it is (inject('vdiskControlPlane')),
 // and stops it at the end. Without binaries it provides a skip reason and the tier skips loudly.
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -36,6 +37,10 @@ export default async function setup(project: TestProject): Promise<(() => Promis
       repoRoot: REPO_ROOT,
       startMs: 0,
     });
+    return undefined;
+  }
+  if (spawnSync('openssl', ['version']).status !== 0) {
+    project.provide('vdiskControlPlane', loudSkip('openssl is not installed (needed for the certificates)'));
     return undefined;
   }
   const assets = await ensureAssets();
