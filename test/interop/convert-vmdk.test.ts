@@ -125,4 +125,32 @@ describe.skipIf(!HAS_QEMU)('vdisk convert / info / check on vmdk', () => {
       );
     }
   });
+  it('measure (beyond qemu 7.2 for these formats) predicts the size convert then writes', async () => {
+    const raw = join(dir, 'measure.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', raw, '64M']);
+    mustRun('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'write -P 1 0 5M',
+      '-c',
+      'write -P 2 40M 3M',
+      '-c',
+      'write -P 3 63M 4k',
+      raw,
+    ]);
+    for (const format of ['vmdk', 'vpc', 'vdi']) {
+      const measured = await vdisk(['measure', '--output=json', '-O', format, raw]);
+      expect(measured.code).toBe(0);
+      const out = join(dir, `measured.${format}`);
+      expect((await vdisk(['convert', '-O', format, raw, out])).code).toBe(0);
+      const required = JSON.parse(measured.stdout)['required'];
+      expect(required, format).toBe((await stat(out)).size);
+      const empty = JSON.parse(
+        (await vdisk(['measure', '--output=json', '-O', format, '--size', '1G'])).stdout,
+      );
+      expect(empty['required'], format).toBeLessThan(1024 * 1024);
+      expect(empty['fully-allocated'], format).toBeGreaterThanOrEqual(1024 * 1024 * 1024);
+    }
+  });
 });

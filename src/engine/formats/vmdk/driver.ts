@@ -75,9 +75,9 @@ async function measureVmdk(input: MeasureInput): Promise<MeasureResult> {
   const gtCount = Math.ceil(grains / 512);
   const gdSectors = Math.ceil((gtCount * 4) / 512);
   const overheadBytes = Math.ceil((21 + 2 * (gdSectors + gtCount * 4)) / 128) * 128 * 512;
-  let allocatedGrains = grains;
+  // Without a source (--size) the image would be empty: metadata only, as qemu measures qcow2.
+  let allocatedGrains = 0;
   if (input.source) {
-    allocatedGrains = 0;
     for (let at = 0; at < Math.min(sizeBytes, input.source.sizeBytes); ) {
       const extents = await input.source.blockStatus(at, Math.min(sizeBytes, input.source.sizeBytes) - at);
       for (const extent of extents) {

@@ -438,9 +438,9 @@ async function measureVpc(input: MeasureInput): Promise<MeasureResult> {
   const metadataBytes =
     3 * SECTOR_BYTES + Math.ceil((entryCount * 4) / SECTOR_BYTES) * SECTOR_BYTES + VPC_FOOTER_BYTES;
   const perBlockBytes = SECTOR_BYTES + DEFAULT_BLOCK_BYTES;
-  let allocatedBlocks = entryCount;
+  // Without a source (--size) the image would be empty: metadata only, as qemu measures qcow2.
+  let allocatedBlocks = 0;
   if (input.source) {
-    allocatedBlocks = 0;
     for (let block = 0; block < entryCount; block++) {
       const start = block * DEFAULT_BLOCK_BYTES;
       const length = Math.min(DEFAULT_BLOCK_BYTES, input.source.sizeBytes - start);
