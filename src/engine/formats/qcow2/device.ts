@@ -338,6 +338,15 @@ export class Qcow2Device implements BlockDevice {
         const clusterEnd = Math.min(clusterStart + clusterSizeBytes, this.sizeBytes);
         const pieceEnd = Math.min(end, clusterEnd);
         const whole = position === clusterStart && pieceEnd === clusterEnd;
+        if (whole && !this.backing && (options?.mayUnmap || this.image.header.version < 3)) {
+          // No L2 table and nothing underneath: the whole range the table would map already reads as zeros.
+          const { l2OffsetBytes } = await this.image.lookup(guestCluster);
+          const tableEnd = (guestCluster + this.image.clustersLeftInL2(guestCluster)) * clusterSizeBytes;
+          if (l2OffsetBytes === 0 && tableEnd <= end) {
+            position = tableEnd;
+            continue;
+          }
+        }
         if (whole && (this.image.header.version === 3 || !this.backing)) {
           await this.zeroCluster(guestCluster, options?.mayUnmap ?? false);
         } else {
