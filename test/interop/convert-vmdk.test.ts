@@ -144,12 +144,12 @@ describe.skipIf(!HAS_QEMU)('vdisk convert / info / check on vmdk', () => {
       expect(measured.code).toBe(0);
       const out = join(dir, `measured.${format}`);
       expect((await vdisk(['convert', '-O', format, raw, out])).code).toBe(0);
-      const required = JSON.parse(measured.stdout)['required'];
+      const required = JSON.parse(measured.stdout).required;
       expect(required, format).toBe((await stat(out)).size);
       const empty = JSON.parse(
         (await vdisk(['measure', '--output=json', '-O', format, '--size', '1G'])).stdout,
       );
-      expect(empty['required'], format).toBeLessThan(1024 * 1024);
+      expect(empty.required, format).toBeLessThan(1024 * 1024);
       expect(empty['fully-allocated'], format).toBeGreaterThanOrEqual(1024 * 1024 * 1024);
     }
   });
