@@ -219,7 +219,7 @@ describeWithControlPlane('VirtualDisk sources on a real control plane', () => {
     );
   });
 
-  it.skipIf(!hasInternalSnapshots)('takes an internal qcow2 snapshot and restores it', async () => {
+  it.skipIf(!hasInternalSnapshots)('takes an internal qcow2 snapshot, restores it, and removes it from the image on delete', async () => {
     files.set('/internal.img', pattern(2 * MIB, 13));
     await createDisk(custom, namespace, 'int-disk', {
       size: '2Mi',
@@ -240,6 +240,27 @@ describeWithControlPlane('VirtualDisk sources on a real control plane', () => {
     });
     await waitForPhase(custom, namespace, 'virtualdisks', 'int-restored', 'Ready');
     expect((await readFile(await imageOf('int-restored'))).equals(files.get('/internal.img')!)).toBe(true);
+    // Deleting the DiskSnapshot removes the snapshot from the image before the object goes.
+    await custom.deleteNamespacedCustomObject({
+      group: API_GROUP,
+      version: API_VERSION,
+      namespace,
+      plural: 'disksnapshots',
+      name: 'int-snap',
+    });
+    await eventually(
+      'DiskSnapshot int-snap deleted',
+      () =>
+        readObject(custom, namespace, 'disksnapshots', 'int-snap').then(
+          () => 'present',
+          (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
+        ),
+      (state) => state === 'gone',
+    );
+    expect(
+      execFileSync('qemu-img', ['snapshot', '-l', '-U', await imageOf('int-disk')], { encoding: 'utf8' }),
+    ).not.toContain('int-snap');
+    execFileSync('qemu-img', ['check', '-U', await imageOf('int-disk')]);
   });
 
   it('starts an attach pod pinned to the node, and refuses to snapshot the disk while attached read-write', async () => {
