@@ -161,10 +161,15 @@ export function encodeExportNameReply(
   return out;
 }
 
+/** UTF-8 bytes of a protocol string, cut to the spec's 4096-byte limit ("Conventions"). */
+function protocolString(text: string): Buffer {
+  return Buffer.from(text, 'utf8').subarray(0, 4096);
+}
+
 /** NBD_REP_SERVER data for NBD_OPT_LIST: 32-bit name length, name, description. */
 export function encodeServerReplyData(name: string, description: string): Buffer {
   const nameBytes = Buffer.from(name, 'utf8');
-  const descriptionBytes = Buffer.from(description, 'utf8');
+  const descriptionBytes = protocolString(description);
   const out = Buffer.allocUnsafe(4 + nameBytes.length + descriptionBytes.length);
   out.writeUInt32BE(nameBytes.length, 0);
   nameBytes.copy(out, 4);
@@ -182,7 +187,7 @@ export function encodeInfoExport(sizeBytes: number, transmissionFlags: number): 
 
 /** NBD_INFO_NAME or NBD_INFO_DESCRIPTION: 16-bit type then UTF-8 text (no length, the reply has it). */
 export function encodeInfoText(infoType: number, text: string): Buffer {
-  const textBytes = Buffer.from(text, 'utf8');
+  const textBytes = protocolString(text);
   const out = Buffer.allocUnsafe(2 + textBytes.length);
   out.writeUInt16BE(infoType, 0);
   textBytes.copy(out, 2);
