@@ -149,4 +149,33 @@ describe.skipIf(!hasQemu)('qed against qemu-img', () => {
     expect(corrupt.corruptions).toBe(1);
     expect(runStatus('qemu-img', ['check', path]).status).toBe(2);
   });
+
+  it('grows like qemu-img resize and refuses to shrink', async () => {
+    const path = join(dir, 'r.qed');
+    await createWithDriver('qed', path, 1 << 20);
+    const device = await openImage(path);
+    try {
+      await device.write(4096, new Uint8Array(512).fill(3));
+      await device.resize!(3 << 20, { shrink: false });
+      expect(device.sizeBytes).toBe(3 << 20);
+      await device.write((3 << 20) - 512, new Uint8Array(512).fill(4));
+      await expect(device.resize!(1 << 20, { shrink: true })).rejects.toMatchObject({
+        code: 'VDISK_ENOTSUP',
+      });
+    } finally {
+      await device.close();
+    }
+    expect(JSON.parse(run('qemu-img', ['info', '--output=json', path]))['virtual-size']).toBe(3 << 20);
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+    const verify = runStatus('qemu-io', [
+      '-f',
+      'qed',
+      '-c',
+      'read -P 3 4096 512',
+      '-c',
+      `read -P 4 ${(3 << 20) - 512} 512`,
+      path,
+    ]);
+    expect(verify.stdout).not.toContain('verification failed');
+  });
 });

@@ -3,7 +3,7 @@
 // bit around allocating writes, defaults 64 KiB clusters and 4-cluster tables) as qemu 7.2's block/qed.c.
 
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
-import { InvalidOptionError } from '../../errors.ts';
+import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import { parseSize } from '../../size.ts';
 import { actualSizeOf, cString, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
@@ -107,6 +107,29 @@ class QedDevice extends MappedDevice {
 
   protected override async flushMetadata(): Promise<void> {
     await this.markNeedCheck(false);
+  }
+
+  /** Grows the image (qemu's bdrv_qed_co_truncate: shrinking is not supported). */
+  async resize(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
+    const { clusterSizeBytes, tableClusters } = this.header;
+    if (sizeBytes % 512 !== 0 || sizeBytes > qedMaxImageBytes(clusterSizeBytes, tableClusters)) {
+      throw new InvalidOptionError({
+        option: 'size',
+        value: sizeBytes,
+        message: 'Invalid image size specified',
+      });
+    }
+    if (sizeBytes < this.header.imageSizeBytes) {
+      throw new UnsupportedError({
+        format: 'qed',
+        feature: 'shrink',
+        message: `${this.path}: Shrinking images is currently not supported`,
+      });
+    }
+    this.header = { ...this.header, imageSizeBytes: sizeBytes };
+    await this.file.write(0, encodeQedHeader(this.header));
+    await this.file.sync();
+    this.currentSizeBytes = sizeBytes;
   }
 
   async info(): Promise<ImageInfo> {
@@ -267,7 +290,7 @@ export const qedDriver = {
     check: true,
     compression: [],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
   },
   createOptions: qedCreateOptions,
   open: openQed,
