@@ -14,7 +14,8 @@ import { startLocalNode } from '../test/controlplane/local-node.ts';
 import { isAlive, processGroupMembers, stopProcessGroup } from '../test/controlplane/processes.ts';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const LOCAL = join(REPO, '.local');
+/** Everything the cluster writes lives here: `<repo>/.local`, or $VDISK_LOCAL_DIR (tests use a temp folder). */
+const LOCAL = resolve(process.env.VDISK_LOCAL_DIR || join(REPO, '.local'));
 const PATHS = {
   pid: join(LOCAL, 'cluster.pid'),
   state: join(LOCAL, 'cluster.json'),
@@ -113,6 +114,8 @@ async function serve(): Promise<void> {
   await symlink(binaryPath(plane.assetsDir, 'kubectl'), PATHS.kubectl);
   const node = await startLocalNode(plane.kubeConfig, {
     podKubeconfigPath: PATHS.kubeconfig,
+    stateDir: join(LOCAL, 'node'),
+    volumesDir: join(LOCAL, 'volumes'),
     // The integration tier's probe, so `VDISK_TEST_KUBECONFIG=.local/kubeconfig` runs it against this cluster.
     extraEntrypoints: { 'vdisk-probe': 'test/controlplane/fixtures/probe.ts' },
   }).catch(async (err) => {
