@@ -3,7 +3,7 @@
 // finds it identical to the seeded raw it was filled from; zeroed grains, compressed (stream) writes and
 // children of a parent (parentCID, parentFileNameHint) are read back by qemu-img the same way.
 
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
@@ -222,4 +222,27 @@ describe.skipIf(!hasQemuImg)('vmdk images written by vdisk', () => {
       }
     });
   }
+  it('appends grain tables a writer left out (grain directory entries of 0) and qemu-img reads the data', async () => {
+    const path = join(dir, 'no-tables.vmdk');
+    await createWithDriver('vmdk', path, 4 * 1024 * 1024);
+    const bytes = await readFile(path);
+    // Clear both directories' first entry: grains 0..511 then have no table, as some writers leave it.
+    bytes.writeUInt32LE(0, Number(bytes.readBigUInt64LE(48)) * 512);
+    bytes.writeUInt32LE(0, Number(bytes.readBigUInt64LE(56)) * 512);
+    await writeFile(path, bytes);
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+    const data = seededBytes(200 * 1024, 12);
+    const device = await openImage(path, { format: 'vmdk' });
+    try {
+      await device.write(64 * 1024 + 1000, data);
+    } finally {
+      await device.close();
+    }
+    expect(runStatus('qemu-img', ['check', path]).stdout).toContain('No errors were found on the image.');
+    const out = join(dir, 'no-tables.raw');
+    run('qemu-img', ['convert', '-O', 'raw', path, out]);
+    const expected = Buffer.alloc(4 * 1024 * 1024);
+    expected.set(data, 64 * 1024 + 1000);
+    expect((await readFile(out)).equals(expected)).toBe(true);
+  });
 });

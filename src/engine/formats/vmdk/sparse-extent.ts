@@ -233,14 +233,7 @@ export class SparseExtent {
   private async setGte(grainIndex: number, value: number): Promise<void> {
     const gdIndex = Math.floor(grainIndex / this.header.gtesPerGt);
     const inTable = grainIndex % this.header.gtesPerGt;
-    const gdEntry = this.gd[gdIndex] ?? 0;
-    if (gdEntry === 0) {
-      throw new UnsupportedError({
-        format: 'vmdk',
-        feature: 'allocating grain tables',
-        message: `${this.file.path}: grain directory entry ${gdIndex} has no grain table`,
-      });
-    }
+    const gdEntry = await this.tableFor(gdIndex);
     const table = await this.grainTable(gdIndex, gdEntry);
     table[inTable] = value;
     const bytes = Buffer.alloc(4);
@@ -250,9 +243,45 @@ export class SparseExtent {
     if (rgdEntry !== 0) await this.file.write(rgdEntry * SECTOR_BYTES + inTable * 4, bytes);
   }
 
-  /** True when the grain's table exists (writes need it; qemu-made extents preallocate all tables). */
+  /** True when the grain lies inside the grain directory (its table exists or can be appended). */
   canAllocate(grainIndex: number): boolean {
-    return (this.gd[Math.floor(grainIndex / this.header.gtesPerGt)] ?? 0) !== 0;
+    return Math.floor(grainIndex / this.header.gtesPerGt) < this.gd.length;
+  }
+
+  /**
+   * The grain table (in sectors) for directory entry `gdIndex`, appending zeroed tables (one per
+   * directory) when the entry is 0: VMware and qemu preallocate them, other writers may not.
+   */
+  private async tableFor(gdIndex: number): Promise<number> {
+    const gdEntry = this.gd[gdIndex] ?? 0;
+    if (gdEntry !== 0) return gdEntry;
+    if (gdIndex >= this.gd.length) {
+      throw new CorruptImageError({
+        file: this.file.path,
+        offsetBytes: this.gdOffsetBytes,
+        message: `grain directory has no entry ${gdIndex}`,
+      });
+    }
+    const tableSectors = Math.ceil(this.gtBytes / SECTOR_BYTES);
+    const appendTable = (): number => {
+      const offsetBytes = Math.ceil(this.fileEndBytes / SECTOR_BYTES) * SECTOR_BYTES;
+      this.fileEndBytes = offsetBytes + tableSectors * SECTOR_BYTES;
+      return offsetBytes / SECTOR_BYTES;
+    };
+    const entry = appendTable();
+    const redundantEntry = this.rgd && (this.rgd[gdIndex] ?? 0) === 0 ? appendTable() : 0;
+    // The zeroed tables exist (truncate) before any directory entry points at them.
+    await this.file.truncate(this.fileEndBytes);
+    const bytes = Buffer.alloc(4);
+    if (redundantEntry !== 0 && this.rgd) {
+      bytes.writeUInt32LE(redundantEntry, 0);
+      await this.file.write(this.rgdOffsetBytes + gdIndex * 4, bytes);
+      this.rgd[gdIndex] = redundantEntry;
+    }
+    bytes.writeUInt32LE(entry, 0);
+    await this.file.write(this.gdOffsetBytes + gdIndex * 4, bytes);
+    this.gd[gdIndex] = entry;
+    return entry;
   }
 
   /**
@@ -289,14 +318,7 @@ export class SparseExtent {
       const gdIndex = Math.floor(grainIndex / this.header.gtesPerGt);
       const firstInTable = grainIndex % this.header.gtesPerGt;
       const inThisTable = Math.min(count - done, this.header.gtesPerGt - firstInTable);
-      const gdEntry = this.gd[gdIndex] ?? 0;
-      if (gdEntry === 0) {
-        throw new UnsupportedError({
-          format: 'vmdk',
-          feature: 'allocating grain tables',
-          message: `${this.file.path}: grain directory entry ${gdIndex} has no grain table`,
-        });
-      }
+      const gdEntry = await this.tableFor(gdIndex);
       const table = await this.grainTable(gdIndex, gdEntry);
       const bytes = Buffer.alloc(inThisTable * 4);
       for (let i = 0; i < inThisTable; i++) {
