@@ -128,7 +128,27 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
 
   it('copies byte-exact with nbdcopy over 4 connections, both ways', async () => {
     const socket = join(folder, 'copy.sock');
-    const vdisk = await serve(['-t', '-e', '4', '-f', 'raw', '-k', socket, image]);
+    const vdisk = await serve([
+      '-t',
+      '-e',
+      '4',
+      '-x',
+      'data',
+      '-D',
+      'copy target',
+      '-f',
+      'raw',
+      '-k',
+      socket,
+      image,
+    ]);
+    expect(vdisk.uri).toBe(`nbd+unix:///data?socket=${socket}`);
+    const listed = JSON.parse(await ok('nbdinfo', ['--list', '--json', vdisk.uri])) as {
+      exports: { 'export-name': string; description: string }[];
+    };
+    expect(listed.exports.map((entry) => [entry['export-name'], entry.description])).toEqual([
+      ['data', 'copy target'],
+    ]);
     expect((await run('nbdinfo', ['--can', 'multi-conn', vdisk.uri])).code).toBe(0);
     const copy = join(folder, 'copy.raw');
     await ok('nbdcopy', ['--connections=4', vdisk.uri, copy]);
