@@ -5,29 +5,25 @@
 import type { V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import type { Condition } from '../../api/common.ts';
 import type { DiskSnapshot } from '../../api/disk-snapshot.ts';
-import {
-  DATA_MOUNT_PATH,
-  HEADERS_MOUNT_PATH,
-  type ImagerRequest,
-  SOURCE_MOUNT_PATH,
-} from '../../api/imager.ts';
-import { formatQuantityBytes, parseQuantityBytes, quantityBytes } from '../../api/quantity.ts';
+import { formatQuantityBytes, quantityBytes } from '../../api/quantity.ts';
 import type { DiskPhase, VirtualDisk, VirtualDiskStatus } from '../../api/virtual-disk.ts';
-import { attachPodName, buildAttachPod } from '../attach-pod.ts';
 import { ConditionType, Reason, type ReasonName, setCondition } from '../conditions.ts';
 import { buildImagerJob, type PodSettings } from '../imager-job.ts';
-import {
-  claimNameFor,
-  externalSnapshotFile,
-  FINALIZER,
-  imageFileName,
-  jobNameFor,
-  LABEL_DISK,
-  LABEL_MANAGED_BY,
-  labelValue,
-  MANAGED_BY,
-} from '../naming.ts';
+import { claimNameFor, FINALIZER, jobNameFor } from '../naming.ts';
 import type { ObservedJob } from '../observed-job.ts';
+import { planAttach } from './attach.ts';
+import { buildClaim, claimRequestBytes } from './claim.ts';
+import {
+  failureMessage,
+  failureReason,
+  initialOperation,
+  type Operation,
+  ownerOf,
+  PROGRESS_REASON,
+  planOperation,
+} from './plan.ts';
+
+export { buildClaim } from './claim.ts';
 
 export interface ObservedDisk {
   disk: VirtualDisk;
@@ -71,178 +67,6 @@ export interface DesiredDisk {
   events: EventSpec[];
 }
 
-type Operation = 'create' | 'import' | 'clone' | 'restore' | 'resize';
-
-const PROGRESS_REASON: Record<Operation, ReasonName> = {
-  create: Reason.Creating,
-  import: Reason.Creating,
-  clone: Reason.Cloning,
-  restore: Reason.Restoring,
-  resize: Reason.Resizing,
-};
-
-function initialOperation(disk: VirtualDisk): Operation {
-  const { source } = disk.spec;
-  if (source.http) return 'import';
-  if (source.virtualDisk) return 'clone';
-  if (source.snapshot) return 'restore';
-  return 'create';
-}
-
-function claimRequestBytes(claim: V1PersistentVolumeClaim): number | undefined {
-  const request = claim.spec?.resources?.requests?.storage;
-  return request === undefined ? undefined : parseQuantityBytes(String(request));
-}
-
-function isAttachedReadWrite(disk: VirtualDisk): string | undefined {
-  const attachment = disk.status?.attachment;
-  if (attachment && !attachment.readOnly) return attachment.nodeName;
-  if (disk.spec.attach && !disk.spec.attach.readOnly) return disk.spec.attach.nodeName;
-  return undefined;
-}
-
-function ownerOf(disk: VirtualDisk) {
-  return {
-    apiVersion: disk.apiVersion,
-    kind: 'VirtualDisk',
-    name: disk.metadata.name,
-    uid: disk.metadata.uid ?? '',
-  };
-}
-
-/** The PVC a disk's image lives on. */
-export function buildClaim(disk: VirtualDisk, requestBytes: number): V1PersistentVolumeClaim {
-  const storage = disk.spec.storage;
-  return {
-    apiVersion: 'v1',
-    kind: 'PersistentVolumeClaim',
-    metadata: {
-      name: claimNameFor(disk.metadata.name),
-      namespace: disk.metadata.namespace,
-      labels: { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_DISK]: labelValue(disk.metadata.name) },
-      ownerReferences: [{ ...ownerOf(disk), controller: true, blockOwnerDeletion: true }],
-    },
-    spec: {
-      accessModes: storage?.accessModes ? [...storage.accessModes] : ['ReadWriteOnce'],
-      volumeMode: 'Filesystem',
-      resources: { requests: { storage: formatQuantityBytes(requestBytes) } },
-      ...(storage?.storageClassName ? { storageClassName: storage.storageClassName } : {}),
-    },
-  };
-}
-
-interface Plan {
-  request: ImagerRequest;
-  sourceClaimName?: string;
-  headersSecretName?: string;
-}
-
-/** What the imager must be told for `operation`, or why it cannot start yet. */
-function planOperation(observed: ObservedDisk, operation: Operation): Plan | { waiting: string } {
-  const { disk } = observed;
-  const image = `${DATA_MOUNT_PATH}/${imageFileName(disk.spec.format)}`;
-  const sizeBytes = quantityBytes(disk.spec.size, 'spec.size');
-  const base = { image, format: disk.spec.format, sizeBytes };
-  const { source } = disk.spec;
-  switch (operation) {
-    case 'create':
-      return {
-        request: {
-          operation,
-          ...base,
-          ...(disk.spec.formatOptions ? { options: { ...disk.spec.formatOptions } } : {}),
-        },
-      };
-    case 'resize':
-      return { request: { operation, image, format: disk.spec.format, sizeBytes } };
-    case 'import': {
-      const http = source.http!;
-      return {
-        request: {
-          operation,
-          ...base,
-          ...(disk.spec.formatOptions ? { options: { ...disk.spec.formatOptions } } : {}),
-          url: http.url,
-          ...(http.sha256 ? { sha256: http.sha256 } : {}),
-          ...(http.format ? { sourceFormat: http.format } : {}),
-          ...(http.secretRef ? { headersFile: `${HEADERS_MOUNT_PATH}/headers` } : {}),
-        },
-        ...(http.secretRef ? { headersSecretName: http.secretRef.name } : {}),
-      };
-    }
-    case 'clone': {
-      const sourceDisk = observed.sourceDisk;
-      const name = source.virtualDisk!.name;
-      if (!sourceDisk) return { waiting: `source VirtualDisk ${name} does not exist` };
-      if (!sourceDisk.status?.image || sourceDisk.status.phase !== 'Ready' || !sourceDisk.status.claimName) {
-        return { waiting: `source VirtualDisk ${name} is not Ready` };
-      }
-      const node = isAttachedReadWrite(sourceDisk);
-      if (node) return { waiting: `source VirtualDisk ${name} is attached read-write on node ${node}` };
-      if (sourceDisk.status.image.virtualSize > sizeBytes) {
-        return {
-          waiting: `source VirtualDisk ${name} is ${sourceDisk.status.image.virtualSize} bytes, larger than spec.size (${sizeBytes} bytes): grow spec.size`,
-        };
-      }
-      return {
-        request: { operation, ...base, source: `${SOURCE_MOUNT_PATH}/${sourceDisk.status.image.path}` },
-        sourceClaimName: sourceDisk.status.claimName,
-      };
-    }
-    case 'restore': {
-      const snapshot = observed.sourceSnapshot;
-      const name = source.snapshot!.name;
-      if (!snapshot) return { waiting: `DiskSnapshot ${name} does not exist` };
-      const snapshotDisk = observed.sourceSnapshotDisk;
-      if (!snapshot.status?.readyToUse || !snapshot.status.snapshotName)
-        return { waiting: `DiskSnapshot ${name} is not ready to use` };
-      if (!snapshotDisk?.status?.image || !snapshotDisk.status.claimName) {
-        return {
-          waiting: `VirtualDisk ${snapshot.spec.virtualDiskName} of DiskSnapshot ${name} has no image`,
-        };
-      }
-      const restoreBytes = snapshot.status.restoreSize
-        ? parseQuantityBytes(snapshot.status.restoreSize)
-        : undefined;
-      if (restoreBytes !== undefined && restoreBytes > sizeBytes) {
-        return {
-          waiting: `DiskSnapshot ${name} needs ${snapshot.status.restoreSize}, more than spec.size ${disk.spec.size}: grow spec.size`,
-        };
-      }
-      const external = snapshot.spec.mode === 'external';
-      return {
-        request: {
-          operation,
-          ...base,
-          source: external
-            ? `${SOURCE_MOUNT_PATH}/${externalSnapshotFile(snapshot.status.snapshotName)}`
-            : `${SOURCE_MOUNT_PATH}/${snapshotDisk.status.image.path}`,
-          ...(external ? {} : { snapshot: snapshot.status.snapshotName }),
-        },
-        sourceClaimName: snapshotDisk.status.claimName,
-      };
-    }
-  }
-}
-
-function failureReason(operation: Operation, job: ObservedJob): ReasonName {
-  if (job.result && !job.result.ok && job.result.code === 'VDISK_ECHECKSUM') return Reason.ChecksumMismatch;
-  return operation === 'import' ? Reason.ImportFailed : Reason.ImagerFailed;
-}
-
-function failureMessage(job: ObservedJob): string {
-  const result = job.result;
-  if (result && !result.ok) {
-    const sums =
-      result.expectedSha256 || result.actualSha256
-        ? ` (expected sha256 ${result.expectedSha256 ?? '?'}, got ${result.actualSha256 ?? '?'})`
-        : '';
-    return `Imager Job ${job.name} failed with ${result.code}: ${result.message}${sums}`;
-  }
-  return `Imager Job ${job.name} failed: ${job.failureMessage || 'no result in the termination message'}`;
-}
-
-/** Computes everything the disk should have; apply.ts makes it so. */
 export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   const { disk, now } = observed;
   const generation = disk.metadata.generation ?? 0;
@@ -471,113 +295,4 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     `Started imager Job ${currentJobName} (${operation})`,
   );
   return finish(phase);
-}
-
-type SetCondition = (
-  type: string,
-  status: 'True' | 'False' | 'Unknown',
-  reason: ReasonName,
-  message: string,
-) => void;
-
-function attachFailure(pod: V1Pod): string {
-  const terminated = pod.status?.containerStatuses?.[0]?.state?.terminated;
-  const text = terminated?.message ?? pod.status?.message ?? pod.status?.reason ?? '';
-  try {
-    const report = JSON.parse(text) as { error?: { code?: string; message?: string } };
-    if (report.error) return `${report.error.code ?? 'error'}: ${report.error.message ?? ''}`;
-  } catch {
-    // not the agent's JSON report: show the text as is
-  }
-  return text.slice(0, 1024) || `exit code ${terminated?.exitCode ?? 'unknown'}`;
-}
-
-/**
- * The attach pod while the disk is Ready and spec.attach is set; otherwise none (deleting it detaches:
- * the agent unmounts and flushes on SIGTERM). Sets the Attached condition and status.attachment.
- */
-function planAttach(observed: ObservedDisk, desired: DesiredDisk, phase: DiskPhase, set: SetCondition): void {
-  const { disk } = observed;
-  const attach = disk.spec.attach;
-  const deleting = disk.metadata.deletionTimestamp !== undefined;
-  const wanted =
-    attach && phase === 'Ready' && desired.status.image && !deleting
-      ? attachPodName({ ...disk, status: desired.status })
-      : undefined;
-  for (const pod of observed.attachPods) {
-    const name = pod.metadata?.name ?? '';
-    if (name !== wanted && !pod.metadata?.deletionTimestamp) desired.deletePods.push(name);
-  }
-  const current = wanted ? observed.attachPods.find((pod) => pod.metadata?.name === wanted) : undefined;
-  if (!attach || !wanted) {
-    if (observed.attachPods.length > 0) {
-      set(
-        ConditionType.Attached,
-        'False',
-        Reason.Detaching,
-        `Detaching: attach pod ${observed.attachPods[0]?.metadata?.name} is stopping`,
-      );
-      return;
-    }
-    delete desired.status.attachment;
-    delete desired.status.node;
-    if (!attach) set(ConditionType.Attached, 'False', Reason.NotRequested, 'spec.attach is not set');
-    else
-      set(
-        ConditionType.Attached,
-        'False',
-        Reason.WaitingForNode,
-        `Waiting for the image before attaching on node ${attach.nodeName}`,
-      );
-    return;
-  }
-  // Snapshots and clones refuse a disk attached read-write from the moment its pod exists.
-  desired.status.attachment = { nodeName: attach.nodeName, readOnly: attach.readOnly };
-  desired.status.node = attach.nodeName;
-  if (!current) {
-    const owner = {
-      apiVersion: disk.apiVersion,
-      kind: 'VirtualDisk',
-      name: disk.metadata.name,
-      uid: disk.metadata.uid ?? '',
-    };
-    desired.createPods.push(
-      buildAttachPod(
-        { ...disk, status: desired.status },
-        claimNameFor(disk.metadata.name),
-        owner,
-        observed.settings,
-      ),
-    );
-    set(
-      ConditionType.Attached,
-      'False',
-      Reason.WaitingForNode,
-      `Started attach pod ${wanted} on node ${attach.nodeName}`,
-    );
-    return;
-  }
-  const podPhase = current.status?.phase;
-  if (podPhase === 'Running') {
-    set(
-      ConditionType.Attached,
-      'True',
-      Reason.Mounted,
-      `Attach pod ${wanted} serves the image on node ${attach.nodeName}`,
-    );
-  } else if (podPhase === 'Failed' || podPhase === 'Succeeded') {
-    set(
-      ConditionType.Attached,
-      'False',
-      Reason.AttachFailed,
-      `Attach pod ${wanted} on node ${attach.nodeName} ended: ${attachFailure(current)}`,
-    );
-  } else {
-    set(
-      ConditionType.Attached,
-      'False',
-      Reason.WaitingForNode,
-      `Attach pod ${wanted} is ${podPhase ?? 'Pending'} on node ${attach.nodeName}`,
-    );
-  }
 }
