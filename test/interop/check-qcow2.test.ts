@@ -137,6 +137,17 @@ describe.skipIf(!HAS_QEMU)('qcow2 check agrees with qemu-img check', () => {
     expect(ours.compressedClusters).toBeGreaterThan(0);
   });
 
+  it('persistent dirty bitmaps (directory, tables and data clusters are references, not leaks)', async () => {
+    const path = join(dir, 'bitmaps.qcow2');
+    await copyFile(pristine, path);
+    run('qemu-img', ['bitmap', '--add', path, 'b0']);
+    run('qemu-img', ['bitmap', '--add', '-g', '65536', path, 'b1']);
+    run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 2 1M 1M', path]);
+    const ours = await vdiskCheck(path);
+    expectAgreement(ours, qemuCheck(path));
+    expect(ours.leaks).toBe(0);
+  });
+
   it('leaked clusters past the used end (and -r leaks repairs them)', async () => {
     const path = await damaged('leak', async (image) => {
       const block = await refcountBlockOffset(image);

@@ -4,7 +4,7 @@
 
 import type { CheckIssue, CheckReport, OpenContext, RepairMode } from '../driver.ts';
 import { decodeL2, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
-import { HEADER_FIELD } from './header.ts';
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, HEADER_FIELD } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
 
@@ -166,6 +166,62 @@ async function walkSnapshots(image: Qcow2Image, walk: Walk, fileSizeBytes: numbe
   reference(walk, clusterSizeBytes, header.snapshotsOffsetBytes, at - header.snapshotsOffsetBytes);
 }
 
+/** qemu's QCOW2_MAX_BITMAP_DIRECTORY_SIZE and QCOW2_MAX_BITMAPS. */
+const MAX_BITMAP_DIRECTORY_BYTES = 64 * 1024 * 1024;
+const MAX_BITMAPS = 65535;
+
+/** Walks persistent dirty bitmaps (when the autoclear bit says they are valid): directory, tables, data clusters. */
+async function walkBitmaps(image: Qcow2Image, walk: Walk, fileSizeBytes: number): Promise<void> {
+  const header = image.header;
+  if ((header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return;
+  const extension = header.extensions.find((candidate) => candidate.type === EXT_BITMAPS);
+  if (!extension || extension.data.length < 24) return;
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const bitmapCount = extension.data.readUInt32BE(0);
+  const directoryBytes = Number(extension.data.readBigUInt64BE(8));
+  const directoryOffsetBytes = Number(extension.data.readBigUInt64BE(16));
+  if (
+    bitmapCount > MAX_BITMAPS ||
+    directoryBytes > MAX_BITMAP_DIRECTORY_BYTES ||
+    directoryOffsetBytes + directoryBytes > fileSizeBytes
+  ) {
+    addIssue(walk, {
+      code: 'corruption',
+      message: 'bitmap directory is invalid',
+      offsetBytes: directoryOffsetBytes,
+      fixable: false,
+    });
+    return;
+  }
+  reference(walk, clusterSizeBytes, directoryOffsetBytes, directoryBytes);
+  const directory = Buffer.alloc(directoryBytes);
+  await image.file.read(directoryOffsetBytes, directory);
+  let at = 0;
+  for (let bitmap = 0; bitmap < bitmapCount && at + 24 <= directory.length; bitmap++) {
+    const tableOffsetBytes = Number(directory.readBigUInt64BE(at));
+    const tableEntries = directory.readUInt32BE(at + 8);
+    const nameBytes = directory.readUInt16BE(at + 18);
+    const extraBytes = directory.readUInt32BE(at + 20);
+    at += Math.ceil((24 + extraBytes + nameBytes) / 8) * 8;
+    if (tableOffsetBytes % clusterSizeBytes !== 0 || tableOffsetBytes + tableEntries * 8 > fileSizeBytes) {
+      addIssue(walk, {
+        code: 'corruption',
+        message: `bitmap ${bitmap} has an invalid table`,
+        offsetBytes: tableOffsetBytes,
+        fixable: false,
+      });
+      continue;
+    }
+    reference(walk, clusterSizeBytes, tableOffsetBytes, tableEntries * 8);
+    const table = Buffer.alloc(tableEntries * 8);
+    await image.file.read(tableOffsetBytes, table);
+    for (let index = 0; index < tableEntries; index++) {
+      const dataOffsetBytes = l1Offset(table, index);
+      if (dataOffsetBytes !== 0) reference(walk, clusterSizeBytes, dataOffsetBytes, clusterSizeBytes);
+    }
+  }
+}
+
 async function walkImage(image: Qcow2Image): Promise<Walk> {
   const clusterSizeBytes = image.clusterSizeBytes;
   const fileSizeBytes = await image.file.sizeBytes();
@@ -211,6 +267,7 @@ async function walkImage(image: Qcow2Image): Promise<Walk> {
     reference(walk, clusterSizeBytes, blockOffsetBytes, clusterSizeBytes);
   }
   await walkSnapshots(image, walk, fileSizeBytes);
+  await walkBitmaps(image, walk, fileSizeBytes);
   return walk;
 }
 
