@@ -77,7 +77,7 @@ export async function main(argv: string[], deps: MainDeps = {}): Promise<number>
   // Logs are pino JSON lines on stderr; stdout carries only the reports.
   const logger = deps.stderr
     ? undefined
-    : pino({ base: { component: 'attach' } }, pino.destination({ fd: 2, sync: true }));
+    : pino({ base: { role: 'attach' } }, pino.destination({ fd: 2, sync: true }));
   const log =
     deps.log ??
     ((message: string, fields?: Record<string, unknown>) =>
