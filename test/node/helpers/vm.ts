@@ -40,6 +40,8 @@ export function missingTools(): string[] {
     'apt-get',
     'dpkg-deb',
     'qemu-img',
+    'debugfs',
+    'gzip',
   ];
   return tools.filter((tool) => !has(tool));
 }
