@@ -6,7 +6,10 @@ import type { V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import type { Condition } from '../../api/common.ts';
 import type { DiskSnapshot } from '../../api/disk-snapshot.ts';
 import { formatQuantityBytes, quantityBytes } from '../../api/quantity.ts';
-import type { DiskPhase, VirtualDisk, VirtualDiskStatus } from '../../api/virtual-disk.ts';
+import type { ImagerResult } from '../../api/imager.ts';
+import type { DiskPhase, ImageStatus, VirtualDisk, VirtualDiskStatus } from '../../api/virtual-disk.ts';
+
+type ImagerImage = NonNullable<Extract<ImagerResult, { ok: true }>['image']>;
 import { ConditionType, Reason, type ReasonName, setCondition } from '../conditions.ts';
 import { buildImagerJob, type PodSettings } from '../imager-job.ts';
 import { claimNameFor, FINALIZER, jobNameFor } from '../naming.ts';
@@ -67,6 +70,21 @@ export interface DesiredDisk {
   events: EventSpec[];
 }
 
+/** status.image from an imager result; the import checksum is kept across later operations. */
+function imageStatusOf(image: ImagerImage, previousSha256: string | undefined): ImageStatus {
+  const sha256 = image.sha256 ?? previousSha256;
+  return {
+    path: image.path,
+    format: image.format,
+    virtualSize: image.virtualSize,
+    ...(image.actualSize !== undefined ? { actualSize: image.actualSize } : {}),
+    ...(image.clusterSize !== undefined ? { clusterSize: image.clusterSize } : {}),
+    ...(image.snapshots ? { snapshots: image.snapshots.slice(0, 256) } : {}),
+    ...(sha256 ? { sha256 } : {}),
+  };
+}
+
+/** Computes everything the disk should have; apply.ts makes it so. */
 export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   const { disk, now } = observed;
   const generation = disk.metadata.generation ?? 0;
@@ -164,6 +182,19 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
       desired.deleteJobs.push(job.name);
   }
 
+  // Snapshot Jobs change the image (snapshot table, an external overlay): adopt what they report.
+  for (const job of observed.jobs) {
+    if (
+      image &&
+      job.ownerKind === 'DiskSnapshot' &&
+      job.state === 'succeeded' &&
+      job.result?.ok &&
+      job.result.image
+    ) {
+      desired.status.image = imageStatusOf(job.result.image, image.sha256);
+    }
+  }
+
   if (!operation) {
     set(
       ConditionType.Ready,
@@ -182,21 +213,9 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   if (currentJob?.state === 'succeeded') {
     const result = currentJob.result;
     if (result?.ok && result.image) {
-      desired.status.image = {
-        path: result.image.path,
-        format: result.image.format,
-        virtualSize: result.image.virtualSize,
-        ...(result.image.actualSize !== undefined ? { actualSize: result.image.actualSize } : {}),
-        ...(result.image.clusterSize !== undefined ? { clusterSize: result.image.clusterSize } : {}),
-        ...(result.image.snapshots ? { snapshots: result.image.snapshots.slice(0, 256) } : {}),
-        ...(result.image.sha256
-          ? { sha256: result.image.sha256 }
-          : image?.sha256
-            ? { sha256: image.sha256 }
-            : {}),
-      };
+      const made = imageStatusOf(result.image, image?.sha256);
+      desired.status.image = made;
       desired.deleteJobs.push(currentJob.name);
-      const made = desired.status.image;
       if (made.virtualSize >= specSizeBytes) {
         set(
           ConditionType.Ready,

@@ -401,6 +401,23 @@ describe('desiredDisk', () => {
     ]);
   });
 
+  it("adopts the image a DiskSnapshot's Job reports (the snapshot list changes)", () => {
+    const result = desiredDisk(
+      observed(disk(blank, { status: { image: { ...readyImage, sha256: 'c'.repeat(64) } } }), {
+        jobs: [
+          job(
+            'vds-s1-create',
+            'succeeded',
+            { ok: true, operation: 'snapshot-create', image: { ...readyImage, snapshots: ['s1'] } },
+            'DiskSnapshot',
+          ),
+        ],
+      }),
+    );
+    expect(result.status.image).toEqual({ ...readyImage, snapshots: ['s1'], sha256: 'c'.repeat(64) });
+    expect(result.deleteJobs).toEqual([]);
+  });
+
   it('round-trips imager argv', () => {
     const request = {
       operation: 'import',
