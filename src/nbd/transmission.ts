@@ -96,11 +96,10 @@ const WRITE_COMMANDS = new Set([NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROE
 /** A write payload still arriving, or an oversized one being thrown away. */
 interface PendingPayload {
   request: Request;
-  /** Bytes still to receive. */
+  /** Bytes still to receive (to discard) or, when buffering, the whole payload length. */
   remainingBytes: number;
-  /** Undefined while discarding an oversized payload. */
-  buffer: Buffer | undefined;
-  filledBytes: number;
+  /** An oversized payload being thrown away as it arrives. */
+  discard: boolean;
 }
 
 /** One connection in transmission: start() resolves when the connection has closed. */
@@ -249,18 +248,23 @@ export class TransmissionSession {
     while (!this.stopped) {
       const pending = this.pending;
       if (pending) {
-        const step = Math.min(pending.remainingBytes, this.bufferedBytes);
-        this.fillFromChunks(pending.buffer, pending.filledBytes, step);
-        pending.filledBytes += step;
-        pending.remainingBytes -= step;
-        if (pending.remainingBytes > 0) break;
-        this.pending = undefined;
-        if (pending.buffer) this.dispatch(pending.request, pending.buffer, true);
-        else
+        if (pending.discard) {
+          const step = Math.min(pending.remainingBytes, this.bufferedBytes);
+          this.fillFromChunks(undefined, 0, step);
+          pending.remainingBytes -= step;
+          if (pending.remainingBytes > 0) break;
+          this.pending = undefined;
           this.dispatchError(
             pending.request,
             new NbdCommandError(NBD_EINVAL, `write payload larger than ${MAX_PAYLOAD_BYTES} bytes`),
           );
+          continue;
+        }
+        // The payload buffer is made only once every byte is here: memory follows what the client
+        // actually sent, never the length its header claims.
+        if (this.bufferedBytes < pending.remainingBytes) break;
+        this.pending = undefined;
+        this.dispatchWrite(pending.request);
         continue;
       }
       if (!this.canDispatch()) {
@@ -274,15 +278,12 @@ export class TransmissionSession {
         return;
       }
       if (request.type === NBD_CMD_WRITE) {
-        const lengthBytes = request.lengthBytes;
-        if (lengthBytes <= MAX_PAYLOAD_BYTES && (this.chunks[0]?.length ?? 0) >= lengthBytes) {
-          // The whole payload sits in one received chunk: hand out a slice of it (no copy).
-          this.dispatch(request, lengthBytes === 0 ? Buffer.alloc(0) : this.take(lengthBytes));
-          continue;
-        }
-        // Oversized payloads are read and dropped in place (never buffered), then refused.
-        const buffer = lengthBytes <= MAX_PAYLOAD_BYTES ? takeBuffer(lengthBytes) : undefined;
-        this.pending = { request, remainingBytes: lengthBytes, buffer, filledBytes: 0 };
+        // Oversized payloads are read and dropped as they arrive (never buffered), then refused.
+        this.pending = {
+          request,
+          remainingBytes: request.lengthBytes,
+          discard: request.lengthBytes > MAX_PAYLOAD_BYTES,
+        };
         continue;
       }
       if (request.type === NBD_CMD_DISC) {
@@ -292,6 +293,20 @@ export class TransmissionSession {
       this.dispatch(request, undefined);
     }
     if (!this.stopped && this.socket.isPaused()) this.socket.resume();
+  }
+
+  /** Hands a complete write payload out of the receive chunks: a slice when it sits in one, else a pooled copy. */
+  private dispatchWrite(request: Request): void {
+    const lengthBytes = request.lengthBytes;
+    if (lengthBytes === 0) {
+      this.dispatch(request, Buffer.alloc(0));
+    } else if (this.chunks[0]!.length >= lengthBytes) {
+      this.dispatch(request, this.take(lengthBytes));
+    } else {
+      const payload = takeBuffer(lengthBytes);
+      this.fillFromChunks(payload, 0, lengthBytes);
+      this.dispatch(request, payload, true);
+    }
   }
 
   private dispatchError(request: Request, error: NbdCommandError): void {

@@ -114,6 +114,20 @@ describe('NBD server robustness (raw sockets)', () => {
     client.close();
   });
 
+  it('does not allocate what a write header claims before the payload arrives', async () => {
+    const before = process.memoryUsage().arrayBuffers;
+    const clients = await Promise.all(Array.from({ length: 16 }, () => RawClient.connect(socketPath)));
+    for (const client of clients) {
+      await handshake(client);
+      client.send(request(NBD_CMD_WRITE, 0, 32 * MIB, 1n));
+      client.send(Buffer.alloc(1000, 1));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // 16 headers claim 512 MiB; only the 16 KB actually sent may be held.
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * MIB);
+    for (const client of clients) client.close();
+  });
+
   it('hangs up on a bad request magic', async () => {
     const client = await RawClient.connect(socketPath);
     await handshake(client);
