@@ -10,9 +10,9 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:24-bookworm-slim AS runtime
 # Exactly the node tools the attach agent runs: nbd-client binds /dev/nbdN, kpartx maps partitions,
-# mkfs.ext4/xfs/vfat format them, util-linux mounts. The imager and controller need none of them.
+# mkfs.ext4/xfs/vfat/btrfs format them (the filesystems spec.layout offers), util-linux mounts. The imager and controller need none of them.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nbd-client kpartx e2fsprogs xfsprogs dosfstools util-linux \
+ && apt-get install -y --no-install-recommends nbd-client kpartx e2fsprogs xfsprogs dosfstools btrfs-progs util-linux \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=dependencies /app/node_modules ./node_modules
