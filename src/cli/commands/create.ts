@@ -8,6 +8,7 @@ import { findDriver } from '../../engine/formats/registry.ts';
 import { parseSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { parseOptionList, printHelpIfAsked, requireOperands } from '../common.ts';
+import { formattingLine } from '../formatting-line.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
 
 const HELP = `usage: vdisk create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]
@@ -82,12 +83,10 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     unsafe: hasFlag(parsed, 'unsafe'),
   });
   if (!hasFlag(parsed, 'quiet')) {
-    const shown = Object.entries(options)
-      .filter(([key]) => key !== 'size' && key !== 'backing_file' && key !== 'backing_fmt')
-      .map(([key, value]) => ` ${key}=${value}`)
-      .join('');
-    const backing = backingFile ? ` backing_file=${backingFile} backing_fmt=${backingFormat}` : '';
-    io.stdout(`Formatting '${path}', fmt=${format} size=${createdBytes}${backing}${shown}\n`);
+    const printed: Record<string, string> = { ...options, size: String(createdBytes) };
+    if (backingFile) printed.backing_file = backingFile;
+    if (backingFormat) printed.backing_fmt = backingFormat;
+    io.stdout(`${formattingLine(path, format, printed)}\n`);
   }
   return 0;
 }
