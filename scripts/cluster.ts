@@ -1,9 +1,9 @@
 // `npm run cluster:up` / `npm run cluster:down`: a local Kubernetes control plane + vdisk local node for
-// development, running detached in the background. Writes .local/kubeconfig, .local/bin/kubectl,
+// development, running detached in the background. Writes .local/kubeconfig, .local/bin/kubectl, .local/bin/helm,
 // .local/cluster.pid (the supervisor) and .local/cluster.json (component PIDs); logs in .local/cluster.log.
 // State (etcd data, PV folders) survives down/up; `down --purge` wipes it.
 // Usage: node scripts/cluster.ts up | down [--purge] | status   (`serve` is the detached supervisor itself)
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -23,6 +23,7 @@ const PATHS = {
   log: join(LOCAL, 'cluster.log'),
   kubeconfig: join(LOCAL, 'kubeconfig'),
   kubectl: join(LOCAL, 'bin', 'kubectl'),
+  helm: join(LOCAL, 'bin', 'helm'),
   controlPlaneDir: join(LOCAL, 'controlplane'),
 };
 
@@ -57,8 +58,25 @@ function usage(): string {
     `try:        ${PATHS.kubectl} --kubeconfig ${PATHS.kubeconfig} get nodes,storageclasses`,
     `            export KUBECONFIG=${PATHS.kubeconfig} PATH=${dirname(PATHS.kubectl)}:$PATH`,
     `logs:       ${PATHS.log}, ${PATHS.controlPlaneDir}/logs/, pods: ${LOCAL}/node/pods/<uid>/`,
+    `helm:       ${PATHS.helm} install vdisk charts/vdisk-operator (with KUBECONFIG exported as above)`,
     'stop:       npm run cluster:down   (keeps state; npm run cluster:down -- --purge wipes it)',
   ].join('\n');
+}
+
+/** Puts helm (built once from the Go module proxy by test/chart/build-helm.sh) at .local/bin/helm. */
+async function linkHelm(): Promise<void> {
+  const built = spawnSync('bash', [join(REPO, 'test', 'chart', 'build-helm.sh')], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const helm = built.stdout.trim().split('\n').pop();
+  if (built.status !== 0 || !helm) {
+    console.warn('helm is not available (see above); the cluster starts without .local/bin/helm');
+    return;
+  }
+  await mkdir(dirname(PATHS.helm), { recursive: true });
+  await rm(PATHS.helm, { force: true });
+  await symlink(helm, PATHS.helm);
 }
 
 async function up(): Promise<number> {
@@ -74,6 +92,7 @@ async function up(): Promise<number> {
     return assets.exitCode === 3 ? 3 : 1;
   }
   await mkdir(LOCAL, { recursive: true });
+  await linkHelm();
   await rm(PATHS.ready, { force: true });
   const logFd = openSync(PATHS.log, 'w');
   const supervisor = spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve'], {
