@@ -171,4 +171,23 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img', () => {
     expect(runStatus('qemu-img', ['check', path]).status).toBe(2);
     expect((await checkWith(path, 'none')).corruptions).toBeGreaterThan(0);
   });
+
+  it('logs BAT updates: after a crash qemu-img check -r all replays the log, and so does vdisk', async () => {
+    const raw = await writeSeededRaw(dir, 'in.raw', 4 << 20, 14);
+    const path = join(dir, 'crash.vhdx');
+    await createWithDriver('vhdx', path, 4 << 20, { block_size: '1M' });
+    const device = await openImage(path);
+    await copyRawInto(raw, device);
+    // No close: the log still holds the last BAT sector. Simulate the in-place BAT write never landing.
+    const file = await NodeHostFile.open(path, { readOnly: false });
+    await file.write(3 << 20, new Uint8Array(4096));
+    await file.close();
+    expect(runStatus('qemu-img', ['info', path]).status).toBe(1);
+    expect(await hashOf(path)).toBe(await qemuRawSha256(raw, dir, 'raw'));
+    const theirs = join(dir, 'qemu-replayed.vhdx');
+    run('cp', [path, theirs]);
+    expect(runStatus('qemu-img', ['check', '-r', 'all', theirs]).status).toBe(0);
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'vhdx', raw, theirs]).status).toBe(0);
+    await device.close().catch(() => undefined);
+  });
 });

@@ -48,7 +48,7 @@ import {
   type VhdxMetadata,
   type VhdxRegion,
 } from './layout.ts';
-import { applyLogReplay, ReplayedHostFile, readLogReplay } from './log.ts';
+import { applyLogReplay, encodeLogEntry, LOG_ENTRY_BYTES, ReplayedHostFile, readLogReplay } from './log.ts';
 
 /** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
 const MAX_METADATA_REGION_BYTES = 32 * MiB;
@@ -194,6 +194,10 @@ class VhdxDevice extends MappedDevice {
   private readonly blockBytes: number;
   private headersUpdated = false;
   private fileEndBytes: number;
+  /** Set once this session has logged a metadata write; cleared (in the headers) at close. */
+  private logGuid: Uint8Array | undefined;
+  private logSequence = 0n;
+  private logHeadBytes = 0;
 
   constructor(context: OpenContext, file: HostFile, layout: VhdxLayout, fileSizeBytes: number) {
     super({
@@ -276,13 +280,57 @@ class VhdxDevice extends MappedDevice {
     return at;
   }
 
+  /**
+   * Points the BAT at a new block through the log (MS-VHDX 2.3): the 4 KiB BAT sector is logged and
+   * synced (with the block's data), then written in place. A crash before the sync loses the write
+   * but not consistency; after it, replay (qemu's or vdisk's) restores the BAT sector.
+   */
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
     const batIndex = batIndexOf(unitIndex, this.layout.metadata);
     setU64le(viewOf(this.layout.bat), batIndex * 8, hostOffsetBytes + PAYLOAD_FULLY_PRESENT);
-    await this.file.write(
-      this.layout.batRegion.offsetBytes + batIndex * 8,
-      this.layout.bat.subarray(batIndex * 8, batIndex * 8 + 8),
-    );
+    const sectorStart = Math.floor((batIndex * 8) / 4096) * 4096;
+    const sector = new Uint8Array(4096);
+    await this.file.read(this.layout.batRegion.offsetBytes + sectorStart, sector);
+    sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
+    await this.logSector(this.layout.batRegion.offsetBytes + sectorStart, sector);
+    await this.file.write(this.layout.batRegion.offsetBytes + sectorStart, sector);
+  }
+
+  private async logSector(fileOffsetBytes: number, sector: Uint8Array): Promise<void> {
+    const header = this.layout.header;
+    if (header.logLengthBytes < LOG_ENTRY_BYTES) {
+      await this.file.sync();
+      return;
+    }
+    if (!this.logGuid) {
+      // A fresh log GUID per session: entries of earlier sessions no longer match and are never replayed.
+      this.logGuid = newGuid();
+      this.layout.header = await writeHeaders(this.file, { ...header, logGuid: this.logGuid });
+    }
+    if (this.logHeadBytes + LOG_ENTRY_BYTES > header.logLengthBytes) this.logHeadBytes = 0;
+    this.logSequence++;
+    const entry = encodeLogEntry({
+      logGuid: this.logGuid,
+      sequenceNumber: this.logSequence,
+      positionBytes: this.logHeadBytes,
+      fileOffsetBytes,
+      sector,
+      fileSizeBytes: Math.ceil(this.fileEndBytes / MiB) * MiB,
+    });
+    await this.file.write(header.logOffsetBytes + this.logHeadBytes, entry);
+    await this.file.sync();
+    this.logHeadBytes += LOG_ENTRY_BYTES;
+  }
+
+  /** Clean close: every logged sector is in place, so the log is emptied (log GUID zeroed). */
+  protected override async closeMetadata(): Promise<void> {
+    if (this.isReadOnly || !this.logGuid) return;
+    await this.file.sync();
+    this.layout.header = await writeHeaders(this.file, {
+      ...this.layout.header,
+      logGuid: new Uint8Array(16),
+    });
+    this.logGuid = undefined;
   }
 
   async info(): Promise<ImageInfo> {
