@@ -14,6 +14,7 @@ import {
   SAMPLES_DIR,
   scratchDir,
   sha256Device,
+  unpackSample,
   writeSeededRaw,
 } from '../helpers/format-harness.ts';
 
@@ -146,6 +147,31 @@ describe('vmdk third-party samples', () => {
     } finally {
       await device.close();
     }
+  });
+
+  it('reads the ESXi seSparse sample through a seSparse descriptor as qemu-img does', async () => {
+    if (!hasQemuImg) return;
+    const folder = join(dir, 'sesparse');
+    await mkdir(folder, { recursive: true });
+    await unpackSample(join(VMDK, 'sesparse.vmdk.gz'), folder);
+    const path = join(folder, 'sesparse-desc.vmdk');
+    await writeFile(
+      path,
+      '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "sesparse.vmdk"\n',
+    );
+    const device = await openImage(path, { readOnly: true });
+    try {
+      expect(device.sizeBytes).toBe(536870912);
+      expect(await sha256Device(device)).toBe(await qemuRawSha256(path, dir));
+      const ours = (await device.info()).formatSpecific!.data as { extents: Array<Record<string, unknown>> };
+      const theirs = JSON.parse(run('qemu-img', ['info', '--output=json', path]))['format-specific'].data;
+      expect(ours.extents.map(({ filename: _f, ...rest }) => rest)).toEqual(
+        theirs.extents.map(({ filename: _f, ...rest }: Record<string, unknown>) => rest),
+      );
+    } finally {
+      await device.close();
+    }
+    await expect(openImage(path, { readOnly: false })).rejects.toMatchObject({ code: 'VDISK_ENOTSUP' });
   });
 
   it('refuses afl9.vmdk (corrupted capacity) with "L1 size too big"', async () => {

@@ -10,6 +10,7 @@ import { WriteLock } from '../common/write-lock.ts';
 import type { CheckIssue } from '../driver.ts';
 import type { Descriptor } from './descriptor.ts';
 import { growVmdk } from './resize.ts';
+import type { SeSparseExtent } from './sesparse-extent.ts';
 import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
 
 const COPY_CHUNK_BYTES = 1024 * 1024;
@@ -20,7 +21,7 @@ const MAX_BATCH_BYTES = 32 * 1024 * 1024;
 const ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
 
 export interface OpenedExtent {
-  kind: 'flat' | 'zero' | 'sparse';
+  kind: 'flat' | 'zero' | 'sparse' | 'sesparse';
   /** Guest offset where the extent starts. */
   startBytes: number;
   sizeBytes: number;
@@ -30,6 +31,8 @@ export interface OpenedExtent {
   file: HostFile | undefined;
   flatOffsetBytes: number;
   sparse: SparseExtent | undefined;
+  /** Set for 'sesparse' extents (read-only). */
+  seSparse?: SeSparseExtent;
   isReadOnly: boolean;
 }
 
@@ -130,7 +133,9 @@ export class VmdkDevice implements BlockDevice {
       }
       return { kind: 'data', lengthBytes, file, path: extent.path, hostOffsetBytes };
     }
-    const mapping = await extent.sparse!.lookup(inExtentBytes, lengthBytes);
+    const mapping = extent.seSparse
+      ? await extent.seSparse.lookup(inExtentBytes, lengthBytes)
+      : await extent.sparse!.lookup(inExtentBytes, lengthBytes);
     if (mapping.kind === 'data') {
       return {
         kind: 'data',
@@ -409,7 +414,8 @@ export class VmdkDevice implements BlockDevice {
       counted.add(file);
       actualSizeBytes += (await actualSizeOf(file)) ?? 0;
     }
-    const firstSparse = this.extents.find((extent) => extent.sparse)?.sparse;
+    const firstSparse = this.extents.find((extent) => extent.sparse ?? extent.seSparse);
+    const firstGrainBytes = firstSparse?.sparse?.grainBytes ?? firstSparse?.seSparse?.grainBytes;
     const info: ImageInfo = {
       format: 'vmdk',
       filename: this.path,
@@ -426,14 +432,15 @@ export class VmdkDevice implements BlockDevice {
             if (extent.sparse?.isCompressed) entry.compressed = true;
             entry['virtual-size'] = extent.sizeBytes;
             entry.filename = extent.path;
-            if (extent.sparse) entry['cluster-size'] = extent.sparse.grainBytes;
+            const grainBytes = extent.sparse?.grainBytes ?? extent.seSparse?.grainBytes;
+            if (grainBytes !== undefined) entry['cluster-size'] = grainBytes;
             entry.format = extent.typeName;
             return entry;
           }),
         },
       },
     };
-    if (firstSparse) info.clusterSizeBytes = firstSparse.grainBytes;
+    if (firstGrainBytes !== undefined) info.clusterSizeBytes = firstGrainBytes;
     if (this.descriptor.parentFileNameHint !== undefined && this.descriptor.parentCid !== 0xffffffff) {
       info.backingFilename = this.descriptor.parentFileNameHint;
     }

@@ -11,6 +11,7 @@ import { readExact } from '../common/binary.ts';
 import type { OpenContext } from '../driver.ts';
 import { type Descriptor, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.ts';
 import { type OpenedExtent, VmdkDevice } from './device.ts';
+import { SeSparseExtent } from './sesparse-extent.ts';
 import { SparseExtent } from './sparse-extent.ts';
 import { hasSparseMagic, SECTOR_BYTES, SPARSE_HEADER_BYTES, VMDK3_MAGIC } from './sparse-header.ts';
 
@@ -19,6 +20,7 @@ const DESCRIPTOR_TYPES = new Set([
   'monolithicFlat',
   'vmfs',
   'vmfsSparse',
+  'seSparse',
   'twoGbMaxExtentSparse',
   'twoGbMaxExtentFlat',
 ]);
@@ -137,6 +139,33 @@ async function openDescriptorFile(context: OpenContext, text: string): Promise<B
           isReadOnly,
         });
         startBytes += line.sectors * SECTOR_BYTES;
+        continue;
+      }
+      if (line.type === 'SESPARSE') {
+        if (!context.readOnly) {
+          throw new UnsupportedError({
+            format: 'vmdk',
+            feature: 'writing seSparse',
+            message: `${context.path}: No write support for seSparse images available`,
+          });
+        }
+        const path = await resolveExtentPath(context.path, line.fileName);
+        const file = await NodeHostFile.open(path, { readOnly: true });
+        openedFiles.push(file);
+        const seSparse = await SeSparseExtent.open(file);
+        extents.push({
+          kind: 'sesparse',
+          startBytes,
+          sizeBytes: seSparse.sizeBytes,
+          typeName: line.type,
+          path,
+          file,
+          flatOffsetBytes: 0,
+          sparse: undefined,
+          seSparse,
+          isReadOnly: true,
+        });
+        startBytes += seSparse.sizeBytes;
         continue;
       }
       if (
