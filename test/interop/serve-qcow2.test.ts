@@ -145,4 +145,20 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     expect(await vdisk.stop()).toBe(0);
     await ok('qemu-img', ['check', '-f', 'qcow2', image]);
   });
+
+  it('on SIGTERM mid-copy finishes what it received, flushes, and leaves a clean image', async () => {
+    const image = join(folder, 'stopped.qcow2');
+    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
+    const source = join(folder, 'big2.raw');
+    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
+    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x34 0 64M', source]);
+    const vdisk = await startVdiskServe(['-t', '-f', 'qcow2', '-k', join(folder, 'stopped.sock'), image]);
+    servers.push(vdisk);
+    const copy = spawn('nbdcopy', [source, vdisk.uri], { stdio: 'ignore' });
+    const copied = new Promise((resolve) => copy.once('exit', resolve));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(await vdisk.stop()).toBe(0);
+    await copied;
+    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
+  });
 });
