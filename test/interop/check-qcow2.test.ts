@@ -59,7 +59,7 @@ function expectAgreement(ours: CheckReport, theirs: QemuCheck): void {
     imageEnd: theirs['image-end-offset'],
     total: theirs['total-clusters'],
     allocated: theirs['allocated-clusters'],
-    fragmented: theirs['fragmented-clusters'],
+    fragmented: theirs['fragmented-clusters'] ?? 0,
     compressed: theirs['compressed-clusters'] ?? 0,
   });
 }
@@ -146,6 +146,23 @@ describe.skipIf(!HAS_QEMU)('qcow2 check agrees with qemu-img check', () => {
     const ours = await vdiskCheck(path);
     expectAgreement(ours, qemuCheck(path));
     expect(ours.leaks).toBe(0);
+  });
+
+  it('extended L2 entries', async () => {
+    const path = join(dir, 'extended.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', path, '8M']);
+    run('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 1 4096 70000',
+      '-c',
+      'write -z 3M 10000',
+      '-c',
+      'write -P 3 5M 1M',
+      path,
+    ]);
+    expectAgreement(await vdiskCheck(path), qemuCheck(path));
   });
 
   it('leaked clusters past the used end (and -r leaks repairs them)', async () => {

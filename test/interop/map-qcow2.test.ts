@@ -102,6 +102,25 @@ describe.skipIf(!HAS_QEMU)('qcow2 block status matches qemu-img map', () => {
     await expectSameMap(path);
   });
 
+  it('extended L2 entries: subclusters with data, zeros and nothing', async () => {
+    const path = join(dir, 'extended.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=128k', path, '4M']);
+    run('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 1 4096 4096',
+      '-c',
+      'write -P 2 100000 50000',
+      '-c',
+      'write -z 200000 10000',
+      '-c',
+      'write -z 524288 131072',
+      path,
+    ]);
+    await expectSameMap(path);
+  });
+
   it('an overlay over a backing file (this layer only)', async () => {
     const base = join(dir, 'base.qcow2');
     const top = join(dir, 'top.qcow2');

@@ -193,6 +193,42 @@ describe.skipIf(!HAS_QEMU)('qcow2 images made by qemu-img read byte-exact', () =
     await device.close();
   });
 
+  it('reads extended L2 entries (subclusters) over a backing file, and refuses to open them writable', async () => {
+    const base = join(dir, 'extl2-base.qcow2');
+    const path = join(dir, 'extl2.qcow2');
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', seededRaw, base]);
+    run('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-o',
+      'extended_l2=on',
+      '-b',
+      'extl2-base.qcow2',
+      '-F',
+      'qcow2',
+      path,
+    ]);
+    run('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'write -P 1 4096 2048',
+      '-c',
+      'write -P 2 100000 50000',
+      '-c',
+      'write -z 200000 10000',
+      '-c',
+      'write -z 262144 65536',
+      '-c',
+      'discard 1048576 8192',
+      path,
+    ]);
+    await expectSameAsQemu(path);
+    await expect(openImage(path)).rejects.toMatchObject({ code: 'VDISK_ENOTSUP', feature: 'extended_l2' });
+  });
+
   for (const preallocation of ['metadata', 'falloc', 'full']) {
     it(`reads preallocation=${preallocation} with data written`, async () => {
       const path = join(dir, `prealloc-${preallocation}.qcow2`);

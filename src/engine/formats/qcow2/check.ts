@@ -72,7 +72,7 @@ async function walkL1(
     const table = Buffer.alloc(clusterSizeBytes);
     (await image.l2Cache.get(l2OffsetBytes)).copy(table);
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       const entryOffset = l2OffsetBytes + l2Index * 8;
       switch (mapping.kind) {
         case 'compressed':
@@ -377,7 +377,7 @@ async function checkCopiedFlags(
     const table = await image.l2Cache.get(l2OffsetBytes);
     let tableChanged = false;
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
       const refcount = await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes);

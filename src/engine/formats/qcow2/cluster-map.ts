@@ -30,7 +30,14 @@ export interface L2Mapping {
   compressedSizeBytes: number;
   /** Reserved bits were set (check reports it; reads still follow qemu's interpretation). */
   hasReservedBits: boolean;
+  /** Extended L2 entries only: bit i set = subcluster i is allocated at hostOffsetBytes + i * subcluster size. */
+  subclusterAllocated?: number;
+  /** Extended L2 entries only: bit i set = subcluster i reads as zeros. */
+  subclusterZero?: number;
 }
+
+/** Subclusters per cluster with extended L2 entries. */
+export const SUBCLUSTERS_PER_CLUSTER = 32;
 
 function offsetOf(high: number, low: number): number {
   return (high & OFFSET_HIGH_MASK) * 2 ** 32 + ((low & OFFSET_LOW_MASK) >>> 0);
@@ -76,10 +83,15 @@ export function compressedOffsetBits(clusterBits: number): number {
   return 62 - (clusterBits - 8);
 }
 
-/** Decodes L2 entry `index` of `table` as qemu's qcow2_get_cluster_type does (no subclusters). */
-export function decodeL2(table: Buffer, index: number, clusterBits: number): L2Mapping {
-  const high = table.readUInt32BE(index * 8);
-  const low = table.readUInt32BE(index * 8 + 4);
+/**
+ * Decodes L2 entry `index` of `table` as qemu's qcow2_get_cluster_type does. With `extendedL2` entries are
+ * 16 bytes and carry the subcluster bitmaps (qcow2.txt "Extended L2 Entries"); a standard cluster is then
+ * 'normal' (host cluster present) or 'unallocated', and the bitmaps say which subclusters hold data or zeros.
+ */
+export function decodeL2(table: Buffer, index: number, clusterBits: number, extendedL2 = false): L2Mapping {
+  const base = index * (extendedL2 ? 16 : 8);
+  const high = table.readUInt32BE(base);
+  const low = table.readUInt32BE(base + 4);
   if (high & OFLAG_COMPRESSED_HIGH) {
     const entry = (BigInt(high) << 32n) | BigInt(low);
     const offsetBits = BigInt(compressedOffsetBits(clusterBits));
@@ -98,6 +110,19 @@ export function decodeL2(table: Buffer, index: number, clusterBits: number): L2M
   const hostOffsetBytes = offsetOf(high, low);
   const copied = (high & OFLAG_COPIED_HIGH) !== 0;
   const hasReservedBits = (high & L2_RESERVED_HIGH) !== 0 || (low & L2_RESERVED_LOW) !== 0;
+  if (extendedL2) {
+    const subclusterZero = table.readUInt32BE(base + 8);
+    const subclusterAllocated = table.readUInt32BE(base + 12);
+    return {
+      kind: hostOffsetBytes ? 'normal' : 'unallocated',
+      hostOffsetBytes,
+      copied,
+      compressedSizeBytes: 0,
+      hasReservedBits: hasReservedBits || (low & OFLAG_ZERO_LOW) !== 0,
+      subclusterAllocated,
+      subclusterZero,
+    };
+  }
   let kind: L2Kind;
   if (low & OFLAG_ZERO_LOW) kind = hostOffsetBytes ? 'zero-alloc' : 'zero-plain';
   else kind = hostOffsetBytes ? 'normal' : 'unallocated';
@@ -130,4 +155,61 @@ export function compressedClusterSpan(
     (mapping.hostOffsetBytes + mapping.compressedSizeBytes - 1) / clusterSizeBytes,
   );
   return { firstCluster, clusterCount: lastCluster - firstCluster + 1 };
+}
+
+/** One run inside a cluster with extended L2 entries whose subclusters share a state. */
+export interface SubclusterRun {
+  inClusterBytes: number;
+  lengthBytes: number;
+  /** A standard mapping for the run ('normal' keeps the cluster's host offset as its base). */
+  mapping: L2Mapping;
+}
+
+/**
+ * Splits [inClusterBytes, inClusterBytes + lengthBytes) of an extended-L2 cluster into runs of subclusters
+ * with the same state: allocated (data in the host cluster), zero, or unallocated (backing / zeros).
+ */
+export function splitSubclusters(
+  mapping: L2Mapping,
+  clusterBits: number,
+  inClusterBytes: number,
+  lengthBytes: number,
+): SubclusterRun[] {
+  const subclusterBytes = 2 ** clusterBits / SUBCLUSTERS_PER_CLUSTER;
+  const runs: SubclusterRun[] = [];
+  const end = inClusterBytes + lengthBytes;
+  let position = inClusterBytes;
+  while (position < end) {
+    const subcluster = Math.floor(position / subclusterBytes);
+    const runEnd = Math.min(end, (subcluster + 1) * subclusterBytes);
+    const allocated =
+      ((mapping.subclusterAllocated ?? 0) >>> subcluster) & 1 && mapping.hostOffsetBytes !== 0;
+    const zero = ((mapping.subclusterZero ?? 0) >>> subcluster) & 1;
+    // Zero subclusters of a cluster that has a host cluster report it, as qemu-img map does.
+    const kind: L2Kind = allocated
+      ? 'normal'
+      : zero
+        ? mapping.hostOffsetBytes
+          ? 'zero-alloc'
+          : 'zero-plain'
+        : 'unallocated';
+    const previous = runs[runs.length - 1];
+    if (previous && previous.mapping.kind === kind) previous.lengthBytes += runEnd - position;
+    else {
+      runs.push({
+        inClusterBytes: position,
+        lengthBytes: runEnd - position,
+        mapping: {
+          kind,
+          // The host cluster stays attached to every run: qemu-img map shows it even for unallocated subclusters.
+          hostOffsetBytes: mapping.hostOffsetBytes,
+          copied: mapping.copied,
+          compressedSizeBytes: 0,
+          hasReservedBits: false,
+        },
+      });
+    }
+    position = runEnd;
+  }
+  return runs;
 }

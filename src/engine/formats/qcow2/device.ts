@@ -11,7 +11,7 @@ import type {
   WriteZeroesOptions,
 } from '../../block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
-import { decodeL2, type L2Mapping, writeCompressedEntry } from './cluster-map.ts';
+import { decodeL2, type L2Mapping, splitSubclusters, writeCompressedEntry } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
@@ -99,44 +99,58 @@ export class Qcow2Device implements BlockDevice {
       const inClusterBytes = guestOffsetBytes % clusterSizeBytes;
       const pieceBytes = Math.min(clusterSizeBytes - inClusterBytes, lengthBytes - done);
       const { mapping } = await this.image.lookup(guestCluster);
-      const previous = pieces[pieces.length - 1];
-      switch (mapping.kind) {
-        case 'normal': {
-          const hostOffsetBytes = mapping.hostOffsetBytes + inClusterBytes;
-          if (
-            previous?.kind === 'host' &&
-            previous.hostOffsetBytes + previous.lengthBytes === hostOffsetBytes
-          )
-            previous.lengthBytes += pieceBytes;
-          else pieces.push({ kind: 'host', bufferOffset: done, lengthBytes: pieceBytes, hostOffsetBytes });
-          break;
+      if (mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed') {
+        for (const run of splitSubclusters(mapping, this.image.clusterBits, inClusterBytes, pieceBytes)) {
+          this.addPiece(
+            pieces,
+            run.mapping,
+            done + run.inClusterBytes - inClusterBytes,
+            run.lengthBytes,
+            run.inClusterBytes,
+            guestOffsetBytes + run.inClusterBytes - inClusterBytes,
+          );
         }
-        case 'zero-plain':
-        case 'zero-alloc':
-          if (previous?.kind === 'zero') previous.lengthBytes += pieceBytes;
-          else pieces.push({ kind: 'zero', bufferOffset: done, lengthBytes: pieceBytes });
-          break;
-        case 'unallocated':
-          if (this.backing) {
-            if (previous?.kind === 'backing') previous.lengthBytes += pieceBytes;
-            else
-              pieces.push({ kind: 'backing', bufferOffset: done, lengthBytes: pieceBytes, guestOffsetBytes });
-          } else if (previous?.kind === 'zero') previous.lengthBytes += pieceBytes;
-          else pieces.push({ kind: 'zero', bufferOffset: done, lengthBytes: pieceBytes });
-          break;
-        case 'compressed':
-          pieces.push({
-            kind: 'compressed',
-            bufferOffset: done,
-            lengthBytes: pieceBytes,
-            inClusterBytes,
-            mapping,
-          });
-          break;
+      } else {
+        this.addPiece(pieces, mapping, done, pieceBytes, inClusterBytes, guestOffsetBytes);
       }
       done += pieceBytes;
     }
     return pieces;
+  }
+
+  /** Appends how to fill `lengthBytes` at `bufferOffset`, merging with the previous piece when contiguous. */
+  private addPiece(
+    pieces: Piece[],
+    mapping: L2Mapping,
+    bufferOffset: number,
+    lengthBytes: number,
+    inClusterBytes: number,
+    guestOffsetBytes: number,
+  ): void {
+    const previous = pieces[pieces.length - 1];
+    switch (mapping.kind) {
+      case 'normal': {
+        const hostOffsetBytes = mapping.hostOffsetBytes + inClusterBytes;
+        if (previous?.kind === 'host' && previous.hostOffsetBytes + previous.lengthBytes === hostOffsetBytes)
+          previous.lengthBytes += lengthBytes;
+        else pieces.push({ kind: 'host', bufferOffset, lengthBytes, hostOffsetBytes });
+        return;
+      }
+      case 'zero-plain':
+      case 'zero-alloc':
+        if (previous?.kind === 'zero') previous.lengthBytes += lengthBytes;
+        else pieces.push({ kind: 'zero', bufferOffset, lengthBytes });
+        return;
+      case 'unallocated':
+        if (this.backing) {
+          if (previous?.kind === 'backing') previous.lengthBytes += lengthBytes;
+          else pieces.push({ kind: 'backing', bufferOffset, lengthBytes, guestOffsetBytes });
+        } else if (previous?.kind === 'zero') previous.lengthBytes += lengthBytes;
+        else pieces.push({ kind: 'zero', bufferOffset, lengthBytes });
+        return;
+      case 'compressed':
+        pieces.push({ kind: 'compressed', bufferOffset, lengthBytes, inClusterBytes, mapping });
+    }
   }
 
   /** Reads `buffer.length` guest bytes of the backing device at `guestOffsetBytes`; zeros past its end. */

@@ -5,7 +5,7 @@
 import { CorruptImageError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { clearEntry, decodeL2, type L2Mapping, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
-import { HEADER_FIELD, type Qcow2Header } from './header.ts';
+import { HEADER_FIELD, INCOMPAT_EXTL2, type Qcow2Header } from './header.ts';
 import { RefcountManager } from './refcount.ts';
 import { TableCache } from './table-cache.ts';
 
@@ -45,6 +45,8 @@ export class Qcow2Image {
   readonly clusterBits: number;
   readonly clusterSizeBytes: number;
   readonly l2EntryCount: number;
+  /** 16-byte L2 entries with subcluster bitmaps (read-only support). */
+  readonly extendedL2: boolean;
   l1: Buffer;
   readonly l2Cache: TableCache;
   readonly refcounts: RefcountManager;
@@ -60,7 +62,8 @@ export class Qcow2Image {
     this.header = parts.header;
     this.clusterBits = parts.header.clusterBits;
     this.clusterSizeBytes = 2 ** this.clusterBits;
-    this.l2EntryCount = this.clusterSizeBytes / 8;
+    this.extendedL2 = (parts.header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    this.l2EntryCount = this.clusterSizeBytes / (this.extendedL2 ? 16 : 8);
     this.l1 = parts.l1;
     this.readOnly = parts.readOnly;
     this.refcounts = new RefcountManager({
@@ -133,7 +136,7 @@ export class Qcow2Image {
     if (l2OffsetBytes === 0) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
     this.checkL2Offset(l1Index, l2OffsetBytes);
     const table = this.l2Cache.peek(l2OffsetBytes) ?? (await this.l2Cache.get(l2OffsetBytes));
-    const mapping = decodeL2(table, l2Index, this.clusterBits);
+    const mapping = decodeL2(table, l2Index, this.clusterBits, this.extendedL2);
     if (
       (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') &&
       mapping.hostOffsetBytes % this.clusterSizeBytes !== 0

@@ -4,7 +4,7 @@
 
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { Extent, ImageInfo } from '../../block-device.ts';
-import type { L2Mapping } from './cluster-map.ts';
+import { type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressionTypeName } from './compress.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
@@ -49,7 +49,13 @@ function extentFor(
       return { offsetBytes, lengthBytes, allocated: true, zero: false, data: true, compressed: true };
     default: {
       const readsZero = backingSizeBytes === undefined || offsetBytes >= backingSizeBytes;
-      return { offsetBytes, lengthBytes, allocated: false, zero: readsZero, data: false };
+      const extent: Extent = { offsetBytes, lengthBytes, allocated: false, zero: readsZero, data: false };
+      // Unallocated subclusters of an allocated cluster (extended L2): qemu-img map still prints the host offset.
+      if (mapping.hostOffsetBytes !== 0) {
+        extent.hostOffsetBytes = mapping.hostOffsetBytes + inClusterBytes;
+        extent.hostFile = image.path;
+      }
+      return extent;
     }
   }
 }
@@ -87,17 +93,25 @@ export async function collectExtents(
     const clusterCount = l2OffsetBytes === 0 ? image.clustersLeftInL2(guestCluster) : 1;
     const pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
     clustersSeen += clusterCount;
-    const extent = extentFor(
-      image,
-      backingSizeBytes,
-      mapping,
-      position,
-      pieceEnd - position,
-      position - guestCluster * clusterSizeBytes,
-    );
-    const previous = extents[extents.length - 1];
-    if (previous && canMerge(previous, extent)) previous.lengthBytes += extent.lengthBytes;
-    else extents.push(extent);
+    const inClusterBytes = position - guestCluster * clusterSizeBytes;
+    const runs =
+      mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed'
+        ? splitSubclusters(mapping, image.clusterBits, inClusterBytes, pieceEnd - position)
+        : [{ inClusterBytes, lengthBytes: pieceEnd - position, mapping }];
+    for (const run of runs) {
+      const runOffsetBytes = guestCluster * clusterSizeBytes + run.inClusterBytes;
+      const extent = extentFor(
+        image,
+        backingSizeBytes,
+        run.mapping,
+        runOffsetBytes,
+        run.lengthBytes,
+        run.inClusterBytes,
+      );
+      const previous = extents[extents.length - 1];
+      if (previous && canMerge(previous, extent)) previous.lengthBytes += extent.lengthBytes;
+      else extents.push(extent);
+    }
     position = pieceEnd;
   }
   return extents;
