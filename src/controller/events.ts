@@ -18,12 +18,27 @@ export class EventRecorder {
   private readonly metrics: ControllerMetrics;
   private readonly component: string;
   private sequence = 0;
+  private readonly pending = new Set<Promise<void>>();
 
   constructor(clients: KubeClients, log: Logger, metrics: ControllerMetrics, component = 'vdisk-controller') {
     this.clients = clients;
     this.log = log;
     this.metrics = metrics;
     this.component = component;
+  }
+
+  /**
+   * Records an Event without holding up the reconcile that reports it (Events are best effort);
+   * flush() waits for those still in flight.
+   */
+  emit(target: EventTarget, type: 'Normal' | 'Warning', reason: string, message: string): void {
+    const promise = this.record(target, type, reason, message).finally(() => this.pending.delete(promise));
+    this.pending.add(promise);
+  }
+
+  /** Resolves once every emitted Event has been sent (or has failed). */
+  async flush(): Promise<void> {
+    await Promise.all([...this.pending]);
   }
 
   /** Records one Event on `target`; `message` is a sentence (max 1 KiB kept). */

@@ -145,6 +145,7 @@ export class Manager {
     if (this.resyncTimer) clearInterval(this.resyncTimer);
     this.queue.shutDown();
     await Promise.all(this.workers);
+    await this.context?.events.flush();
     await this.elector?.stop();
     await this.stopCaches?.();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));

@@ -33,7 +33,7 @@ export async function applySnapshot(
   for (const job of desired.createJobs) {
     if (await createJob(context, job)) {
       log.info({ job: job.metadata?.name }, 'Created imager Job');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Normal',
         Reason.CreatedJob,
@@ -52,7 +52,7 @@ export async function applySnapshot(
     log.info({ job: name }, 'Deleted imager Job');
   }
   for (const event of desired.events)
-    await context.events.record(eventTarget, event.type, event.reason, event.message);
+    context.events.emit(eventTarget, event.type, event.reason, event.message);
   if (desired.removeFinalizer) {
     await patchFinalizer(context, target, false);
     context.overlay.forget(snapshot.metadata.uid);

@@ -45,7 +45,7 @@ export async function applyDisk(
     ) {
       const storage = desired.createClaim.spec?.resources?.requests?.storage;
       log.info({ pvc: desired.createClaim.metadata?.name, storage }, 'Created PVC');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Normal',
         Reason.CreatedClaim,
@@ -62,7 +62,7 @@ export async function applyDisk(
         MERGE_PATCH,
       );
       log.info({ pvc: disk.status.claimName, storage }, 'Expanded PVC');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Normal',
         Reason.ExpandedClaim,
@@ -71,7 +71,7 @@ export async function applyDisk(
     } catch (err) {
       // A storage class without expansion refuses; the image may still fit in the headroom.
       log.warn({ err, pvc: disk.status.claimName, storage }, 'PVC expansion refused');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Warning',
         Reason.ExpandedClaim,
@@ -82,7 +82,7 @@ export async function applyDisk(
   for (const job of desired.createJobs) {
     if (await createJob(context, job)) {
       log.info({ job: job.metadata?.name }, 'Created imager Job');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Normal',
         Reason.CreatedJob,
@@ -94,7 +94,7 @@ export async function applyDisk(
     context.metrics.apiRequestsTotal.inc({ verb: 'create', resource: 'pods' });
     if (await createIfAbsent(core.createNamespacedPod({ namespace, body: pod }))) {
       log.info({ pod: pod.metadata?.name, node: pod.spec?.nodeName }, 'Created attach Pod');
-      await context.events.record(
+      context.events.emit(
         eventTarget,
         'Normal',
         Reason.WaitingForNode,
@@ -134,7 +134,7 @@ export async function applyDisk(
     log.info({ pvc: claimName }, 'Released PVC (deletionPolicy Retain)');
   }
   for (const event of desired.events)
-    await context.events.record(eventTarget, event.type, event.reason, event.message);
+    context.events.emit(eventTarget, event.type, event.reason, event.message);
   if (desired.removeFinalizer) {
     await patchFinalizer(context, target, false);
     context.overlay.forget(disk.metadata.uid);
