@@ -127,4 +127,27 @@ describe.skipIf(!hasQemu)('qcow (v1) against qemu-img', () => {
     expect(verify.stdout).not.toContain('verification failed');
     expect(verify.status).toBe(0);
   });
+
+  it('writes compressed clusters qemu-img reads (beyond qemu-img 7.2, whose convert -c -O qcow fails)', async () => {
+    const raw = await writeSeededRaw(dir, 'in.raw', 2 << 20, 24);
+    run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 64k 200k', raw]);
+    const path = join(dir, 'z.qcow');
+    await createWithDriver('qcow', path, 2 << 20);
+    const device = await openImage(path);
+    const source = await openImage(raw, { format: 'raw', readOnly: true });
+    try {
+      const unit = device.compressedWriteUnitBytes!;
+      const cluster = new Uint8Array(unit);
+      for (let at = 0; at < device.sizeBytes; at += unit) {
+        await source.read(at, cluster);
+        if (cluster.some((byte) => byte !== 0)) await device.writeCompressed!(at, cluster);
+      }
+      const extents = await device.blockStatus(0, device.sizeBytes);
+      expect(extents.some((extent) => extent.compressed)).toBe(true);
+    } finally {
+      await device.close();
+      await source.close();
+    }
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow', raw, path]).status).toBe(0);
+  });
 });

@@ -178,4 +178,27 @@ describe.skipIf(!hasQemu)('qed against qemu-img', () => {
     ]);
     expect(verify.stdout).not.toContain('verification failed');
   });
+
+  it('serializes concurrent writes: no cluster or L2 table is allocated twice', async () => {
+    const path = join(dir, 'p.qed');
+    await createWithDriver('qed', path, 4 << 20, { cluster_size: '4096', table_size: '2' });
+    const expected = Buffer.alloc(4 << 20);
+    const device = await openImage(path);
+    try {
+      const writes: Promise<void>[] = [];
+      for (let i = 0; i < 96; i++) {
+        const offset = (i * 37_123) % ((4 << 20) - 3000);
+        const data = new Uint8Array(3000).fill((i % 250) + 1);
+        expected.set(data, offset);
+        writes.push(device.write(offset, data));
+      }
+      await Promise.all(writes);
+    } finally {
+      await device.close();
+    }
+    const expectedPath = join(dir, 'expected.raw');
+    await writeFile(expectedPath, expected);
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'qed', expectedPath, path]).status).toBe(0);
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+  });
 });

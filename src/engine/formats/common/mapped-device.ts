@@ -53,6 +53,8 @@ export abstract class MappedDevice implements BlockDevice {
   readonly preferredBlockSizeBytes: number;
   protected currentSizeBytes: number;
   private closed = false;
+  /** Tail of the queue that serializes mutations (allocation reads and then extends shared state). */
+  private mutationTail: Promise<unknown> = Promise.resolve();
 
   constructor(init: MappedDeviceInit) {
     this.formatName = init.formatName;
@@ -176,7 +178,26 @@ export abstract class MappedDevice implements BlockDevice {
       throw new UnsupportedError({ format: this.formatName, feature: 'write' });
   }
 
-  async write(offsetBytes: number, data: Uint8Array, _options?: WriteOptions): Promise<void> {
+  /**
+   * Runs `task` after every earlier mutation has finished: concurrent writers (convert -m N, NBD
+   * clients) never allocate the same unit or table twice or interleave an allocation.
+   */
+  protected exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.mutationTail.then(task, task);
+    this.mutationTail = run.catch(() => undefined);
+    return run;
+  }
+
+  write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    return this.exclusive(() => this.writeUnlocked(offsetBytes, data, options));
+  }
+
+  /** `write` for callers already inside `exclusive`. */
+  protected async writeUnlocked(
+    offsetBytes: number,
+    data: Uint8Array,
+    _options?: WriteOptions,
+  ): Promise<void> {
     this.requireWritable();
     let done = 0;
     while (done < data.length) {
@@ -189,7 +210,7 @@ export abstract class MappedDevice implements BlockDevice {
         done += await this.writeAllocating(at, data.subarray(done));
       }
     }
-    if (_options?.fua) await this.flush();
+    if (_options?.fua) await this.flushUnlocked();
   }
 
   /** Allocates the unit holding `offsetBytes`, fills it, writes `data`'s head into it; returns bytes consumed. */
@@ -230,7 +251,15 @@ export abstract class MappedDevice implements BlockDevice {
     }
   }
 
-  async writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
+  writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
+    return this.exclusive(() => this.writeZeroesUnlocked(offsetBytes, lengthBytes, options));
+  }
+
+  private async writeZeroesUnlocked(
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: WriteZeroesOptions,
+  ): Promise<void> {
     this.requireWritable();
     let done = 0;
     while (done < lengthBytes) {
@@ -242,19 +271,23 @@ export abstract class MappedDevice implements BlockDevice {
         if (options?.fastOnly) throw new UnsupportedError({ format: this.formatName, feature: 'fast zero' });
         for (let written = 0; written < step; written += COPY_CHUNK_BYTES) {
           const part = Math.min(COPY_CHUNK_BYTES, step - written);
-          await this.write(at + written, SHARED_ZEROS.subarray(0, part));
+          await this.writeUnlocked(at + written, SHARED_ZEROS.subarray(0, part));
         }
       }
       done += step;
     }
-    if (options?.fua) await this.flush();
+    if (options?.fua) await this.flushUnlocked();
   }
 
   async discard(_offsetBytes: number, _lengthBytes: number): Promise<void> {
     // A hint only: these formats keep the old data, which the contract allows.
   }
 
-  async flush(): Promise<void> {
+  flush(): Promise<void> {
+    return this.exclusive(() => this.flushUnlocked());
+  }
+
+  private async flushUnlocked(): Promise<void> {
     if (this.isReadOnly) return;
     await this.flushMetadata();
     await this.file.sync();
@@ -264,8 +297,10 @@ export abstract class MappedDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     try {
-      if (!this.isReadOnly) await this.flush();
-      await this.closeMetadata();
+      await this.exclusive(async () => {
+        if (!this.isReadOnly) await this.flushUnlocked();
+        await this.closeMetadata();
+      });
     } finally {
       await this.file.close();
       if (this.backing) await this.backing.close();

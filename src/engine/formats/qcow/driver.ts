@@ -2,7 +2,7 @@
 // the shared map-based device; ends with the driver record. Layout and allocation rules as qemu 7.2's
 // block/qcow.c: L1 in memory, L2 tables and clusters appended at the cluster-aligned end of the file.
 
-import { inflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError } from '../../errors.ts';
 import { actualSizeOf, cString, readExact, setU64be, viewOf } from '../common/binary.ts';
@@ -209,7 +209,7 @@ class QcowDevice extends MappedDevice {
     return at;
   }
 
-  protected override async reserveUnit(unitIndex: number): Promise<number> {
+  private async ensureL2(unitIndex: number): Promise<void> {
     const l1Index = Math.floor(unitIndex / this.l2Entries);
     if (this.entry(this.l1, l1Index) === 0n) {
       // The zeroed L2 table exists on disk before the L1 entry points at it.
@@ -222,7 +222,51 @@ class QcowDevice extends MappedDevice {
         this.l1.subarray(l1Index * 8, l1Index * 8 + 8),
       );
     }
+  }
+
+  protected override async reserveUnit(unitIndex: number): Promise<number> {
+    await this.ensureL2(unitIndex);
     return this.allocateAtEnd(this.clusterBytes);
+  }
+
+  /** Compressed writes are whole clusters (qemu's qcow_co_pwritev_compressed). */
+  get compressedWriteUnitBytes(): number {
+    return this.clusterBytes;
+  }
+
+  /**
+   * Writes one cluster deflate-compressed (raw deflate, 4 KiB window, as qemu) at the unaligned end of
+   * the file; clusters that do not shrink, or are already allocated, are written uncompressed.
+   */
+  writeCompressed(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.exclusive(() => this.writeCompressedUnlocked(offsetBytes, data));
+  }
+
+  private async writeCompressedUnlocked(offsetBytes: number, data: Uint8Array): Promise<void> {
+    const clusterIndex = Math.floor(offsetBytes / this.clusterBytes);
+    const cluster = new Uint8Array(this.clusterBytes);
+    cluster.set(data.subarray(0, this.clusterBytes));
+    const compressed = deflateRawSync(cluster, { windowBits: 12, memLevel: 9 });
+    const l1Index = Math.floor(clusterIndex / this.l2Entries);
+    const allocated =
+      this.entry(this.l1, l1Index) !== 0n && (await this.lookup(clusterIndex)).kind !== 'unallocated';
+    if (compressed.length >= this.clusterBytes || allocated || offsetBytes % this.clusterBytes !== 0) {
+      await this.writeUnlocked(offsetBytes, data);
+      return;
+    }
+    await this.ensureL2(clusterIndex);
+    const hostOffsetBytes = this.fileEndBytes;
+    this.fileEndBytes += compressed.length;
+    await this.file.write(hostOffsetBytes, compressed);
+    const entry =
+      QCOW_OFLAG_COMPRESSED |
+      (BigInt(compressed.length) << BigInt(63 - this.header.clusterBits)) |
+      BigInt(hostOffsetBytes);
+    const l2OffsetBytes = Number(this.entry(this.l1, l1Index));
+    const table = await this.l2Table(l2OffsetBytes, l1Index);
+    const l2Index = clusterIndex % this.l2Entries;
+    viewOf(table).setBigUint64(l2Index * 8, entry, false);
+    await this.file.write(l2OffsetBytes + l2Index * 8, table.subarray(l2Index * 8, l2Index * 8 + 8));
   }
 
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
@@ -341,7 +385,7 @@ export const qcowDriver = {
     backing: true,
     internalSnapshots: false,
     check: false,
-    compression: [],
+    compression: ['zlib'],
     encryption: [],
     resize: 'none',
   },

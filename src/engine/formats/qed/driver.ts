@@ -110,7 +110,11 @@ class QedDevice extends MappedDevice {
   }
 
   /** Grows the image (qemu's bdrv_qed_co_truncate: shrinking is not supported). */
-  async resize(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
+  resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    return this.exclusive(() => this.resizeUnlocked(sizeBytes, options));
+  }
+
+  private async resizeUnlocked(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
     const { clusterSizeBytes, tableClusters } = this.header;
     if (sizeBytes % 512 !== 0 || sizeBytes > qedMaxImageBytes(clusterSizeBytes, tableClusters)) {
       throw new InvalidOptionError({

@@ -253,9 +253,13 @@ class VhdxDevice extends MappedDevice {
     }
   }
 
-  override async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+  protected override async writeUnlocked(
+    offsetBytes: number,
+    data: Uint8Array,
+    options?: WriteOptions,
+  ): Promise<void> {
     await this.beforeFirstWrite();
-    await super.write(offsetBytes, data, options);
+    await super.writeUnlocked(offsetBytes, data, options);
   }
 
   /** New file and data write GUIDs before the first user-visible write (MS-VHDX 2.2.2). */
