@@ -95,6 +95,14 @@ class CloopWriter implements BlockDevice {
   private current: Uint8Array;
   private currentIndex = 0;
   private closed = false;
+  /** Serializes writes: a block is compressed and appended by one writer at a time. */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(task, task);
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
 
   constructor(context: OpenContext, blockBytes: number, blockCount: number) {
     this.context = context;
@@ -117,7 +125,11 @@ class CloopWriter implements BlockDevice {
     }
   }
 
-  async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+  write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    return this.exclusive(() => this.writeUnlocked(offsetBytes, data, options));
+  }
+
+  private async writeUnlocked(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     const firstBlock = Math.floor(offsetBytes / this.blockBytes);
     if (firstBlock < this.currentIndex) {
       throw new UnsupportedError({
@@ -136,7 +148,7 @@ class CloopWriter implements BlockDevice {
       this.current.set(data.subarray(done, done + step), inBlock);
       done += step;
     }
-    if (options?.fua) await this.flush();
+    if (options?.fua) await this.context.file.sync();
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, _options?: WriteZeroesOptions): Promise<void> {
@@ -200,7 +212,7 @@ class CloopWriter implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     try {
-      await this.finishBlocksBefore(this.blockCount);
+      await this.exclusive(() => this.finishBlocksBefore(this.blockCount));
       await this.context.file.write(CLOOP_PREAMBLE_BYTES + 8, offsetsBytes(this.offsets));
       await this.context.file.truncate(this.offsets[this.offsets.length - 1]!);
       await this.context.file.sync();
