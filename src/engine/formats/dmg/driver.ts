@@ -135,6 +135,18 @@ class DmgDevice extends MappedDevice {
 
 async function openDmg(context: OpenContext): Promise<BlockDevice> {
   const chunks = await readDmgChunks(context.file, context.path);
+  const fileSizeBytes = await context.file.sizeBytes();
+  for (const chunk of chunks) {
+    const stored = chunk.type !== DMG_CHUNK_ZERO && chunk.type !== DMG_CHUNK_IGNORE;
+    if (stored && chunk.offsetBytes + chunk.lengthBytes > fileSizeBytes) {
+      throw new CorruptImageError({
+        file: context.path,
+        offsetBytes: chunk.offsetBytes,
+        lengthBytes: chunk.lengthBytes,
+        message: `chunk at sector ${chunk.firstSector} extends past the end of the file (${fileSizeBytes} bytes)`,
+      });
+    }
+  }
   let sectors = 0;
   for (const chunk of chunks) sectors = Math.max(sectors, chunk.firstSector + chunk.sectorCount);
   for (let i = 1; i < chunks.length; i++) {

@@ -135,6 +135,15 @@ function entryPatches(entry: ParsedEntry, file: string): LogPatch[] | undefined 
  */
 export async function readLogReplay(file: HostFile, header: VhdxHeader): Promise<LogReplay | undefined> {
   if (header.logGuid.every((byte) => byte === 0) || header.logLengthBytes === 0) return undefined;
+  // The log must lie inside the file before any entry buffer (up to the log length) is allocated.
+  if (header.logOffsetBytes + header.logLengthBytes > (await file.sizeBytes())) {
+    throw new CorruptImageError({
+      file: file.path,
+      offsetBytes: header.logOffsetBytes,
+      lengthBytes: header.logLengthBytes,
+      message: 'VHDX log region extends past the end of the file',
+    });
+  }
   let head: ParsedEntry | undefined;
   for (let position = 0; position < header.logLengthBytes; position += LOG_SECTOR_BYTES) {
     const entry = await parseEntry(file, header, position);
