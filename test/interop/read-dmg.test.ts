@@ -97,4 +97,23 @@ describe('dmg built from the UDIF layout', () => {
       }
     }
   });
+
+  it.skipIf(!hasQemuImg)('reads a blkx table from a binary resource fork as qemu-img does', async () => {
+    const chunks: BuiltChunk[] = [
+      { kind: 'raw', content: content(8, 11) },
+      { kind: 'zlib', content: content(40, 12, true) },
+      { kind: 'zero', content: new Uint8Array(8 * 512) },
+    ];
+    const path = join(dir, 'fork.dmg');
+    await writeFile(path, buildDmg(chunks, { resourceFork: true }));
+    const device = await openImage(path, { readOnly: true });
+    try {
+      const whole = new Uint8Array(device.sizeBytes);
+      await device.read(0, whole);
+      expect(Buffer.from(whole).equals(Buffer.concat(chunks.map((chunk) => chunk.content)))).toBe(true);
+      expect(await sha256Device(device)).toBe(await qemuRawSha256(path, dir, 'dmg'));
+    } finally {
+      await device.close();
+    }
+  });
 });

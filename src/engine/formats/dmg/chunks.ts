@@ -136,19 +136,21 @@ export async function readDmgChunks(file: HostFile, path: string): Promise<DmgCh
   const koly = await readKoly(file, path);
   const chunks: DmgChunk[] = [];
   if (koly.rsrcLengthBytes !== 0) {
-    // qemu's reading of the resource fork: u32 at +0 must be 0x100, u32 at +4 bounds the resource data
-    // at +0x100; the data is a run of (u32 length, resource) pairs.
+    // Classic resource fork header (as qemu reads it): u32 data offset at +0, u32 data length at +8;
+    // the data is a run of (u32 length, resource) pairs, the map after it is not needed.
     const fork = await readExact(file, koly.rsrcOffsetBytes, koly.rsrcLengthBytes, 'UDIF resource fork');
     const view = viewOf(fork);
-    if (fork.length < 0x100 || view.getUint32(0, false) !== 0x100 || view.getUint32(4, false) === 0) {
+    const dataOffset = fork.length >= 16 ? view.getUint32(0, false) : Number.MAX_SAFE_INTEGER;
+    const dataLength = fork.length >= 16 ? view.getUint32(8, false) : 0;
+    if (dataOffset > fork.length || dataLength === 0 || dataOffset + dataLength > fork.length) {
       throw new ImageFormatError({
         file: path,
         offsetBytes: koly.rsrcOffsetBytes,
         message: 'invalid UDIF resource fork header',
       });
     }
-    let at = 0x100;
-    const end = Math.min(fork.length, at + view.getUint32(4, false));
+    let at = dataOffset;
+    const end = dataOffset + dataLength;
     while (at + 4 <= end) {
       const lengthBytes = view.getUint32(at, false);
       if (lengthBytes === 0 || lengthBytes > end - at - 4) {

@@ -55,8 +55,11 @@ function encode(kind: ChunkKind, content: Uint8Array): Uint8Array {
   }
 }
 
-/** Returns the .dmg bytes for the chunks laid out back to back from sector 0. */
-export function buildDmg(chunks: BuiltChunk[]): Uint8Array {
+/**
+ * Returns the .dmg bytes for the chunks laid out back to back from sector 0; the blkx table goes in
+ * an XML plist, or (`resourceFork`) in a classic binary resource fork as older hdiutil wrote it.
+ */
+export function buildDmg(chunks: BuiltChunk[], options: { resourceFork?: boolean } = {}): Uint8Array {
   const stored = chunks.map((chunk) => chunk.stored ?? encode(chunk.kind, chunk.content));
   const dataBytes = stored.reduce((sum, part) => sum + part.length, 0);
   const mish = Buffer.alloc(204 + (chunks.length + 1) * 40);
@@ -86,14 +89,30 @@ export function buildDmg(chunks: BuiltChunk[]): Uint8Array {
       `<key>Attributes</key><string>0x0050</string><key>Data</key><data>${mish.toString('base64')}</data>` +
       `<key>Name</key><string>whole disk</string></dict></array></dict></dict></plist>\n`,
   );
+  // Resource fork: a 16-byte header (data offset 0x100, data length, map offset, map length), padding to
+  // 0x100, then the resource data as (u32 length, bytes) pairs; the map is not needed to find blkx.
+  const forkData = Buffer.alloc(4 + mish.length);
+  forkData.writeUInt32BE(mish.length, 0);
+  mish.copy(forkData, 4);
+  const fork = Buffer.alloc(0x100 + forkData.length);
+  fork.writeUInt32BE(0x100, 0);
+  fork.writeUInt32BE(0x100 + forkData.length, 4);
+  fork.writeUInt32BE(forkData.length, 8);
+  forkData.copy(fork, 0x100);
+  const metadata = options.resourceFork ? fork : xml;
   const koly = Buffer.alloc(512);
   koly.write('koly', 0, 'latin1');
   koly.writeUInt32BE(4, 4);
   koly.writeUInt32BE(512, 8);
   koly.writeBigUInt64BE(0n, 24);
   koly.writeBigUInt64BE(BigInt(dataBytes), 32);
-  koly.writeBigUInt64BE(BigInt(dataBytes), 0xd8);
-  koly.writeBigUInt64BE(BigInt(xml.length), 0xe0);
+  if (options.resourceFork) {
+    koly.writeBigUInt64BE(BigInt(dataBytes), 40);
+    koly.writeBigUInt64BE(BigInt(fork.length), 48);
+  } else {
+    koly.writeBigUInt64BE(BigInt(dataBytes), 0xd8);
+    koly.writeBigUInt64BE(BigInt(xml.length), 0xe0);
+  }
   koly.writeBigUInt64BE(BigInt(totalSectors), 0x1ec);
-  return Buffer.concat([...stored, xml, koly]);
+  return Buffer.concat([...stored, metadata, koly]);
 }
