@@ -164,4 +164,31 @@ describe.skipIf(!hasQemu)('parallels against qemu-img', () => {
     await device.close();
     expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
   });
+
+  it('writes into a version-1 (sector-addressed BAT) image that qemu-img then reads and checks', async () => {
+    const path = join(dir, 'v1.hds');
+    run('cp', [join(SAMPLES_DIR, 'parallels/parallels-v1'), path]);
+    const device = await openImage(path);
+    try {
+      // Cluster 20 of 32 is unallocated in the sample; 1000 bytes into cluster 0 rewrite in place.
+      await device.write(20 * 65536 + 100, new Uint8Array(5000).fill(0x5c));
+      await device.write(1000, new Uint8Array(1000).fill(0x6d));
+    } finally {
+      await device.close();
+    }
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+    const verify = runStatus('qemu-io', [
+      '-f',
+      'parallels',
+      '-c',
+      `read -P 0x5c ${20 * 65536 + 100} 5000`,
+      '-c',
+      'read -P 0x6d 1000 1000',
+      '-c',
+      `read -P 0 ${20 * 65536} 100`,
+      path,
+    ]);
+    expect(verify.stdout).not.toContain('verification failed');
+    expect(verify.status).toBe(0);
+  });
 });
