@@ -72,6 +72,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 measure matches qemu-img measure', () => {
     [1 << 30, { preallocation: 'full' }],
     [1 << 30, { preallocation: 'metadata', compat: '0.10' }],
     [0, {}],
+    [1 << 30, { extended_l2: 'on' }],
+    [3 << 20, { extended_l2: 'on', cluster_size: '16384', preallocation: 'metadata' }],
   ];
   for (const [sizeBytes, options] of sizes) {
     it(`--size ${sizeBytes} ${JSON.stringify(options)}`, async () => {

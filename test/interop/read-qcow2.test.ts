@@ -193,7 +193,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 images made by qemu-img read byte-exact', () =
     await device.close();
   });
 
-  it('reads extended L2 entries (subclusters) over a backing file, and refuses to open them writable', async () => {
+  it('reads extended L2 entries (subclusters) over a backing file', async () => {
     const base = join(dir, 'extl2-base.qcow2');
     const path = join(dir, 'extl2.qcow2');
     run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', seededRaw, base]);
@@ -226,7 +226,6 @@ describe.skipIf(!HAS_QEMU)('qcow2 images made by qemu-img read byte-exact', () =
       path,
     ]);
     await expectSameAsQemu(path);
-    await expect(openImage(path)).rejects.toMatchObject({ code: 'VDISK_ENOTSUP', feature: 'extended_l2' });
   });
 
   for (const preallocation of ['metadata', 'falloc', 'full']) {

@@ -118,6 +118,24 @@ describe.skipIf(!HAS_QEMU)('qcow2 internal snapshots', () => {
     expect(leaks.leaks ?? 0).toBe(0);
   });
 
+  it('snapshots of an extended_l2 image: create, write, revert, delete; qemu-img check clean', async () => {
+    const path = join(dir, 'extl2-snap.qcow2');
+    await createWithDriver('qcow2', path, 2 << 20, { extended_l2: 'on' });
+    const device = await openImage(path);
+    await device.write(10_000, new Uint8Array(100_000).fill(5));
+    await device.snapshots?.create('s');
+    await device.write(20_000, new Uint8Array(1000).fill(6));
+    await device.flush();
+    expectClean(path);
+    await device.snapshots?.apply('s');
+    const back = new Uint8Array(100_000);
+    await device.read(10_000, back);
+    expect(back.every((byte) => byte === 5)).toBe(true);
+    await device.snapshots?.delete('s');
+    await device.close();
+    expectClean(path);
+  });
+
   it('qemu-img can revert to and delete a snapshot vdisk created', async () => {
     const path = join(dir, 'handoff.qcow2');
     await createWithDriver('qcow2', path, 2 << 20, { compat: '0.10' });

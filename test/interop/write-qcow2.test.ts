@@ -221,6 +221,29 @@ describe.skipIf(!HAS_QEMU)('qcow2 images written by vdisk pass qemu-img check an
       { seed: 10, operations: 150, clusterSizeBytes: 65536, compressed: false },
       true,
     ));
+  it('extended_l2 (subclusters)', () =>
+    workloadCase(
+      'extl2',
+      6 * MiB,
+      { extended_l2: 'on', cluster_size: '32768' },
+      { seed: 13, operations: 150, clusterSizeBytes: 32768, compressed: true },
+    ));
+  it('extended_l2 over a qemu-made backing file', () =>
+    workloadCase(
+      'extl2-cow',
+      6 * MiB,
+      { extended_l2: 'on' },
+      { seed: 14, operations: 150, clusterSizeBytes: 65536, compressed: true },
+      true,
+    ));
+  it('extended_l2 with preallocation=metadata over a backing file', () =>
+    workloadCase(
+      'extl2-prealloc',
+      6 * MiB,
+      { extended_l2: 'on', preallocation: 'metadata' },
+      { seed: 15, operations: 120, clusterSizeBytes: 65536, compressed: false },
+      true,
+    ));
   it('preallocation=metadata, odd size', () =>
     workloadCase(
       'prealloc',
@@ -310,6 +333,9 @@ describe.skipIf(!HAS_QEMU)('qcow2 create matches qemu-img create byte for byte',
     ],
     ['preallocation=falloc', 3 << 20, { preallocation: 'falloc' }],
     ['preallocation=full', 3 << 20, { preallocation: 'full' }],
+    ['extended_l2, 1G', 1 << 30, { extended_l2: 'on' }],
+    ['extended_l2, 16 KiB clusters', 1 << 30, { extended_l2: 'on', cluster_size: '16384' }],
+    ['extended_l2, preallocation=metadata', 3 << 20, { extended_l2: 'on', preallocation: 'metadata' }],
   ];
   for (const [label, sizeBytes, options] of cases) {
     it(label, async () => {

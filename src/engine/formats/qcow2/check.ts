@@ -383,7 +383,11 @@ async function checkCopiedFlags(
       const refcount = await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes);
       if ((refcount === 1) === mapping.copied) continue;
       if (fix && refcount > 0) {
-        writeEntry(table, l2Index, mapping.hostOffsetBytes, refcount === 1, mapping.kind === 'zero-alloc');
+        image.entryCopied(
+          mapping.hostOffsetBytes,
+          refcount === 1,
+          mapping.kind === 'zero-alloc',
+        )(table, l2Index);
         tableChanged = true;
         fixed.corruptions++;
       } else {

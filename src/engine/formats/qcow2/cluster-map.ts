@@ -38,6 +38,22 @@ export interface L2Mapping {
 
 /** Subclusters per cluster with extended L2 entries. */
 export const SUBCLUSTERS_PER_CLUSTER = 32;
+/** A subcluster bitmap with every bit set. */
+export const ALL_SUBCLUSTERS = 0xffffffff;
+
+/** Writes a 16-byte extended L2 entry: the standard part (no zero flag) and both subcluster bitmaps. */
+export function writeExtendedEntry(
+  table: Buffer,
+  index: number,
+  hostOffsetBytes: number,
+  copied: boolean,
+  allocatedMask: number,
+  zeroMask: number,
+): void {
+  writeEntry(table, index * 2, hostOffsetBytes, copied);
+  table.writeUInt32BE(zeroMask >>> 0, index * 16 + 8);
+  table.writeUInt32BE(allocatedMask >>> 0, index * 16 + 12);
+}
 
 function offsetOf(high: number, low: number): number {
   return (high & OFFSET_HIGH_MASK) * 2 ** 32 + ((low & OFFSET_LOW_MASK) >>> 0);

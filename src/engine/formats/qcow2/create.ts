@@ -14,6 +14,7 @@ import {
   HEADER_FIELD,
   type HeaderExtension,
   INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTL2,
   QCOW2_V3_HEADER_BYTES,
   QEMU_FEATURE_NAMES,
   type Qcow2Header,
@@ -46,7 +47,9 @@ export function initialHeader(settings: Qcow2CreateSettings): Qcow2Header {
     refcountTableClusters: 1,
     snapshotCount: 0,
     snapshotsOffsetBytes: 0,
-    incompatibleFeatures: settings.compressionType !== COMPRESSION_ZLIB ? INCOMPAT_COMPRESSION : 0n,
+    incompatibleFeatures:
+      (settings.compressionType !== COMPRESSION_ZLIB ? INCOMPAT_COMPRESSION : 0n) |
+      (settings.extendedL2 ? INCOMPAT_EXTL2 : 0n),
     compatibleFeatures: settings.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n,
     autoclearFeatures: 0n,
     refcountOrder: settings.refcountOrder,
@@ -114,7 +117,7 @@ export async function writeQcow2(
     refcountTable,
     readOnly: false,
   });
-  const l2Coverage = clusterSizeBytes * (clusterSizeBytes / 8);
+  const l2Coverage = clusterSizeBytes * (clusterSizeBytes / (settings.extendedL2 ? 16 : 8));
   const l1EntryCount = Math.ceil(settings.sizeBytes / l2Coverage);
   if (l1EntryCount > 0) {
     const l1Bytes = l1EntryCount * 8;
@@ -163,7 +166,7 @@ async function preallocate(
       await image.setL2Entry(
         l2OffsetBytes,
         (guestCluster + index) % image.l2EntryCount,
-        Qcow2Image.setNormal((hostCluster + index) * clusterSizeBytes),
+        image.entryPreallocated((hostCluster + index) * clusterSizeBytes),
       );
     }
     runs.push({ offsetBytes: hostCluster * clusterSizeBytes, lengthBytes: count * clusterSizeBytes });

@@ -11,7 +11,7 @@ import type {
   WriteZeroesOptions,
 } from '../../block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
-import { decodeL2, type L2Mapping, splitSubclusters, writeCompressedEntry } from './cluster-map.ts';
+import { ALL_SUBCLUSTERS, decodeL2, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
@@ -205,8 +205,24 @@ export class Qcow2Device implements BlockDevice {
   }
 
   /** A guest cluster's current content (for COW): from this image, the backing file, or zeros. */
+  /** A cluster this image alone owns, every byte of it stored: writes go straight to its host cluster. */
+  private isWritableInPlace(mapping: L2Mapping): boolean {
+    return (
+      mapping.kind === 'normal' &&
+      mapping.copied &&
+      (mapping.subclusterAllocated === undefined || mapping.subclusterAllocated === ALL_SUBCLUSTERS)
+    );
+  }
+
   private async clusterContent(guestCluster: number, mapping: L2Mapping): Promise<Buffer> {
     const content = Buffer.alloc(this.clusterSizeBytes);
+    if (mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed') {
+      // Extended L2: assemble the cluster from its subclusters (data, zeros, backing) as a read would.
+      const start = guestCluster * this.clusterSizeBytes;
+      const lengthBytes = Math.min(this.clusterSizeBytes, this.sizeBytes - start);
+      for (const piece of await this.mapRead(start, lengthBytes)) await this.readPiece(piece, content);
+      return content;
+    }
     switch (mapping.kind) {
       case 'normal': {
         await this.image.file.read(mapping.hostOffsetBytes, content);
@@ -258,15 +274,14 @@ export class Qcow2Device implements BlockDevice {
       this.image.clustersLeftInL2(firstCluster),
       Math.ceil((headBytes + data.length) / clusterSizeBytes),
     );
-    const first = decodeL2(table, l2Index, this.image.clusterBits);
-    if (first.kind === 'normal' && first.copied) {
+    const first = decodeL2(table, l2Index, this.image.clusterBits, this.image.extendedL2);
+    if (this.isWritableInPlace(first)) {
       // In place: extend over following clusters whose host clusters follow on.
       let clusterCount = 1;
       while (clusterCount < maxClusters) {
-        const next = decodeL2(table, l2Index + clusterCount, this.image.clusterBits);
+        const next = decodeL2(table, l2Index + clusterCount, this.image.clusterBits, this.image.extendedL2);
         if (
-          next.kind !== 'normal' ||
-          !next.copied ||
+          !this.isWritableInPlace(next) ||
           next.hostOffsetBytes !== first.hostOffsetBytes + clusterCount * clusterSizeBytes
         )
           break;
@@ -281,8 +296,8 @@ export class Qcow2Device implements BlockDevice {
     // Needs new clusters: gather the following clusters that also need allocation.
     const olds: L2Mapping[] = [first];
     while (olds.length < maxClusters) {
-      const next = decodeL2(table, l2Index + olds.length, this.image.clusterBits);
-      if (next.kind === 'normal' && next.copied) break;
+      const next = decodeL2(table, l2Index + olds.length, this.image.clusterBits, this.image.extendedL2);
+      if (this.isWritableInPlace(next)) break;
       olds.push(next);
     }
     const clusterCount = olds.length;
@@ -314,7 +329,7 @@ export class Qcow2Device implements BlockDevice {
       await this.image.setL2Entry(
         l2OffsetBytes,
         l2Index + index,
-        Qcow2Image.setNormal(hostOffsetBytes + index * clusterSizeBytes),
+        this.image.entryNormal(hostOffsetBytes + index * clusterSizeBytes),
       );
       this.image.releaseMapping(olds[index] as L2Mapping);
     }
@@ -335,6 +350,10 @@ export class Qcow2Device implements BlockDevice {
   /** Whether the guest cluster currently reads as all zeros without looking at data. */
   private readsAsZero(mapping: L2Mapping, guestCluster: number): boolean {
     if (mapping.kind === 'zero-plain' || mapping.kind === 'zero-alloc') return true;
+    if (mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed') {
+      if (mapping.subclusterAllocated !== 0) return false;
+      if (mapping.subclusterZero === ALL_SUBCLUSTERS) return true;
+    }
     if (mapping.kind !== 'unallocated') return false;
     return !this.backing || guestCluster * this.clusterSizeBytes >= this.backing.sizeBytes;
   }
@@ -392,7 +411,7 @@ export class Qcow2Device implements BlockDevice {
       await this.image.setL2Entry(
         l2OffsetBytes,
         guestCluster % this.image.l2EntryCount,
-        Qcow2Image.setUnallocated(),
+        this.image.entryUnallocated(),
       );
       this.image.releaseMapping(mapping);
       return;
@@ -401,18 +420,21 @@ export class Qcow2Device implements BlockDevice {
       mapping.kind === 'compressed' ||
       (mayUnmap && (mapping.kind === 'normal' || mapping.kind === 'zero-alloc'));
     if (mapping.kind === 'zero-plain' || (mapping.kind === 'zero-alloc' && !unmap)) return;
+    const allZeroSubclusters =
+      mapping.subclusterAllocated === 0 && mapping.subclusterZero === ALL_SUBCLUSTERS;
+    if (allZeroSubclusters && (!unmap || mapping.hostOffsetBytes === 0)) return;
     // Unallocated without a backing file already reads as zeros; with mayUnmap that is as good as a zero flag.
     if (mapping.kind === 'unallocated' && mayUnmap && !this.backing) return;
     const l2OffsetBytes = await this.image.writableL2(guestCluster);
     const l2Index = guestCluster % this.image.l2EntryCount;
     if (unmap || mapping.kind === 'unallocated') {
-      await this.image.setL2Entry(l2OffsetBytes, l2Index, Qcow2Image.setZero(0, false));
+      await this.image.setL2Entry(l2OffsetBytes, l2Index, this.image.entryZero(0, false));
       if (unmap) this.image.releaseMapping(mapping);
     } else {
       await this.image.setL2Entry(
         l2OffsetBytes,
         l2Index,
-        Qcow2Image.setZero(mapping.hostOffsetBytes, mapping.copied),
+        this.image.entryZero(mapping.hostOffsetBytes, mapping.copied),
       );
     }
     this.lastDecompressed = undefined;
@@ -445,7 +467,7 @@ export class Qcow2Device implements BlockDevice {
         await this.image.setL2Entry(
           l2OffsetBytes,
           l2Index,
-          makeZero ? Qcow2Image.setZero(0, false) : Qcow2Image.setUnallocated(),
+          makeZero ? this.image.entryZero(0, false) : this.image.entryUnallocated(),
         );
         this.image.releaseMapping(mapping);
       }
@@ -475,8 +497,10 @@ export class Qcow2Device implements BlockDevice {
       const l2OffsetBytes = await this.image.writableL2(guestCluster);
       const hostOffsetBytes = await this.image.refcounts.allocateBytes(compressed.length);
       await this.image.file.write(hostOffsetBytes, compressed);
-      await this.image.setL2Entry(l2OffsetBytes, guestCluster % this.image.l2EntryCount, (table, index) =>
-        writeCompressedEntry(table, index, this.image.clusterBits, hostOffsetBytes, compressed.length),
+      await this.image.setL2Entry(
+        l2OffsetBytes,
+        guestCluster % this.image.l2EntryCount,
+        this.image.entryCompressed(hostOffsetBytes, compressed.length),
       );
       this.image.releaseMapping(mapping);
       this.lastDecompressed = undefined;

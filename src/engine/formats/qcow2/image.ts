@@ -4,7 +4,17 @@
 
 import { CorruptImageError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { clearEntry, decodeL2, type L2Mapping, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
+import {
+  ALL_SUBCLUSTERS,
+  clearEntry,
+  decodeL2,
+  type L2Mapping,
+  l1Copied,
+  l1Offset,
+  writeCompressedEntry,
+  writeEntry,
+  writeExtendedEntry,
+} from './cluster-map.ts';
 import { HEADER_FIELD, INCOMPAT_EXTL2, type Qcow2Header } from './header.ts';
 import { RefcountManager } from './refcount.ts';
 import { TableCache } from './table-cache.ts';
@@ -191,16 +201,48 @@ export class Qcow2Image {
     this.l2Cache.markDirty(l2OffsetBytes);
   }
 
-  static setNormal(hostOffsetBytes: number): (table: Buffer, index: number) => void {
-    return (table, index) => writeEntry(table, index, hostOffsetBytes, true);
+  /** An update that maps the entry to a whole data cluster (every subcluster allocated with extended L2). */
+  entryNormal(hostOffsetBytes: number): (table: Buffer, index: number) => void {
+    if (!this.extendedL2) return (table, index) => writeEntry(table, index, hostOffsetBytes, true);
+    return (table, index) => writeExtendedEntry(table, index, hostOffsetBytes, true, ALL_SUBCLUSTERS, 0);
   }
 
-  static setZero(hostOffsetBytes: number, copied: boolean): (table: Buffer, index: number) => void {
-    return (table, index) => writeEntry(table, index, hostOffsetBytes, copied, true);
+  /** Preallocation: the host cluster is attached but (with extended L2, as qemu does) no subcluster is marked allocated. */
+  entryPreallocated(hostOffsetBytes: number): (table: Buffer, index: number) => void {
+    if (!this.extendedL2) return this.entryNormal(hostOffsetBytes);
+    return (table, index) => writeExtendedEntry(table, index, hostOffsetBytes, true, 0, 0);
   }
 
-  static setUnallocated(): (table: Buffer, index: number) => void {
-    return (table, index) => clearEntry(table, index);
+  /** An update that makes the entry read as zeros, keeping `hostOffsetBytes` (0: none). */
+  entryZero(hostOffsetBytes: number, copied: boolean): (table: Buffer, index: number) => void {
+    if (!this.extendedL2) return (table, index) => writeEntry(table, index, hostOffsetBytes, copied, true);
+    return (table, index) => writeExtendedEntry(table, index, hostOffsetBytes, copied, 0, ALL_SUBCLUSTERS);
+  }
+
+  entryUnallocated(): (table: Buffer, index: number) => void {
+    if (!this.extendedL2) return (table, index) => clearEntry(table, index);
+    return (table, index) => writeExtendedEntry(table, index, 0, false, 0, 0);
+  }
+
+  entryCompressed(hostOffsetBytes: number, lengthBytes: number): (table: Buffer, index: number) => void {
+    if (!this.extendedL2)
+      return (table, index) =>
+        writeCompressedEntry(table, index, this.clusterBits, hostOffsetBytes, lengthBytes);
+    return (table, index) => {
+      writeExtendedEntry(table, index, 0, false, 0, 0);
+      writeCompressedEntry(table, index * 2, this.clusterBits, hostOffsetBytes, lengthBytes);
+    };
+  }
+
+  /** An update that only sets or clears COPIED (the zero flag and subcluster bitmaps stay). */
+  entryCopied(
+    hostOffsetBytes: number,
+    copied: boolean,
+    zeroFlag: boolean,
+  ): (table: Buffer, index: number) => void {
+    if (!this.extendedL2)
+      return (table, index) => writeEntry(table, index, hostOffsetBytes, copied, zeroFlag);
+    return (table, index) => writeEntry(table, index * 2, hostOffsetBytes, copied, false);
   }
 
   /** Drops the reference `mapping` holds once the entry that named it is on disk (at the next flush). */

@@ -37,7 +37,7 @@ export async function readHeader(
 }
 
 /** Throws UnsupportedError for features vdisk cannot honour (naming the bits), ImageFormatError for bad values. */
-export function checkFeatures(header: Qcow2Header, path: string, readOnly = false): void {
+export function checkFeatures(header: Qcow2Header, path: string): void {
   const unknown = describeUnknownFeatures(
     header,
     'incompatible',
@@ -51,13 +51,6 @@ export function checkFeatures(header: Qcow2Header, path: string, readOnly = fals
       message: `${path}: Unsupported qcow2 feature(s): incompatible ${unknown.join(', ')}`,
     });
   }
-  // Subclusters are read (qcow2.txt "Extended L2 Entries"); writing them is not implemented.
-  if (header.incompatibleFeatures & INCOMPAT_EXTL2 && !readOnly)
-    throw new UnsupportedError({
-      format: 'qcow2',
-      feature: 'extended_l2',
-      message: `${path}: images with extended L2 entries (subclusters) can only be opened read-only`,
-    });
   if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
     throw new UnsupportedError({
       format: 'qcow2',
@@ -174,7 +167,7 @@ export async function loadImage(
 ): Promise<Qcow2Image> {
   const { file, path, readOnly } = context;
   const { header, fileSizeBytes } = await readHeader(file, path);
-  checkFeatures(header, path, readOnly);
+  checkFeatures(header, path);
   if (!readOnly && !options.allowCorrupt && header.incompatibleFeatures & INCOMPAT_CORRUPT) {
     throw new CorruptImageError({
       file: path,

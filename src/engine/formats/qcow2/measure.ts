@@ -38,12 +38,13 @@ export function fullyAllocatedBytes(
   virtualSizeBytes: number,
   clusterSizeBytes: number,
   refcountOrder: number,
+  l2EntryBytes = 8,
 ): number {
   const alignedBytes = roundUp(virtualSizeBytes, clusterSizeBytes);
   let metaBytes = clusterSizeBytes;
-  const l2Entries = roundUp(alignedBytes / clusterSizeBytes, clusterSizeBytes / 8);
-  metaBytes += l2Entries * 8;
-  const l1Entries = roundUp((l2Entries * 8) / clusterSizeBytes, clusterSizeBytes / 8);
+  const l2Entries = roundUp(alignedBytes / clusterSizeBytes, clusterSizeBytes / l2EntryBytes);
+  metaBytes += l2Entries * l2EntryBytes;
+  const l1Entries = roundUp((l2Entries * l2EntryBytes) / clusterSizeBytes, clusterSizeBytes / 8);
   metaBytes += l1Entries * 8;
   metaBytes += refcountMetadataBytes(
     (metaBytes + alignedBytes) / clusterSizeBytes,
@@ -91,7 +92,8 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   const settings = parseCreateSettings(0, options);
   const clusterSizeBytes = 2 ** settings.clusterBits;
   const virtualSizeBytes = roundUp(input.source ? input.source.sizeBytes : input.sizeBytes, clusterSizeBytes);
-  const l2Tables = Math.ceil(virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / 8));
+  const l2EntryBytes = settings.extendedL2 ? 16 : 8;
+  const l2Tables = Math.ceil(virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / l2EntryBytes));
   if (l2Tables * 8 > QCOW2_MAX_L1_BYTES) {
     throw new InvalidOptionError({
       option: 'size',
@@ -117,7 +119,7 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   }
   if (settings.preallocation === 'full' || settings.preallocation === 'falloc')
     requiredDataBytes = virtualSizeBytes;
-  const fully = fullyAllocatedBytes(virtualSizeBytes, clusterSizeBytes, settings.refcountOrder);
+  const fully = fullyAllocatedBytes(virtualSizeBytes, clusterSizeBytes, settings.refcountOrder, l2EntryBytes);
   const result: MeasureResult = {
     requiredBytes: fully - virtualSizeBytes + requiredDataBytes,
     fullyAllocatedBytes: fully,

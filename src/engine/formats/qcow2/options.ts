@@ -56,7 +56,7 @@ export const QCOW2_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
     name: 'extended_l2',
     type: 'bool',
     default: false,
-    help: 'Extended L2 tables (not supported by vdisk: only off)',
+    help: 'Extended L2 tables (32 subclusters per cluster; clusters of at least 16 KiB)',
   },
 ];
 
@@ -68,6 +68,8 @@ export interface Qcow2CreateSettings {
   lazyRefcounts: boolean;
   preallocation: 'off' | 'metadata' | 'falloc' | 'full';
   compressionType: number;
+  /** 16-byte L2 entries with subcluster bitmaps. */
+  extendedL2: boolean;
   backingFile?: string;
   backingFormat?: string;
 }
@@ -149,7 +151,7 @@ export function parseCreateSettings(
       message: `Invalid preallocation mode: '${preallocation}'`,
     });
   }
-  if (preallocation !== 'off' && backingFile) {
+  if (preallocation !== 'off' && backingFile && options.extended_l2 !== 'on') {
     throw new InvalidOptionError({
       option: 'preallocation',
       value: preallocation,
@@ -172,11 +174,20 @@ export function parseCreateSettings(
         'Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)',
     });
   }
-  if (options.extended_l2 !== undefined && parseBool('extended_l2', options.extended_l2)) {
+  const extendedL2 = options.extended_l2 !== undefined && parseBool('extended_l2', options.extended_l2);
+  if (extendedL2 && version === 2) {
     throw new InvalidOptionError({
       option: 'extended_l2',
       value: options.extended_l2,
-      message: 'extended_l2=on is not supported by vdisk',
+      message:
+        'Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)',
+    });
+  }
+  if (extendedL2 && clusterSizeBytes < 16384) {
+    throw new InvalidOptionError({
+      option: 'extended_l2',
+      value: options.extended_l2,
+      message: 'Extended L2 entries are only supported with cluster sizes of at least 16384 bytes',
     });
   }
   if (backingFormat && !backingFile) {
@@ -188,7 +199,7 @@ export function parseCreateSettings(
   }
   // qemu rounds the virtual size up to whole 512-byte sectors.
   const roundedSize = Math.ceil(sizeBytes / 512) * 512;
-  const l2Coverage = clusterSizeBytes * (clusterSizeBytes / 8);
+  const l2Coverage = clusterSizeBytes * (clusterSizeBytes / (extendedL2 ? 16 : 8));
   if (Math.ceil(roundedSize / l2Coverage) * 8 > QCOW2_MAX_L1_BYTES) {
     throw new InvalidOptionError({
       option: 'size',
@@ -204,6 +215,7 @@ export function parseCreateSettings(
     lazyRefcounts,
     preallocation,
     compressionType: compressionName === 'zstd' ? COMPRESSION_ZSTD : COMPRESSION_ZLIB,
+    extendedL2,
     backingFile,
     backingFormat,
   };

@@ -86,8 +86,8 @@ export async function shrinkImage(
   await writeSize(image, sizeBytes);
   for (const { l2OffsetBytes, l2Index } of dropped) {
     const table = await image.l2Cache.get(l2OffsetBytes);
-    image.releaseMapping(decodeL2(table, l2Index, image.clusterBits));
-    await image.setL2Entry(l2OffsetBytes, l2Index, (entries, index) => clearEntry(entries, index));
+    image.releaseMapping(decodeL2(table, l2Index, image.clusterBits, image.extendedL2));
+    await image.setL2Entry(l2OffsetBytes, l2Index, image.entryUnallocated());
   }
   // L2 tables wholly past the new end: unhook them from L1, then free them once L1 is on disk.
   const keepEntries = l1EntriesFor(image, sizeBytes);

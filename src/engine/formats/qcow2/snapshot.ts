@@ -163,7 +163,7 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise
     if (l2OffsetBytes === 0) continue;
     const table = Buffer.from(await image.l2Cache.get(l2OffsetBytes));
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc')
         await image.refcounts.adjust(mapping.hostOffsetBytes / clusterSizeBytes, delta);
       else if (mapping.kind === 'compressed') {
@@ -192,11 +192,11 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
     const table = await image.l2Cache.get(l2OffsetBytes);
     let changed = false;
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits);
+      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       const exclusive = (await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes)) === 1;
       if (exclusive === mapping.copied) continue;
-      writeEntry(table, l2Index, mapping.hostOffsetBytes, exclusive, mapping.kind === 'zero-alloc');
+      image.entryCopied(mapping.hostOffsetBytes, exclusive, mapping.kind === 'zero-alloc')(table, l2Index);
       changed = true;
     }
     if (changed) image.l2Cache.markDirty(l2OffsetBytes);

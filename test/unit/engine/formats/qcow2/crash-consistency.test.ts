@@ -250,5 +250,10 @@ describe.skipIf(!HAS_QEMU)('qcow2 survives a crash after any write', () => {
     () => sweep('small', 256 * 1024, { cluster_size: '512', refcount_bits: '2' }, 512, false),
     120_000,
   );
+  it(
+    'extended_l2 over a backing file',
+    () => sweep('extl2', 1 << 20, { extended_l2: 'on', cluster_size: '32768' }, 32768, true),
+    120_000,
+  );
   it('compat=0.10', () => sweep('v2', 1 << 20, { compat: '0.10' }, 65536, false), 120_000);
 });
