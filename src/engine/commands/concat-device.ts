@@ -56,13 +56,13 @@ export class ConcatDevice implements BlockDevice {
   private refuse(): Promise<never> {
     return Promise.reject(new PermissionError({ message: 'a concatenation of source images is read-only' }));
   }
-  write(): Promise<void> {
+  write(_offsetBytes: number, _data: Uint8Array): Promise<void> {
     return this.refuse();
   }
-  writeZeroes(): Promise<void> {
+  writeZeroes(_offsetBytes: number, _lengthBytes: number): Promise<void> {
     return this.refuse();
   }
-  discard(): Promise<void> {
+  discard(_offsetBytes: number, _lengthBytes: number): Promise<void> {
     return this.refuse();
   }
   async flush(): Promise<void> {}
