@@ -201,4 +201,33 @@ describe.skipIf(!hasQemu)('qed against qemu-img', () => {
     expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'qed', expectedPath, path]).status).toBe(0);
     expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
   });
+
+  it('zeroes whole clusters over a backing file with zero-cluster entries, as qemu reads them', async () => {
+    const base = join(dir, 'base.raw');
+    await writeFile(base, Buffer.alloc(1 << 20, 0x77));
+    const top = join(dir, 'z.qed');
+    await createWithDriver(
+      'qed',
+      top,
+      1 << 20,
+      { cluster_size: '4096' },
+      { file: 'base.raw', format: 'raw' },
+    );
+    const device = await openImage(top);
+    let sizeBefore = 0;
+    try {
+      sizeBefore = (await import('node:fs')).statSync(top).size;
+      await device.writeZeroes(8192, 3 * 4096 + 100);
+    } finally {
+      await device.close();
+    }
+    const expected = Buffer.alloc(1 << 20, 0x77);
+    expected.fill(0, 8192, 8192 + 3 * 4096 + 100);
+    const expectedPath = join(dir, 'expected.raw');
+    await writeFile(expectedPath, expected);
+    expect(runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'qed', expectedPath, top]).status).toBe(0);
+    expect(runStatus('qemu-img', ['check', top]).status).toBe(0);
+    // Three zero clusters plus one partial data cluster: one L2 table (4 clusters) and one data cluster.
+    expect((await import('node:fs')).statSync(top).size - sizeBefore).toBe(5 * 4096);
+  });
 });

@@ -90,6 +90,14 @@ export abstract class MappedDevice implements BlockDevice {
     throw new UnsupportedError({ format: this.formatName, feature: 'write' });
   }
 
+  /**
+   * Marks a whole unallocated unit as reading zeros without storing data (over a backing file);
+   * false when the format has no such state (the caller then writes zeros).
+   */
+  protected zeroUnallocatedUnit(_unitIndex: number): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+
   /** Writes cached or pending metadata (tables, headers); called by flush and close. */
   protected flushMetadata(): Promise<void> {
     return Promise.resolve();
@@ -267,6 +275,15 @@ export abstract class MappedDevice implements BlockDevice {
       const mapping = await this.mapClamped(at, lengthBytes - done);
       const step = mapping.lengthBytes;
       const alreadyZero = mapping.kind === 'zero' || (mapping.kind === 'unallocated' && !this.backing);
+      const unitBytes = this.allocationUnitBytes();
+      const wholeUnit =
+        mapping.kind === 'unallocated' &&
+        at % unitBytes === 0 &&
+        (lengthBytes - done >= unitBytes || at + (lengthBytes - done) === this.sizeBytes);
+      if (!alreadyZero && wholeUnit && (await this.zeroUnallocatedUnit(at / unitBytes))) {
+        done += Math.min(unitBytes, lengthBytes - done);
+        continue;
+      }
       if (!alreadyZero) {
         if (options?.fastOnly) throw new UnsupportedError({ format: this.formatName, feature: 'fast zero' });
         for (let written = 0; written < step; written += COPY_CHUNK_BYTES) {

@@ -23,6 +23,7 @@ import {
   parseQedHeader,
   QED_F_BACKING_FILE,
   QED_F_BACKING_FORMAT_NO_PROBE,
+  QED_CLUSTER_ZERO,
   QED_F_NEED_CHECK,
   QED_HEADER_BYTES,
   type QedHeader,
@@ -89,6 +90,14 @@ class QedDevice extends MappedDevice {
 
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
     await this.tables.setCluster(unitIndex, hostOffsetBytes);
+  }
+
+  /** A zero-cluster entry (spec: "Zero clusters") hides the backing file's bytes without data. */
+  protected override async zeroUnallocatedUnit(unitIndex: number): Promise<boolean> {
+    await this.markNeedCheck(true);
+    await this.tables.ensureL2(unitIndex);
+    await this.tables.setCluster(unitIndex, QED_CLUSTER_ZERO);
+    return true;
   }
 
   /** Sets or clears QED_F_NEED_CHECK: set (and synced) before the first allocation, cleared on flush. */
