@@ -57,4 +57,20 @@ describe.skipIf(!hasQemuImg)('bochs built from the layout, read like qemu-img', 
       await device.close();
     }
   });
+
+  it('reads a version-1 header (disk size without the timestamp field) as qemu does', async () => {
+    const path = join(dir, 'v1.bochs');
+    const sectors = new Map<number, Uint8Array>([
+      [5, seededBytes(512, 5)],
+      [300, seededBytes(512, 6)],
+    ]);
+    await writeBochs(path, { diskBytes: 1 << 20, extentBytes: 8192, sectors, version: 1 });
+    const device = await openImage(path, { readOnly: true });
+    try {
+      expect(device.sizeBytes).toBe(1 << 20);
+      expect(await sha256Device(device)).toBe(await qemuRawSha256(path, dir));
+    } finally {
+      await device.close();
+    }
+  });
 });

@@ -9,6 +9,8 @@ export interface BochsBuild {
   /** Sector number -> 512 bytes of content. */
   sectors: Map<number, Uint8Array>;
   catalogEntries?: number;
+  /** Header version 1 (no timestamp: the disk size sits at 84) or 2 (default, disk size at 88). */
+  version?: 1 | 2;
 }
 
 /** Returns the image bytes. */
@@ -31,12 +33,12 @@ export function buildBochs(build: BochsBuild): Uint8Array {
   image.set(Buffer.from('Bochs Virtual HD Image'), 0);
   image.set(Buffer.from('Redolog'), 32);
   image.set(Buffer.from('Growing'), 48);
-  head.setUint32(64, 0x00020000, true);
+  head.setUint32(64, build.version === 1 ? 0x00010000 : 0x00020000, true);
   head.setUint32(68, 512, true);
   head.setUint32(72, catalogEntries, true);
   head.setUint32(76, bitmapBytes, true);
   head.setUint32(80, build.extentBytes, true);
-  head.setBigUint64(88, BigInt(build.diskBytes), true);
+  head.setBigUint64(build.version === 1 ? 84 : 88, BigInt(build.diskBytes), true);
   catalog.forEach((entry, i) => {
     head.setUint32(512 + i * 4, entry, true);
   });
