@@ -289,12 +289,15 @@ async function compareRefcounts(
     clusterIndex < walk.fileClusters
       ? (walk.computed[clusterIndex] ?? 0)
       : (walk.beyondEnd.get(clusterIndex) ?? 0);
-  const indexes: number[] = [];
-  for (let clusterIndex = 0; clusterIndex < walk.fileClusters; clusterIndex++) indexes.push(clusterIndex);
-  indexes.push(...[...walk.beyondEnd.keys()].sort((a, b) => a - b));
+  // Every cluster of the file, then the referenced ones past its end (no array of all indexes: files can be huge).
+  const beyondEnd = [...walk.beyondEnd.keys()].sort((a, b) => a - b);
+  function* indexes(): Generator<number> {
+    for (let clusterIndex = 0; clusterIndex < walk.fileClusters; clusterIndex++) yield clusterIndex;
+    yield* beyondEnd;
+  }
   if (repair !== 'none') image.refcounts.inUseHint = (clusterIndex) => expected(clusterIndex) > 0;
   try {
-    for (const clusterIndex of indexes) {
+    for (const clusterIndex of indexes()) {
       const stored = await image.refcounts.get(clusterIndex);
       const computed = expected(clusterIndex);
       if (stored > 0 || computed > 0) result.highestCluster = Math.max(result.highestCluster, clusterIndex);
