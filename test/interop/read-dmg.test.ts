@@ -116,4 +116,16 @@ describe('dmg built from the UDIF layout', () => {
       await device.close();
     }
   });
+
+  it.skipIf(!hasQemuImg)('finds a trailer followed by padding, as qemu does', async () => {
+    const chunks: BuiltChunk[] = [{ kind: 'zlib', content: content(16, 13, true) }];
+    const path = join(dir, 'padded.dmg');
+    await writeFile(path, Buffer.concat([buildDmg(chunks), Buffer.alloc(100)]));
+    const device = await openImage(path, { readOnly: true });
+    try {
+      expect(await sha256Device(device)).toBe(await qemuRawSha256(path, dir, 'dmg'));
+    } finally {
+      await device.close();
+    }
+  });
 });

@@ -48,16 +48,30 @@ interface Koly {
 async function readKoly(file: HostFile, path: string): Promise<Koly> {
   const fileSizeBytes = await file.sizeBytes();
   if (fileSizeBytes < KOLY_BYTES)
-    throw new ImageFormatError({ file: path, offsetBytes: 0, message: 'file too small for a UDIF trailer' });
-  const at = fileSizeBytes - KOLY_BYTES;
-  const koly = await readExact(file, at, KOLY_BYTES, 'UDIF trailer');
-  if (Buffer.from(koly.subarray(0, 4)).toString('latin1') !== 'koly') {
     throw new ImageFormatError({
       file: path,
-      offsetBytes: at,
-      message: "no 'koly' UDIF trailer in the last 512 bytes",
+      offsetBytes: 0,
+      message: 'dmg file must be at least 512 bytes long',
+    });
+  // As qemu's dmg_find_koly_offset: the trailer may start anywhere in the last 511 bytes of the
+  // second-last sector or the first 4 bytes of the last one (files of odd sizes).
+  const windowStart = fileSizeBytes > 511 + 512 ? fileSizeBytes - 511 - 512 : 0;
+  const window = await readExact(
+    file,
+    windowStart,
+    Math.min(fileSizeBytes - windowStart, 515),
+    'UDIF trailer search window',
+  );
+  const found = Buffer.from(window).indexOf('koly', 0, 'latin1');
+  if (found < 0 || windowStart + found + KOLY_BYTES > fileSizeBytes) {
+    throw new ImageFormatError({
+      file: path,
+      offsetBytes: windowStart,
+      message: 'Could not locate UDIF trailer in dmg file',
     });
   }
+  const at = windowStart + found;
+  const koly = await readExact(file, at, KOLY_BYTES, 'UDIF trailer');
   const result = {
     rsrcOffsetBytes: u64be(koly, 40, path, at + 40),
     rsrcLengthBytes: u64be(koly, 48, path, at + 48),
