@@ -1,6 +1,6 @@
 // Pieces every qemu-img-style command shares: `-o` option lists (qemu's QemuOpts syntax, `,,` for a
-// literal comma), `--output=human|json`, per-command `--help` text, and opening images the way
-// qemu-img does from a shell (backing files anywhere the user names them).
+// literal comma), `--output=human|json`, per-command `--help` text, and opening images with the
+// backing-file policy of this invocation.
 
 import type { BlockDevice } from '../engine/block-device.ts';
 import { openImage } from '../engine/open.ts';
@@ -65,10 +65,18 @@ export function requireOperands(
   return parsed.operands;
 }
 
-/** Opens an image as qemu-img does from a shell: backing files wherever the images name them. */
+/**
+ * Whether backing files may resolve outside their image's folder. Off by default, unlike qemu-img: an
+ * image from elsewhere could otherwise name any file on the host as its backing file and have it read.
+ * `--allow-backing-escape` (anywhere on the command line) or VDISK_ALLOW_BACKING_ESCAPE=1 turns it on;
+ * runCli sets it once per invocation.
+ */
+export const backingPolicy = { allowEscape: false };
+
+/** Opens an image for a command, following backing files under this invocation's policy. */
 export function openForCli(
   path: string,
   options: { format?: string; readOnly?: boolean; noBacking?: boolean },
 ): Promise<BlockDevice> {
-  return openImage(path, { ...options, allowBackingEscape: true });
+  return openImage(path, { ...options, allowBackingEscape: backingPolicy.allowEscape });
 }

@@ -4,17 +4,35 @@
 import { isVdiskError } from '../engine/errors.ts';
 import type { CliIo } from './command.ts';
 import { commands } from './commands/index.ts';
+import { backingPolicy } from './common.ts';
+
+/** Global flag: backing files may resolve outside their image's folder (see common.ts backingPolicy). */
+const ALLOW_BACKING_ESCAPE = '--allow-backing-escape';
 
 export function usage(): string {
-  const lines = ['vdisk - virtual disk image tool (qemu-img compatible)', '', 'usage: vdisk <command> [options]', '', 'Commands:'];
+  const lines = [
+    'vdisk - virtual disk image tool (qemu-img compatible)',
+    '',
+    'usage: vdisk <command> [options]',
+    '',
+    'Commands:',
+  ];
   for (const command of commands) lines.push(`  ${command.synopsis}`);
-  lines.push('', "Run 'vdisk <command> --help' for a command's options.");
+  lines.push(
+    '',
+    'Global options:',
+    `  ${ALLOW_BACKING_ESCAPE}  follow backing files outside the image's folder (refused by default)`,
+    '',
+    "Run 'vdisk <command> --help' for a command's options.",
+  );
   return `${lines.join('\n')}\n`;
 }
 
 /** Runs one CLI invocation; returns the exit code (1 for errors, as qemu-img's error_exit). */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
-  const [name, ...rest] = argv;
+  const allowEscape = argv.includes(ALLOW_BACKING_ESCAPE);
+  backingPolicy.allowEscape = allowEscape || process.env.VDISK_ALLOW_BACKING_ESCAPE === '1';
+  const [name, ...rest] = allowEscape ? argv.filter((arg) => arg !== ALLOW_BACKING_ESCAPE) : argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     io.stdout(usage());
     return name ? 0 : 1;
@@ -51,7 +69,9 @@ if (isMain) {
       process.exitCode = code;
     },
     (err: unknown) => {
-      process.stderr.write(`vdisk: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.stderr.write(
+        `vdisk: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
       process.exitCode = 1;
     },
   );

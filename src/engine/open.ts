@@ -44,7 +44,8 @@ async function realFolder(path: string): Promise<string> {
   }
 }
 
-function isInside(child: string, folder: string): boolean {
+/** True when `child` is `folder` or lies below it (both already resolved). */
+export function isInside(child: string, folder: string): boolean {
   const rel = relative(folder, child);
   return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
 }
@@ -61,14 +62,27 @@ export function resolveBackingPath(reference: string, referencingImage: string):
   return isAbsolute(reference) ? reference : resolve(dirname(referencingImage), reference);
 }
 
-async function openLayer(path: string, options: OpenImageOptions, chain: ChainState, formatHint: string | undefined): Promise<BlockDevice> {
+async function openLayer(
+  path: string,
+  options: OpenImageOptions,
+  chain: ChainState,
+  formatHint: string | undefined,
+): Promise<BlockDevice> {
   const readOnly = options.readOnly ?? false;
   const real = await realFolder(path);
   if (chain.seen.has(real)) {
-    throw new InvalidOptionError({ option: 'backing_file', value: path, message: `${path}: backing chain loops back to this image` });
+    throw new InvalidOptionError({
+      option: 'backing_file',
+      value: path,
+      message: `${path}: backing chain loops back to this image`,
+    });
   }
   if (chain.depth >= MAX_CHAIN_DEPTH) {
-    throw new InvalidOptionError({ option: 'backing_file', value: path, message: `${path}: backing chain deeper than ${MAX_CHAIN_DEPTH} images` });
+    throw new InvalidOptionError({
+      option: 'backing_file',
+      value: path,
+      message: `${path}: backing chain deeper than ${MAX_CHAIN_DEPTH} images`,
+    });
   }
   chain.seen.add(real);
   const openFile = options.openFile ?? ((p: string, ro: boolean) => NodeHostFile.open(p, { readOnly: ro }));
@@ -80,7 +94,12 @@ async function openLayer(path: string, options: OpenImageOptions, chain: ChainSt
       driver = findDriver(formatHint);
     } else {
       const probed = probeDriver(await readProbeHead(file), path);
-      if (!probed) throw new UnsupportedError({ format: 'unknown', feature: 'probe', message: `${path}: Could not determine the image format` });
+      if (!probed)
+        throw new UnsupportedError({
+          format: 'unknown',
+          feature: 'probe',
+          message: `${path}: Could not determine the image format`,
+        });
       driver = probed;
       probedRaw = driver.name === 'raw';
     }
@@ -88,7 +107,11 @@ async function openLayer(path: string, options: OpenImageOptions, chain: ChainSt
       ? undefined
       : async (reference, format) => {
           if (/^[a-z+]+:/.test(reference) && !reference.startsWith('file:')) {
-            throw new UnsupportedError({ format: driver.name, feature: 'backing protocol', message: `${path}: backing file '${reference}' uses a protocol vdisk does not open` });
+            throw new UnsupportedError({
+              format: driver.name,
+              feature: 'backing protocol',
+              message: `${path}: backing file '${reference}' uses a protocol vdisk does not open`,
+            });
           }
           const target = resolveBackingPath(reference.replace(/^file:/, ''), path);
           const targetReal = await realFolder(target);
@@ -98,7 +121,12 @@ async function openLayer(path: string, options: OpenImageOptions, chain: ChainSt
               message: `backing file '${reference}' resolves to ${targetReal}, outside the image's folder ${chain.rootFolder} (pass --allow-backing-escape to permit)`,
             });
           }
-          return openLayer(target, { ...options, readOnly: true }, { ...chain, depth: chain.depth + 1 }, format);
+          return openLayer(
+            target,
+            { ...options, readOnly: true },
+            { ...chain, depth: chain.depth + 1 },
+            format,
+          );
         };
     const context: OpenContext = { path, file, readOnly, openBacking, options: options.driverOptions ?? {} };
     const device = await driver.open(context);
@@ -114,6 +142,26 @@ async function openLayer(path: string, options: OpenImageOptions, chain: ChainSt
   } catch (err) {
     await file.close().catch(() => undefined);
     throw err;
+  }
+}
+
+/**
+ * Refuses (PermissionError) a backing reference of `referencingImage` that resolves outside that image's
+ * folder, unless `allowEscape`; the same rule openImage applies to every layer below the top one.
+ */
+export async function assertBackingInside(
+  reference: string,
+  referencingImage: string,
+  allowEscape: boolean,
+): Promise<void> {
+  if (allowEscape) return;
+  const folder = await realFolder(dirname(resolve(referencingImage)));
+  const target = await realFolder(resolveBackingPath(reference, referencingImage));
+  if (!isInside(target, folder)) {
+    throw new PermissionError({
+      file: referencingImage,
+      message: `backing file '${reference}' resolves to ${target}, outside the image's folder ${folder} (pass --allow-backing-escape to permit)`,
+    });
   }
 }
 

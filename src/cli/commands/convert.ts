@@ -10,7 +10,7 @@ import {
 import { findDriver } from '../../engine/formats/registry.ts';
 import { parseSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
-import { parseOptionList, printHelpIfAsked } from '../common.ts';
+import { backingPolicy, parseOptionList, printHelpIfAsked } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
 import { progressPrinter } from '../progress.ts';
 import { createOptionsHelp } from './create.ts';
@@ -110,6 +110,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     parallelRequests,
     outOfOrder: hasFlag(parsed, 'out-of-order'),
     onProgress: (done, total) => progress.update(done, total),
+    allowBackingEscape: backingPolicy.allowEscape,
   });
   progress.end();
   return 0;

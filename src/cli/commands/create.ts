@@ -7,7 +7,7 @@ import type { FormatDriver } from '../../engine/formats/driver.ts';
 import { findDriver } from '../../engine/formats/registry.ts';
 import { parseSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
-import { parseOptionList, printHelpIfAsked, requireOperands } from '../common.ts';
+import { backingPolicy, parseOptionList, printHelpIfAsked, requireOperands } from '../common.ts';
 import { formattingLine } from '../formatting-line.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
 
@@ -81,6 +81,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     backingFile,
     backingFormat,
     unsafe: hasFlag(parsed, 'unsafe'),
+    allowBackingEscape: backingPolicy.allowEscape,
   });
   if (!hasFlag(parsed, 'quiet')) {
     const printed: Record<string, string> = { ...options, size: String(createdBytes) };

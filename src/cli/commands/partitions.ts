@@ -3,7 +3,7 @@
 // can `mount -o loop,offset=<start bytes>,sizelimit=<size bytes>` a raw image's partition.
 
 import { parseArgs } from 'node:util';
-import { openImage } from '../../engine/open.ts';
+import { openForCli } from '../common.ts';
 import {
   type PartitionEntry,
   type PartitionTable,
@@ -130,7 +130,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     throw new CliUsageError(`--output must be human or json, not '${output}'`);
   if (positionals.length !== 1) throw new CliUsageError('Expecting one image file name');
   const path = positionals[0] ?? '';
-  const device = await openImage(path, {
+  const device = await openForCli(path, {
     readOnly: true,
     ...(values.format ? { format: values.format } : {}),
   });

@@ -16,6 +16,7 @@ import { openPartition } from '../../nbd/partition-window.ts';
 import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../nbd/server.ts';
 import type { NbdLogger } from '../../nbd/transmission.ts';
 import type { CliCommand, CliIo } from '../command.ts';
+import { backingPolicy } from '../common.ts';
 import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
 
 const SYNOPSIS =
@@ -180,7 +181,11 @@ async function openSnapshotOverlay(
   const folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-'));
   try {
     const overlayPath = join(folder, 'overlay.qcow2');
-    const base = await openImage(path, { format, readOnly: true });
+    const base = await openImage(path, {
+      format,
+      readOnly: true,
+      allowBackingEscape: backingPolicy.allowEscape,
+    });
     const baseFormat = base.formatName;
     const sizeBytes = base.sizeBytes;
     await base.close();
@@ -220,7 +225,12 @@ function forkIntoBackground(argv: readonly string[], io: CliIo): Promise<number>
     detached: true,
     // No inherited stdio: the caller's pipes must close when this command returns, as a daemon's do.
     stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
-    env: { ...process.env, [FORK_CHILD_ENV]: '1' },
+    env: {
+      ...process.env,
+      [FORK_CHILD_ENV]: '1',
+      // The global flag was consumed by runCli; the daemon inherits the decision through the environment.
+      ...(backingPolicy.allowEscape ? { VDISK_ALLOW_BACKING_ESCAPE: '1' } : {}),
+    },
   });
   return new Promise((resolveExit) => {
     let failure = '';
@@ -290,7 +300,11 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
   if (hasFlag(parsed, 'snapshot')) {
     ({ device, cleanup } = await openSnapshotOverlay(path, format));
   } else if (snapshotName !== undefined) {
-    snapshotOf = await openImage(path, { format, readOnly: true });
+    snapshotOf = await openImage(path, {
+      format,
+      readOnly: true,
+      allowBackingEscape: backingPolicy.allowEscape,
+    });
     if (!snapshotOf.snapshots) {
       await snapshotOf.close();
       throw new InvalidOptionError({
@@ -301,7 +315,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
     }
     device = await snapshotOf.snapshots.open(snapshotName);
   } else {
-    device = await openImage(path, { format, readOnly });
+    device = await openImage(path, { format, readOnly, allowBackingEscape: backingPolicy.allowEscape });
   }
 
   const partition = lastValue(parsed, 'partition');

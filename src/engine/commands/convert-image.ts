@@ -30,6 +30,8 @@ export interface ConvertImageRequest
   skipCreate?: boolean;
   /** `--target-is-zero` (with -n): the existing target reads as zeros. */
   targetIsZero?: boolean;
+  /** Let backing files of the source or target lie outside their image's folder; off: refused. */
+  allowBackingEscape?: boolean;
 }
 
 /** Converts one image to another; throws VdiskError subclasses, leaving a partial target on failure. */
@@ -51,12 +53,13 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
   if (concatenating && request.sourceSnapshot !== undefined) {
     throw new InvalidOptionError({ option: 'l', message: 'No support for concatenating multiple snapshot' });
   }
+  const allowBackingEscape = request.allowBackingEscape ?? false;
   let source: BlockDevice | undefined;
   let snapshot: BlockDevice | undefined;
   let target: BlockDevice | undefined;
   try {
     const openSource = (path: string): Promise<BlockDevice> =>
-      openImage(path, { format: request.sourceFormat, readOnly: true, allowBackingEscape: true });
+      openImage(path, { format: request.sourceFormat, readOnly: true, allowBackingEscape });
     if (concatenating) {
       const opened: BlockDevice[] = [];
       try {
@@ -88,9 +91,10 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
         options: request.options ?? {},
         backingFile: request.backingFile,
         backingFormat: request.backingFormat,
+        allowBackingEscape,
       });
     }
-    target = await openImage(request.targetPath, { format: targetFormat, allowBackingEscape: true });
+    target = await openImage(request.targetPath, { format: targetFormat, allowBackingEscape });
     return await convertDevice(from, target, {
       ...request,
       targetHasBacking: request.backingFile !== undefined,

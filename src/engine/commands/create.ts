@@ -7,7 +7,7 @@ import { InvalidOptionError, UnsupportedError } from '../errors.ts';
 import type { OpenBackingFn } from '../formats/driver.ts';
 import { findDriver } from '../formats/registry.ts';
 import { NodeHostFile } from '../io/host-file.ts';
-import { openImage, resolveBackingPath } from '../open.ts';
+import { assertBackingInside, openImage, resolveBackingPath } from '../open.ts';
 import { parseSize } from '../size.ts';
 
 export interface CreateImageRequest {
@@ -21,11 +21,19 @@ export interface CreateImageRequest {
   backingFormat?: string;
   /** `-u`: do not open the backing file (a size must then be given). */
   unsafe?: boolean;
+  /** Let the backing file (and its chain) lie outside the new image's folder; off: refused. */
+  allowBackingEscape?: boolean;
 }
 
-function backingOpener(imagePath: string): OpenBackingFn {
-  return (reference, format) =>
-    openImage(resolveBackingPath(reference, imagePath), { format, readOnly: true, allowBackingEscape: true });
+function backingOpener(imagePath: string, allowBackingEscape: boolean): OpenBackingFn {
+  return async (reference, format) => {
+    await assertBackingInside(reference, imagePath, allowBackingEscape);
+    return openImage(resolveBackingPath(reference, imagePath), {
+      format,
+      readOnly: true,
+      allowBackingEscape,
+    });
+  };
 }
 
 /** Creates the image; returns its guest size. Throws InvalidOptionError, UnsupportedError, I/O errors. */
@@ -55,10 +63,13 @@ export async function createImage(request: CreateImageRequest): Promise<{ sizeBy
       message: `Backing file not supported for file format '${driver.name}'`,
     });
   }
+  const allowEscape = request.allowBackingEscape ?? false;
+  // Checked even with -u: the name is what later opens will follow.
+  if (backingFile) await assertBackingInside(backingFile, request.path, allowEscape);
   if (backingFile && !request.unsafe) {
     let backing: BlockDevice | undefined;
     try {
-      backing = await backingOpener(request.path)(backingFile, backingFormat);
+      backing = await backingOpener(request.path, allowEscape)(backingFile, backingFormat);
       sizeBytes ??= backing.sizeBytes;
     } finally {
       await backing?.close();
@@ -76,7 +87,7 @@ export async function createImage(request: CreateImageRequest): Promise<{ sizeBy
       options,
       backingFile,
       backingFormat,
-      openBacking: request.unsafe ? undefined : backingOpener(request.path),
+      openBacking: request.unsafe ? undefined : backingOpener(request.path, allowEscape),
     });
   } finally {
     await file.close();
