@@ -205,6 +205,28 @@ describe.skipIf(!HAS_QEMU)('qcow2 check agrees with qemu-img check', () => {
     expectAgreement(await vdiskCheck(path), qemuCheck(path));
   });
 
+  it('writes never land on metadata whose refcount was cleared (overlap guard)', async () => {
+    const path = await damaged('overlap', async (image) => {
+      const block = await refcountBlockOffset(image);
+      // Clear the refcounts of the header, refcount table and L1 table clusters.
+      for (const cluster of [0, 1, 3]) await patch(image, block + cluster * 2, u16(0));
+    });
+    const before = qemuCheck(path);
+    const { openImage } = await import('../../src/engine/open.ts');
+    const device = await openImage(path);
+    // One cluster at a time: without the guard the first 'free' cluster would be the header itself.
+    await device.write(2 << 20, new Uint8Array(60_000).fill(0x77));
+    await device.write((2 << 20) + 65536, new Uint8Array(60_000).fill(0x77));
+    await device.close();
+    // The same damage is reported, nothing new: the header, table and L1 were not overwritten.
+    expect(qemuCheck(path).corruptions).toBe(before.corruptions);
+    const reread = await openImage(path, { readOnly: true });
+    const data = new Uint8Array(60_000);
+    await reread.read((2 << 20) + 65536, data);
+    await reread.close();
+    expect(data.every((byte) => byte === 0x77)).toBe(true);
+  });
+
   it('the refcount of the L1 table cluster cleared', async () => {
     const path = await damaged('l1-ref', async (image) => {
       await patch(image, (await refcountBlockOffset(image)) + 3 * 2, u16(0));

@@ -93,6 +93,13 @@ export class Qcow2Image {
         this.header.refcountTableClusters = clusterCount;
       },
     });
+    this.refcounts.metadataHint = (clusterIndex) => {
+      const offsetBytes = clusterIndex * this.clusterSizeBytes;
+      const l1Start = this.header.l1TableOffsetBytes;
+      if (offsetBytes + this.clusterSizeBytes > l1Start && offsetBytes < l1Start + this.l1.length)
+        return true;
+      return this.l2Cache.peekQuiet(offsetBytes) || this.refcounts.blocks.peekQuiet(offsetBytes);
+    };
     // An L2 table is written only after the refcount blocks that account for what it names are durable.
     this.l2Cache = new TableCache({
       file: parts.file,

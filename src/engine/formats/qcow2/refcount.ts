@@ -103,6 +103,11 @@ export class RefcountManager {
   private readonly reserved: Array<[number, number]> = [];
   /** Repair marks clusters that metadata uses but whose stored refcount is wrong: never hand them out. */
   inUseHint: ((clusterIndex: number) => boolean) | undefined;
+  /**
+   * Clusters known to hold metadata (header, L1, tables in use): never handed out even when a damaged
+   * refcount says they are free, as qemu's overlap check refuses such writes.
+   */
+  metadataHint: ((clusterIndex: number) => boolean) | undefined;
   /** Next free byte for compressed data (qemu's free_byte_offset), 0 when none. */
   private freeByteOffset = 0;
 
@@ -212,6 +217,14 @@ export class RefcountManager {
     }
   }
 
+  private isKnownMetadata(clusterIndex: number): boolean {
+    if (clusterIndex === 0) return true;
+    const tableFirst = this.tableOffsetBytes / this.clusterSizeBytes;
+    if (clusterIndex >= tableFirst && clusterIndex < tableFirst + this.table.length / this.clusterSizeBytes)
+      return true;
+    return this.metadataHint?.(clusterIndex) ?? false;
+  }
+
   /** First index of `count` contiguous free clusters at or after the hint, never reserved ones. */
   private async findFree(count: number): Promise<number> {
     let start = this.freeClusterHint;
@@ -219,7 +232,11 @@ export class RefcountManager {
     let sawFree = false;
     for (let clusterIndex = start; ; clusterIndex++) {
       const reserved = this.isReserved(clusterIndex);
-      const free = !reserved && !this.inUseHint?.(clusterIndex) && (await this.get(clusterIndex)) === 0;
+      const free =
+        !reserved &&
+        !this.inUseHint?.(clusterIndex) &&
+        (await this.get(clusterIndex)) === 0 &&
+        !this.isKnownMetadata(clusterIndex);
       if (!free) {
         // Clusters in use before the first free one never need scanning again.
         if (!sawFree && !reserved) this.freeClusterHint = clusterIndex + 1;

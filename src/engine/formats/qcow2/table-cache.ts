@@ -36,6 +36,11 @@ export class TableCache {
     return this.options.capacityTables;
   }
 
+  /** Whether a table at `offsetBytes` is cached (no recency update). */
+  peekQuiet(offsetBytes: number): boolean {
+    return this.entries.has(offsetBytes);
+  }
+
   /** The cached table at `offsetBytes` without touching the file, or undefined. */
   peek(offsetBytes: number): Buffer | undefined {
     const entry = this.entries.get(offsetBytes);
