@@ -4,7 +4,7 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -14,7 +14,21 @@ import type { BlockDevice } from '../../src/engine/block-device.ts';
 import { findDriver } from '../../src/engine/formats/registry.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 
-export const SAMPLES_DIR = '/work/shared/samples';
+/**
+ * Third-party sample images, read in place (never copied into the repository): `$VDISK_SAMPLES_DIR`, else
+ * `shared/samples` beside the repository (where CI lays it next to its clone), else the workplace copy.
+ */
+export const SAMPLES_DIR = ((): string => {
+  const candidates = [
+    process.env.VDISK_SAMPLES_DIR,
+    join(import.meta.dirname, '..', '..', '..', 'shared', 'samples'),
+    '/work/shared/samples',
+  ];
+  return (
+    candidates.find((dir) => dir !== undefined && existsSync(join(dir, 'README.md'))) ??
+    '/work/shared/samples'
+  );
+})();
 
 /** True when `tool` runs from PATH. */
 export function has(tool: string): boolean {

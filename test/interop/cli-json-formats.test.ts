@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatRegistry } from '../../src/engine/formats/registry.ts';
+import { SAMPLES_DIR } from '../helpers/format-harness.ts';
 import { hasTool, mustRun, scratch, tool, vdisk, warnMissing } from './cli-helpers.ts';
 
 const HAS_QEMU = hasTool('qemu-img') && hasTool('qemu-io');
@@ -14,10 +15,11 @@ warnMissing('qemu-img', 'cli-json-formats.test.ts');
 const FORMATS = ['vdi', 'vpc', 'qed', 'qcow2', 'qcow', 'vmdk', 'vhdx', 'parallels'].filter((name) =>
   formatRegistry.some((driver) => driver.name === name),
 );
-/** Samples no qemu-img can write (bochs, cloop): read-only formats, qemu's own block-status fallback. */
+/** Samples no qemu-img can write (bochs, cloop, dmg): read-only formats, qemu's own block-status fallback. */
 const SAMPLES = [
-  ['bochs', '/work/shared/samples/bochs/empty.bochs'],
-  ['cloop', '/work/shared/samples/cloop/simple-pattern.cloop'],
+  ['bochs', join(SAMPLES_DIR, 'bochs/empty.bochs')],
+  ['cloop', join(SAMPLES_DIR, 'cloop/simple-pattern.cloop')],
+  ['dmg', join(SAMPLES_DIR, 'dmg/simple-dmg.dmg')],
 ] as const;
 
 describe.skipIf(!HAS_QEMU)('vdisk on images qemu-img wrote in other formats', () => {

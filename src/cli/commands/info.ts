@@ -33,7 +33,7 @@ function snapshotJson(snapshot: SnapshotInfo): Record<string, unknown> {
 }
 
 /** Formats whose qemu 7.2 driver has no bdrv_get_info: qemu-img info prints no dirty-flag for them. */
-const QEMU_FORMATS_WITHOUT_GET_INFO: ReadonlySet<string> = new Set(['parallels', 'bochs', 'cloop']);
+const QEMU_FORMATS_WITHOUT_GET_INFO: ReadonlySet<string> = new Set(['parallels', 'bochs', 'cloop', 'dmg']);
 
 /** The ImageInfo QAPI object qemu-img prints (members absent when qemu leaves them out). */
 export function infoJson(info: ImageInfo): Record<string, unknown> {

@@ -32,7 +32,7 @@ export interface ChainStatusOptions {
  * Formats whose qemu 7.2 driver has no bdrv_co_block_status, so qemu-img map and compare see all
  * of them as data (block/io.c's fallback).
  */
-const QEMU_FORMATS_WITHOUT_BLOCK_STATUS: ReadonlySet<string> = new Set(['vhdx', 'bochs', 'cloop']);
+const QEMU_FORMATS_WITHOUT_BLOCK_STATUS: ReadonlySet<string> = new Set(['vhdx', 'bochs', 'cloop', 'dmg']);
 
 /**
  * Chain extents covering [offsetBytes, offsetBytes+lengthBytes), in order, possibly ending early
