@@ -20,6 +20,9 @@ import { growImage, shrinkImage } from './resize.ts';
 import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
 
+/** Compressed clusters one read inflates at once (libuv's pool has 4 threads by default). */
+const DECOMPRESS_CONCURRENCY = 4;
+
 type Piece =
   | { kind: 'host'; bufferOffset: number; lengthBytes: number; hostOffsetBytes: number }
   | { kind: 'zero'; bufferOffset: number; lengthBytes: number }
@@ -201,7 +204,21 @@ export class Qcow2Device implements BlockDevice {
 
   async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
     const pieces = await this.lock.run(() => this.mapRead(offsetBytes, buffer.length));
-    for (const piece of pieces) await this.readPiece(piece, buffer);
+    const compressed = pieces.filter((piece) => piece.kind === 'compressed');
+    if (compressed.length <= 1) {
+      for (const piece of pieces) await this.readPiece(piece, buffer);
+      return;
+    }
+    // Compressed clusters inflate on the thread pool: keep a few in flight instead of one at a time.
+    for (const piece of pieces) if (piece.kind !== 'compressed') await this.readPiece(piece, buffer);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < compressed.length) {
+        const piece = compressed[next++] as Piece;
+        await this.readPiece(piece, buffer);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DECOMPRESS_CONCURRENCY, compressed.length) }, worker));
   }
 
   /** A guest cluster's current content (for COW): from this image, the backing file, or zeros. */
