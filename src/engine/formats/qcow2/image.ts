@@ -128,6 +128,13 @@ export class Qcow2Image {
   }
 
   private checkL2Offset(l1Index: number, offsetBytes: number): void {
+    if (offsetBytes > Number.MAX_SAFE_INTEGER - this.clusterSizeBytes) {
+      throw this.corrupt(
+        `L2 table offset of L1 entry ${l1Index} is beyond any file`,
+        this.header.l1TableOffsetBytes + l1Index * 8,
+        8,
+      );
+    }
     if (offsetBytes % this.clusterSizeBytes !== 0) {
       throw this.corrupt(
         `L2 table offset ${offsetBytes} of L1 entry ${l1Index} is not cluster aligned`,
@@ -160,6 +167,14 @@ export class Qcow2Image {
     ) {
       throw this.corrupt(
         `data cluster offset ${mapping.hostOffsetBytes} of guest cluster ${guestCluster} is not cluster aligned`,
+        l2OffsetBytes + l2Index * 8,
+        8,
+      );
+    }
+    // Offsets are 56-bit on disk; past 2^53 they cannot be real in a file this process can address.
+    if (mapping.hostOffsetBytes > Number.MAX_SAFE_INTEGER - 4 * this.clusterSizeBytes) {
+      throw this.corrupt(
+        `host offset of guest cluster ${guestCluster} is beyond any file`,
         l2OffsetBytes + l2Index * 8,
         8,
       );
