@@ -10,6 +10,7 @@ import { infoCommand } from './info.ts';
 import { mapCommand } from './map.ts';
 import { measureCommand } from './measure.ts';
 import { partitionsCommand } from './partitions.ts';
+import { resizeCommand } from './resize.ts';
 import { serveCommand } from './serve.ts';
 
 export const commands: readonly CliCommand[] = [
@@ -22,5 +23,6 @@ export const commands: readonly CliCommand[] = [
   mapCommand,
   measureCommand,
   partitionsCommand,
+  resizeCommand,
   serveCommand,
 ];
