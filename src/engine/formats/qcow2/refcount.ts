@@ -4,6 +4,7 @@
 
 import { CorruptImageError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
+import { QCOW2_MAX_REFTABLE_BYTES } from './header.ts';
 import { TableCache } from './table-cache.ts';
 
 export interface RefcountOptions {
@@ -334,6 +335,14 @@ export class RefcountManager {
    */
   private async growTable(minimumEntries: number): Promise<void> {
     const entriesPerCluster = this.clusterSizeBytes / 8;
+    if (minimumEntries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+      // Only a cluster index far past any real file gets here (damaged metadata naming it).
+      throw new CorruptImageError({
+        file: this.options.path,
+        message: `refcount table would grow past ${QCOW2_MAX_REFTABLE_BYTES} bytes (${minimumEntries} entries)`,
+        fatal: true,
+      });
+    }
     // Grow by half again, as qemu does, so repeated growth stays rare.
     let newClusters = Math.ceil(
       (Math.max(minimumEntries, Math.ceil(this.tableEntryCount * 1.5)) * 8) / this.clusterSizeBytes,

@@ -158,12 +158,24 @@ async function readL1(image: Qcow2Image, entry: SnapshotEntry): Promise<Buffer> 
 /** Adds `delta` to the refcount of every L2 table and data cluster an L1 table names. */
 async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise<void> {
   const clusterSizeBytes = image.clusterSizeBytes;
+  const fileSizeBytes = await image.file.sizeBytes();
+  const checkInside = (offsetBytes: number, where: number): void => {
+    if (offsetBytes >= fileSizeBytes + 64 * clusterSizeBytes) {
+      throw image.corrupt(
+        `snapshot tree names cluster offset ${offsetBytes} past the end of the file`,
+        where >= 0 ? where : undefined,
+      );
+    }
+  };
   for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
     const l2OffsetBytes = l1Offset(l1, l1Index);
     if (l2OffsetBytes === 0) continue;
+    checkInside(l2OffsetBytes, -1);
     const table = Buffer.from(await image.l2Cache.get(l2OffsetBytes));
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
+      if (mapping.kind !== 'unallocated' && mapping.kind !== 'zero-plain')
+        checkInside(mapping.hostOffsetBytes, l2OffsetBytes + l2Index * 8);
       if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc')
         await image.refcounts.adjust(mapping.hostOffsetBytes / clusterSizeBytes, delta);
       else if (mapping.kind === 'compressed') {
