@@ -11,7 +11,7 @@ import type {
   WriteZeroesOptions,
 } from '../../block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
-import { ALL_SUBCLUSTERS, decodeL2, type L2Mapping, splitSubclusters } from './cluster-map.ts';
+import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
@@ -291,12 +291,12 @@ export class Qcow2Device implements BlockDevice {
       this.image.clustersLeftInL2(firstCluster),
       Math.ceil((headBytes + data.length) / clusterSizeBytes),
     );
-    const first = decodeL2(table, l2Index, this.image.clusterBits, this.image.extendedL2);
+    const first = this.image.decodeChecked(table, l2Index, l2OffsetBytes);
     if (this.isWritableInPlace(first)) {
       // In place: extend over following clusters whose host clusters follow on.
       let clusterCount = 1;
       while (clusterCount < maxClusters) {
-        const next = decodeL2(table, l2Index + clusterCount, this.image.clusterBits, this.image.extendedL2);
+        const next = this.image.decodeChecked(table, l2Index + clusterCount, l2OffsetBytes);
         if (
           !this.isWritableInPlace(next) ||
           next.hostOffsetBytes !== first.hostOffsetBytes + clusterCount * clusterSizeBytes
@@ -313,7 +313,7 @@ export class Qcow2Device implements BlockDevice {
     // Needs new clusters: gather the following clusters that also need allocation.
     const olds: L2Mapping[] = [first];
     while (olds.length < maxClusters) {
-      const next = decodeL2(table, l2Index + olds.length, this.image.clusterBits, this.image.extendedL2);
+      const next = this.image.decodeChecked(table, l2Index + olds.length, l2OffsetBytes);
       if (this.isWritableInPlace(next)) break;
       olds.push(next);
     }

@@ -160,26 +160,32 @@ export class Qcow2Image {
     if (l2OffsetBytes === 0) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
     this.checkL2Offset(l1Index, l2OffsetBytes);
     const table = this.l2Cache.peek(l2OffsetBytes) ?? (await this.l2Cache.get(l2OffsetBytes));
+    const mapping = this.decodeChecked(table, l2Index, l2OffsetBytes);
+    return { mapping, l2OffsetBytes, l2Index };
+  }
+
+  /**
+   * Decodes entry `l2Index` of the L2 table at `l2OffsetBytes` and rejects what cannot be real: a data
+   * cluster that is not cluster aligned, or any host offset past 2^53 (CorruptImageError, fatal).
+   */
+  decodeChecked(table: Buffer, l2Index: number, l2OffsetBytes: number): L2Mapping {
     const mapping = decodeL2(table, l2Index, this.clusterBits, this.extendedL2);
+    const entryOffsetBytes = l2OffsetBytes + l2Index * (this.extendedL2 ? 16 : 8);
     if (
       (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') &&
       mapping.hostOffsetBytes % this.clusterSizeBytes !== 0
     ) {
       throw this.corrupt(
-        `data cluster offset ${mapping.hostOffsetBytes} of guest cluster ${guestCluster} is not cluster aligned`,
-        l2OffsetBytes + l2Index * 8,
+        `data cluster offset ${mapping.hostOffsetBytes} is not cluster aligned`,
+        entryOffsetBytes,
         8,
       );
     }
     // Offsets are 56-bit on disk; past 2^53 they cannot be real in a file this process can address.
     if (mapping.hostOffsetBytes > Number.MAX_SAFE_INTEGER - 4 * this.clusterSizeBytes) {
-      throw this.corrupt(
-        `host offset of guest cluster ${guestCluster} is beyond any file`,
-        l2OffsetBytes + l2Index * 8,
-        8,
-      );
+      throw this.corrupt(`host offset ${mapping.hostOffsetBytes} is beyond any file`, entryOffsetBytes, 8);
     }
-    return { mapping, l2OffsetBytes, l2Index };
+    return mapping;
   }
 
   /** Number of guest clusters from `guestCluster` sharing its L1 entry (to skip empty L2 ranges fast). */
@@ -269,6 +275,7 @@ export class Qcow2Image {
 
   /** Drops the reference `mapping` holds once the entry that named it is on disk (at the next flush). */
   releaseMapping(mapping: L2Mapping): void {
+    if (mapping.hostOffsetBytes % 512 !== 0 && mapping.kind !== 'compressed') return;
     if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') {
       this.deferFree(mapping.hostOffsetBytes / this.clusterSizeBytes, 1);
     } else if (mapping.kind === 'compressed') {

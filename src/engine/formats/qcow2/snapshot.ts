@@ -171,9 +171,11 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise
     const l2OffsetBytes = l1Offset(l1, l1Index);
     if (l2OffsetBytes === 0) continue;
     checkInside(l2OffsetBytes, -1);
+    if (l2OffsetBytes % clusterSizeBytes !== 0)
+      throw image.corrupt(`L2 table offset ${l2OffsetBytes} is not cluster aligned`);
     const table = Buffer.from(await image.l2Cache.get(l2OffsetBytes));
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
+      const mapping = image.decodeChecked(table, l2Index, l2OffsetBytes);
       if (mapping.kind !== 'unallocated' && mapping.kind !== 'zero-plain')
         checkInside(mapping.hostOffsetBytes, l2OffsetBytes + l2Index * 8);
       if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc')
@@ -198,6 +200,7 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
   for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++) {
     const l2OffsetBytes = l1Offset(image.l1, l1Index);
     if (l2OffsetBytes === 0) continue;
+    if (l2OffsetBytes % clusterSizeBytes !== 0) continue;
     const l2Exclusive = (await image.refcounts.get(l2OffsetBytes / clusterSizeBytes)) === 1;
     if (l1Copied(image.l1, l1Index) !== l2Exclusive)
       writeEntry(image.l1, l1Index, l2OffsetBytes, l2Exclusive);
@@ -206,6 +209,7 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
+      if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
       const exclusive = (await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes)) === 1;
       if (exclusive === mapping.copied) continue;
       image.entryCopied(mapping.hostOffsetBytes, exclusive, mapping.kind === 'zero-alloc')(table, l2Index);
