@@ -4,10 +4,14 @@
 
 import type { BlockDevice } from '../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../errors.ts';
+import { NodeHostFile } from '../io/host-file.ts';
 import { openImage } from '../open.ts';
 import { type ConvertDeviceOptions, type ConvertStats, convertDevice } from './convert.ts';
 import { ConcatDevice } from './concat-device.ts';
 import { createImage } from './create.ts';
+
+/** How much the copy writes into the target between starts of writeback (see NodeHostFile). */
+const TARGET_WRITEBACK_BYTES = 16 * 1024 * 1024;
 
 export interface ConvertImageRequest
   extends Omit<ConvertDeviceOptions, 'targetHasBacking' | 'targetIsZeroed'> {
@@ -94,7 +98,14 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
         allowBackingEscape,
       });
     }
-    target = await openImage(request.targetPath, { format: targetFormat, allowBackingEscape });
+    target = await openImage(request.targetPath, {
+      format: targetFormat,
+      allowBackingEscape,
+      // The copy streams into the target: start writeback as it goes, so the closing flush (which
+      // makes the result durable) waits only for the tail instead of the whole image.
+      openFile: (path, readOnly) =>
+        NodeHostFile.open(path, { readOnly, writebackEveryBytes: TARGET_WRITEBACK_BYTES }),
+    });
     return await convertDevice(from, target, {
       ...request,
       targetHasBacking: request.backingFile !== undefined,

@@ -12,6 +12,8 @@ const SEEK_HOLE = 4;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
+/** sync_file_range(2) flag: start writeback of the range's dirty pages without waiting for it. */
+const SYNC_FILE_RANGE_WRITE = 2;
 /** errno values (asm-generic/errno-base.h). */
 const ENXIO = 6;
 
@@ -26,6 +28,12 @@ export interface NativeFileOps {
   zeroRange(fd: number, offsetBytes: number, lengthBytes: number): boolean;
   /** Allocates [offset, offset+length), extending the size if needed (mode 0); false when refused. */
   allocate(fd: number, offsetBytes: number, lengthBytes: number): boolean;
+  /**
+   * Starts writeback of [offset, offset+length) (length 0: to EOF) on a koffi worker thread, as
+   * sync_file_range(SYNC_FILE_RANGE_WRITE); resolves true when started. A hint only: it makes
+   * nothing durable (sync does) and never reorders anything the kernel's flusher could not.
+   */
+  startWriteback(fd: number, offsetBytes: number, lengthBytes: number): Promise<boolean>;
 }
 
 /** Thrown when lseek fails for a reason other than "no more data" (the caller falls back). */
@@ -58,6 +66,9 @@ function load(): NativeFileOps | undefined {
     offset: number,
     length: number,
   ) => number;
+  const syncFileRange = libc.func(
+    'int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)',
+  );
   const seek = (fd: number, offsetBytes: number, whence: number, name: string): number | null => {
     const result = Number(lseek(fd, offsetBytes, whence));
     if (result >= 0) return result;
@@ -73,6 +84,16 @@ function load(): NativeFileOps | undefined {
     zeroRange: (fd, offsetBytes, lengthBytes) =>
       fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offsetBytes, lengthBytes) === 0,
     allocate: (fd, offsetBytes, lengthBytes) => fallocate(fd, 0, offsetBytes, lengthBytes) === 0,
+    startWriteback: (fd, offsetBytes, lengthBytes) =>
+      new Promise((resolve) => {
+        syncFileRange.async(
+          fd,
+          offsetBytes,
+          lengthBytes,
+          SYNC_FILE_RANGE_WRITE,
+          (err: unknown, result: number) => resolve(!err && result === 0),
+        );
+      }),
   };
 }
 
