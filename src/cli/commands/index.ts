@@ -12,6 +12,7 @@ import { measureCommand } from './measure.ts';
 import { partitionsCommand } from './partitions.ts';
 import { resizeCommand } from './resize.ts';
 import { serveCommand } from './serve.ts';
+import { snapshotCommand } from './snapshot.ts';
 
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
@@ -25,4 +26,5 @@ export const commands: readonly CliCommand[] = [
   partitionsCommand,
   resizeCommand,
   serveCommand,
+  snapshotCommand,
 ];

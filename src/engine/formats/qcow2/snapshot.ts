@@ -301,6 +301,9 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
         await adjustTree(image, image.l1, 1);
         await syncCopiedFlags(image);
         await image.flush();
+        // syncCopiedFlags cleared COPIED in the in-memory L1 only; the flush writes dirty L1 ranges, not this.
+        await image.file.write(image.header.l1TableOffsetBytes, image.l1);
+        await image.file.sync();
         const now = Date.now();
         const numericIds = entries
           .map((entry) => Number.parseInt(entry.id, 10))
@@ -315,7 +318,8 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
           vmClockNanoseconds: 0,
           vmStateSizeBytes: 0,
           diskSizeBytes: image.header.virtualSizeBytes,
-          icount: -1,
+          // qemu-img snapshot -c zeroes its QEMUSnapshotInfo: no VM ran, so icount is 0, not -1 (unknown).
+          icount: 0,
         };
         await replaceTable(image, [...entries, entry]);
         await image.flush();
