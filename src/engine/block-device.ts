@@ -105,7 +105,16 @@ export interface BlockDevice {
   /** Writes one whole, aligned unit compressed (qemu's bdrv_pwrite_compressed); the last may be short. */
   writeCompressed?(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Changes the guest size; shrinking refuses to cut allocated data unless `allowDataLoss`. */
-  resize?(sizeBytes: number, options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean }): Promise<void>;
+  resize?(
+    sizeBytes: number,
+    options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean },
+  ): Promise<void>;
+  /**
+   * Rewrites the name (and format) of the backing file this image records; `undefined` removes the
+   * backing file. Only the reference changes, never data (rebase/commit/amend copy data themselves);
+   * the already-open `backing` device stays as it was until the image is reopened.
+   */
+  setBackingFile?(name: string | undefined, format: string | undefined): Promise<void>;
   /** Internal snapshots (qcow2). */
   readonly snapshots?: SnapshotOperations;
   /** Flushes (unless read-only), closes the file(s) and the backing chain. */

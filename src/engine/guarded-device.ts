@@ -28,6 +28,7 @@ export class GuardedDevice implements BlockDevice {
     sizeBytes: number,
     options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean },
   ) => Promise<void>;
+  readonly setBackingFile?: (name: string | undefined, format: string | undefined) => Promise<void>;
 
   constructor(inner: BlockDevice, guard: GuardOptions) {
     this.inner = inner;
@@ -46,6 +47,13 @@ export class GuardedDevice implements BlockDevice {
       this.resize = async (sizeBytes, options) => {
         this.checkWritable('resize', Number.MAX_SAFE_INTEGER);
         await resize(sizeBytes, options);
+      };
+    }
+    const setBackingFile = inner.setBackingFile?.bind(inner);
+    if (setBackingFile) {
+      this.setBackingFile = async (name, format) => {
+        this.checkWritable('backing file change', Number.MAX_SAFE_INTEGER);
+        await setBackingFile(name, format);
       };
     }
   }

@@ -10,6 +10,7 @@ import { infoCommand } from './info.ts';
 import { mapCommand } from './map.ts';
 import { measureCommand } from './measure.ts';
 import { partitionsCommand } from './partitions.ts';
+import { rebaseCommand } from './rebase.ts';
 import { resizeCommand } from './resize.ts';
 import { serveCommand } from './serve.ts';
 import { snapshotCommand } from './snapshot.ts';
@@ -24,6 +25,7 @@ export const commands: readonly CliCommand[] = [
   mapCommand,
   measureCommand,
   partitionsCommand,
+  rebaseCommand,
   resizeCommand,
   serveCommand,
   snapshotCommand,

@@ -11,6 +11,7 @@ import type {
   WriteZeroesOptions,
 } from '../../block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
+import { setQcow2BackingFile } from './backing.ts';
 import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
@@ -50,6 +51,9 @@ export class Qcow2Device implements BlockDevice {
 
   /** Internal snapshots (list, create, apply, delete, open a read-only view). */
   readonly snapshots: SnapshotOperations | undefined;
+  /** Rewrites the backing file name and format in the header (backing.ts), under the metadata lock. */
+  readonly setBackingFile = (name: string | undefined, format: string | undefined): Promise<void> =>
+    this.lock.run(() => setQcow2BackingFile(this.image, name, format));
   /** A snapshot view shares its parent's file and backing: closing it closes neither. */
   private readonly isView: boolean;
 

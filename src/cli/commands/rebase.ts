@@ -1,0 +1,55 @@
+// `vdisk rebase`: qemu-img rebase's options. Safe mode (default) keeps the guest-visible content by
+// copying what differs between the old and new backing; -u only rewrites the reference; -b "" flattens.
+
+import { rebaseImage } from '../../engine/commands/rebase.ts';
+import type { CliCommand, CliIo } from '../command.ts';
+import { backingPolicy, printHelpIfAsked } from '../common.ts';
+import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
+
+const HELP = `usage: vdisk rebase [-f fmt] [-p] [-q] [-u] -b backing_file [-F backing_fmt] filename
+
+Changes the backing file of an image. In safe mode (the default) every range where the old and the
+new backing file differ, and the image has no data of its own, is copied into the image first, so the
+guest sees the same content. -u (unsafe) only changes the name. -b "" removes the backing file
+(in safe mode its data is copied into the image first).
+
+  -b backing_file   the new backing file, recorded as given (relative names: to the image's folder)
+  -F backing_fmt    its format (required with a non-empty -b)
+  -u                unsafe mode: rewrite the name and format only
+`;
+
+async function run(argv: string[], io: CliIo): Promise<number> {
+  const parsed = getopt(argv, [
+    ...COMMON_OPTIONS,
+    { short: 'f', takesValue: true, key: 'format' },
+    { short: 'F', takesValue: true, key: 'backingFormat' },
+    { short: 'b', takesValue: true, key: 'backing' },
+    { short: 'u', takesValue: false, key: 'unsafe' },
+    { short: 'p', takesValue: false, key: 'progress' },
+    { short: 't', takesValue: true, key: 'cache' },
+    { short: 'T', takesValue: true, key: 'sourceCache' },
+  ]);
+  if (printHelpIfAsked(parsed, io, HELP)) return 0;
+  const unsafe = hasFlag(parsed, 'unsafe');
+  const backing = lastValue(parsed, 'backing');
+  if (parsed.operands.length !== 1) throw new CliUsageError('Expecting one image file name');
+  if (!unsafe && backing === undefined)
+    throw new CliUsageError('Must specify backing file (-b) or use unsafe mode (-u)');
+  const [path = ''] = parsed.operands;
+  await rebaseImage({
+    path,
+    format: lastValue(parsed, 'format'),
+    backing: backing ?? '',
+    backingFormat: lastValue(parsed, 'backingFormat'),
+    unsafe,
+    allowBackingEscape: backingPolicy.allowEscape,
+  });
+  return 0;
+}
+
+export const rebaseCommand: CliCommand = {
+  name: 'rebase',
+  synopsis: 'rebase [-f fmt] [-p] [-q] [-u] -b backing_file [-F backing_fmt] filename',
+  summary: "Change an image's backing file",
+  run,
+};
