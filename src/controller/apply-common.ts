@@ -3,10 +3,14 @@
 // bumps vdisk_api_requests_total and feeds the write overlay.
 
 import type { KubernetesObject, V1Job } from '@kubernetes/client-node';
-import { API_GROUP, API_VERSION } from '../api/common.ts';
+import { API_GROUP, API_VERSION, type ObjectMeta } from '../api/common.ts';
+import { Reason } from './conditions.ts';
 import type { ReconcileContext } from './context.ts';
+import type { EventTarget } from './events.ts';
 import { createIfAbsent, ignoreNotFound, MERGE_PATCH } from './kube.ts';
+import type { Logger } from './logger.ts';
 import { FINALIZER, LABEL_OPERATION } from './naming.ts';
+import type { EventSpec } from './virtualdisk/desired.ts';
 
 export interface CustomTarget {
   plural: 'virtualdisks' | 'disksnapshots';
@@ -14,6 +18,26 @@ export interface CustomTarget {
   name: string;
   resourceVersion: string | undefined;
   finalizers: readonly string[] | undefined;
+}
+
+/** What an apply writes to: the object's namespace (default `default`), its patch target and its Event target. */
+export function applyTargetsOf(
+  plural: CustomTarget['plural'],
+  kind: string,
+  object: { apiVersion: string; metadata: ObjectMeta },
+): { namespace: string; target: CustomTarget; eventTarget: EventTarget } {
+  const namespace = object.metadata.namespace ?? 'default';
+  return {
+    namespace,
+    target: {
+      plural,
+      namespace,
+      name: object.metadata.name,
+      resourceVersion: object.metadata.resourceVersion,
+      finalizers: object.metadata.finalizers,
+    },
+    eventTarget: { apiVersion: object.apiVersion, kind, metadata: { ...object.metadata, namespace } },
+  };
 }
 
 /**
@@ -112,4 +136,58 @@ export async function deleteJob(context: ReconcileContext, namespace: string, na
   await ignoreNotFound(
     context.clients.batch.deleteNamespacedJob({ name, namespace, propagationPolicy: 'Background' }),
   );
+}
+
+/** Creates each imager Job (by deterministic name); the ones this call created are logged and get an Event. */
+export async function createImagerJobs(
+  context: ReconcileContext,
+  jobs: readonly V1Job[],
+  eventTarget: EventTarget,
+  log: Logger,
+): Promise<void> {
+  for (const job of jobs) {
+    if (await createJob(context, job)) {
+      log.info({ job: job.metadata?.name }, 'Created imager Job');
+      context.events.emit(
+        eventTarget,
+        'Normal',
+        Reason.CreatedJob,
+        `Created imager Job ${job.metadata?.name}`,
+      );
+    }
+  }
+}
+
+/** Deletes the imager Jobs the status just written no longer needs; each is logged. */
+export async function deleteImagerJobs(
+  context: ReconcileContext,
+  namespace: string,
+  names: readonly string[],
+  log: Logger,
+): Promise<void> {
+  for (const name of names) {
+    await deleteJob(context, namespace, name);
+    log.info({ job: name }, 'Deleted imager Job');
+  }
+}
+
+/**
+ * The last steps of every apply: the reconcile's Events, then (when asked) finalizer removal, which
+ * lets the apiserver delete the object, so the write overlay forgets it.
+ */
+export async function emitEventsAndRelease(
+  context: ReconcileContext,
+  target: CustomTarget,
+  eventTarget: EventTarget,
+  desired: { events: readonly EventSpec[]; removeFinalizer: boolean },
+  uid: string | undefined,
+  log: Logger,
+): Promise<void> {
+  for (const event of desired.events)
+    context.events.emit(eventTarget, event.type, event.reason, event.message);
+  if (desired.removeFinalizer) {
+    await patchFinalizer(context, target, false);
+    context.overlay.forget(uid);
+    log.info('Removed finalizer');
+  }
 }

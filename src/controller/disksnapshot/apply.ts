@@ -2,8 +2,14 @@
 // name), status, recorded Jobs deleted after the status that records them, finalizer removal last.
 
 import type { DiskSnapshot } from '../../api/disk-snapshot.ts';
-import { createJob, deleteJob, patchFinalizer, patchStatus } from '../apply-common.ts';
-import { Reason } from '../conditions.ts';
+import {
+  applyTargetsOf,
+  createImagerJobs,
+  deleteImagerJobs,
+  emitEventsAndRelease,
+  patchFinalizer,
+  patchStatus,
+} from '../apply-common.ts';
 import type { ReconcileContext } from '../context.ts';
 import type { Logger } from '../logger.ts';
 import type { DesiredSnapshot } from './desired.ts';
@@ -14,48 +20,17 @@ export async function applySnapshot(
   desired: DesiredSnapshot,
   log: Logger,
 ): Promise<void> {
-  const namespace = snapshot.metadata.namespace ?? 'default';
-  const target = {
-    plural: 'disksnapshots' as const,
-    namespace,
-    name: snapshot.metadata.name,
-    resourceVersion: snapshot.metadata.resourceVersion,
-    finalizers: snapshot.metadata.finalizers,
-  };
-  const eventTarget = {
-    apiVersion: snapshot.apiVersion,
-    kind: 'DiskSnapshot',
-    metadata: { ...snapshot.metadata, namespace },
-  };
+  const { namespace, target, eventTarget } = applyTargetsOf('disksnapshots', 'DiskSnapshot', snapshot);
   if (desired.addFinalizer) {
     await patchFinalizer(context, target, true);
   }
-  for (const job of desired.createJobs) {
-    if (await createJob(context, job)) {
-      log.info({ job: job.metadata?.name }, 'Created imager Job');
-      context.events.emit(
-        eventTarget,
-        'Normal',
-        Reason.CreatedJob,
-        `Created imager Job ${job.metadata?.name}`,
-      );
-    }
-  }
+  await createImagerJobs(context, desired.createJobs, eventTarget, log);
   await patchStatus(
     context,
     target,
     snapshot.status as Record<string, unknown> | undefined,
     desired.status as Record<string, unknown>,
   );
-  for (const name of desired.deleteJobs) {
-    await deleteJob(context, namespace, name);
-    log.info({ job: name }, 'Deleted imager Job');
-  }
-  for (const event of desired.events)
-    context.events.emit(eventTarget, event.type, event.reason, event.message);
-  if (desired.removeFinalizer) {
-    await patchFinalizer(context, target, false);
-    context.overlay.forget(snapshot.metadata.uid);
-    log.info('Removed finalizer');
-  }
+  await deleteImagerJobs(context, namespace, desired.deleteJobs, log);
+  await emitEventsAndRelease(context, target, eventTarget, desired, snapshot.metadata.uid, log);
 }

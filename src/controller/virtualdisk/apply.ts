@@ -4,7 +4,14 @@
 
 import type { VirtualDisk } from '../../api/virtual-disk.ts';
 import { formatQuantityBytes } from '../../api/quantity.ts';
-import { createJob, deleteJob, patchFinalizer, patchStatus } from '../apply-common.ts';
+import {
+  applyTargetsOf,
+  createImagerJobs,
+  deleteImagerJobs,
+  emitEventsAndRelease,
+  patchFinalizer,
+  patchStatus,
+} from '../apply-common.ts';
 import { Reason } from '../conditions.ts';
 import type { ReconcileContext } from '../context.ts';
 import { apiMessageOf, createIfAbsent, ignoreNotFound, MERGE_PATCH } from '../kube.ts';
@@ -17,19 +24,7 @@ export async function applyDisk(
   desired: DesiredDisk,
   log: Logger,
 ): Promise<void> {
-  const namespace = disk.metadata.namespace ?? 'default';
-  const target = {
-    plural: 'virtualdisks' as const,
-    namespace,
-    name: disk.metadata.name,
-    resourceVersion: disk.metadata.resourceVersion,
-    finalizers: disk.metadata.finalizers,
-  };
-  const eventTarget = {
-    apiVersion: disk.apiVersion,
-    kind: 'VirtualDisk',
-    metadata: { ...disk.metadata, namespace },
-  };
+  const { namespace, target, eventTarget } = applyTargetsOf('virtualdisks', 'VirtualDisk', disk);
   const { core } = context.clients;
 
   if (desired.addFinalizer) {
@@ -79,17 +74,7 @@ export async function applyDisk(
       );
     }
   }
-  for (const job of desired.createJobs) {
-    if (await createJob(context, job)) {
-      log.info({ job: job.metadata?.name }, 'Created imager Job');
-      context.events.emit(
-        eventTarget,
-        'Normal',
-        Reason.CreatedJob,
-        `Created imager Job ${job.metadata?.name}`,
-      );
-    }
-  }
+  await createImagerJobs(context, desired.createJobs, eventTarget, log);
   for (const pod of desired.createPods) {
     context.metrics.apiRequestsTotal.inc({ verb: 'create', resource: 'pods' });
     if (await createIfAbsent(core.createNamespacedPod({ namespace, body: pod }))) {
@@ -113,10 +98,7 @@ export async function applyDisk(
     disk.status as Record<string, unknown> | undefined,
     desired.status as Record<string, unknown>,
   );
-  for (const name of desired.deleteJobs) {
-    await deleteJob(context, namespace, name);
-    log.info({ job: name }, 'Deleted imager Job');
-  }
+  await deleteImagerJobs(context, namespace, desired.deleteJobs, log);
   const claimName = disk.status?.claimName ?? desired.status.claimName;
   if (desired.deleteClaim && claimName) {
     context.metrics.apiRequestsTotal.inc({ verb: 'delete', resource: 'persistentvolumeclaims' });
@@ -133,11 +115,5 @@ export async function applyDisk(
     );
     log.info({ pvc: claimName }, 'Released PVC (deletionPolicy Retain)');
   }
-  for (const event of desired.events)
-    context.events.emit(eventTarget, event.type, event.reason, event.message);
-  if (desired.removeFinalizer) {
-    await patchFinalizer(context, target, false);
-    context.overlay.forget(disk.metadata.uid);
-    log.info('Removed finalizer');
-  }
+  await emitEventsAndRelease(context, target, eventTarget, desired, disk.metadata.uid, log);
 }
