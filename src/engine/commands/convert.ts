@@ -232,20 +232,23 @@ export async function convertDevice(
     }
   }
 
-  const isZero = (buffer: Uint8Array, offsetBytes: number, lengthBytes: number): boolean =>
-    Buffer.from(buffer.buffer, buffer.byteOffset + offsetBytes, lengthBytes).equals(
-      Buffer.from(zeroBlock.buffer, 0, lengthBytes),
-    );
+  const zeroBuffer = Buffer.from(zeroBlock.buffer, zeroBlock.byteOffset, zeroBlock.length);
+  /** Whether `buffer[offsetBytes, +lengthBytes)` is all zeros (a memcmp; no views allocated). */
+  const isZero = (buffer: Buffer, offsetBytes: number, lengthBytes: number): boolean =>
+    buffer.compare(zeroBuffer, 0, lengthBytes, offsetBytes, offsetBytes + lengthBytes) === 0;
+  const asBuffer = (data: Uint8Array): Buffer =>
+    Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
 
   /** Writes a read span: runs of non-zero blocks as data, zero blocks skipped or zero-written. */
   async function writeSpan(offsetBytes: number, data: Uint8Array): Promise<void> {
+    const bytes = asBuffer(data);
     if (compressed && writeCompressed && compressedUnitBytes) {
       // The units of one chunk compress concurrently (the driver compresses off the event loop and
       // allocates under its own lock), so both cores work while chunks still land in guest order.
       const writes: Promise<void>[] = [];
       for (let at = 0; at < data.length; at += compressedUnitBytes) {
         const lengthBytes = Math.min(compressedUnitBytes, data.length - at);
-        if (isZero(data, at, lengthBytes)) {
+        if (isZero(bytes, at, lengthBytes)) {
           if (targetIsZeroed) stats.bytesSkipped += lengthBytes;
           else {
             writes.push(target.writeZeroes(offsetBytes + at, lengthBytes, { mayUnmap: true }));
@@ -282,7 +285,7 @@ export async function convertDevice(
       }
     };
     for (let at = 0; at < data.length; at += alignBytes) {
-      const zero = isZero(data, at, Math.min(alignBytes, data.length - at));
+      const zero = isZero(bytes, at, Math.min(alignBytes, data.length - at));
       if (runIsZero === undefined) runIsZero = zero;
       else if (zero !== runIsZero) {
         await flushRun(at);

@@ -23,6 +23,9 @@ export class TableCache {
   private readonly options: TableCacheOptions;
   /** Tables written out by this cache (for tests and benchmarks). */
   writeCount = 0;
+  /** The most recently used entry (the last in `entries`' order), for peek's fast path. */
+  private lastOffsetBytes = -1;
+  private lastEntry: Entry | undefined;
 
   constructor(options: TableCacheOptions) {
     this.options = { ...options, capacityTables: Math.max(2, options.capacityTables) };
@@ -43,10 +46,15 @@ export class TableCache {
 
   /** The cached table at `offsetBytes` without touching the file, or undefined. */
   peek(offsetBytes: number): Buffer | undefined {
+    // Sequential I/O asks for the same table thousands of times in a row: it is already the most
+    // recently used, so skip the Map re-insertion that keeps the LRU order.
+    if (offsetBytes === this.lastOffsetBytes && this.lastEntry) return this.lastEntry.table;
     const entry = this.entries.get(offsetBytes);
     if (!entry) return undefined;
     this.entries.delete(offsetBytes);
     this.entries.set(offsetBytes, entry);
+    this.lastOffsetBytes = offsetBytes;
+    this.lastEntry = entry;
     return entry.table;
   }
 
@@ -66,7 +74,7 @@ export class TableCache {
   async create(offsetBytes: number, contents?: Buffer): Promise<Buffer> {
     const table = Buffer.alloc(this.options.tableBytes);
     if (contents) contents.copy(table);
-    this.entries.delete(offsetBytes);
+    this.forget(offsetBytes);
     await this.insert(offsetBytes, { table, dirty: true });
     return table;
   }
@@ -87,7 +95,12 @@ export class TableCache {
 
   /** Forgets a table without writing it (its cluster was freed). */
   drop(offsetBytes: number): void {
+    this.forget(offsetBytes);
+  }
+
+  private forget(offsetBytes: number): void {
     this.entries.delete(offsetBytes);
+    if (offsetBytes === this.lastOffsetBytes) this.lastEntry = undefined;
   }
 
   private async insert(offsetBytes: number, entry: Entry): Promise<void> {
@@ -96,9 +109,11 @@ export class TableCache {
       if (victim === undefined) break;
       const old = this.entries.get(victim);
       if (old?.dirty) await this.writeOut([victim]);
-      this.entries.delete(victim);
+      this.forget(victim);
     }
     this.entries.set(offsetBytes, entry);
+    this.lastOffsetBytes = offsetBytes;
+    this.lastEntry = entry;
   }
 
   private pickVictim(): number | undefined {
