@@ -2,9 +2,9 @@
 // header, a catalog of u32 extent indexes (0xffffffff = absent), and per extent a sector bitmap
 // followed by its sectors. Layout: Bochs iodev/hdimage/hdimage.h (redolog_header_t, versions 1 and 2).
 
-import type { BlockDevice, ImageInfo } from '../block-device.ts';
+import type { BlockDevice } from '../block-device.ts';
 import { ImageFormatError } from '../errors.ts';
-import { actualSizeOf, cString, readExact, u64le, viewOf } from './common/binary.ts';
+import { cString, readExact, u64le, viewOf } from './common/binary.ts';
 import { MappedDevice, type RangeMapping, readHostZeroFilled } from './common/mapped-device.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
 
@@ -136,15 +136,6 @@ class BochsDevice extends MappedDevice {
       SECTOR_BYTES * (this.bitmapSectors + sectorInExtent) +
       (inExtentBytes % SECTOR_BYTES);
     return { kind: 'data', lengthBytes, hostOffsetBytes };
-  }
-
-  async info(): Promise<ImageInfo> {
-    return {
-      format: 'bochs',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
-    };
   }
 }
 

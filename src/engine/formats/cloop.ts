@@ -3,9 +3,9 @@
 // between offsets i and i+1 and inflates to exactly one block. Layout: cloop's compressed_loop.h.
 
 import { inflateSync } from 'node:zlib';
-import type { BlockDevice, ImageInfo } from '../block-device.ts';
+import type { BlockDevice } from '../block-device.ts';
 import { CorruptImageError, ImageFormatError } from '../errors.ts';
-import { actualSizeOf, readExact, u64be, viewOf } from './common/binary.ts';
+import { readExact, u64be, viewOf } from './common/binary.ts';
 import { MappedDevice, type RangeMapping } from './common/mapped-device.ts';
 import { cloopCreateOptions, createCloop, openCloopWriter } from './cloop-writer.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
@@ -83,15 +83,6 @@ class CloopDevice extends MappedDevice {
         const plain = await this.block(blockIndex);
         buffer.set(plain.subarray(inBlockBytes, inBlockBytes + buffer.length));
       },
-    };
-  }
-
-  async info(): Promise<ImageInfo> {
-    return {
-      format: 'cloop',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
     };
   }
 }

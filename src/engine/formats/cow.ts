@@ -4,7 +4,7 @@
 
 import type { BlockDevice, ImageInfo } from '../block-device.ts';
 import { ImageFormatError, UnsupportedError } from '../errors.ts';
-import { actualSizeOf, cString, readExact, u64be, viewOf } from './common/binary.ts';
+import { cString, readExact, u64be, viewOf } from './common/binary.ts';
 import { MappedDevice, type RangeMapping } from './common/mapped-device.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
 
@@ -155,12 +155,9 @@ class CowDevice extends MappedDevice {
     return { kind: 'data', lengthBytes, hostOffsetBytes: this.header.dataOffsetBytes + offsetBytes };
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     const info: ImageInfo = {
-      format: 'cow',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
     };
     if (this.header.backingFile) {
       info.backingFilename = this.header.backingFile;

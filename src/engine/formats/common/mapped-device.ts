@@ -6,6 +6,7 @@
 import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../../block-device.ts';
 import { PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
+import { actualSizeOf } from './binary.ts';
 
 /** What backs one run of guest bytes starting at the offset asked about. `lengthBytes` >= 1. */
 export type RangeMapping =
@@ -41,7 +42,8 @@ export interface MappedDeviceInit {
 }
 
 /**
- * Base class for map-based formats. Subclasses implement `mapRange` and `info`; writable ones implement
+ * Base class for map-based formats. Subclasses implement `mapRange` (and extend `info` with what their
+ * format adds); writable ones implement
  * `allocationUnitBytes`, `reserveUnit` and `commitUnit`, and `flushMetadata` when they cache tables.
  */
 export abstract class MappedDevice implements BlockDevice {
@@ -73,7 +75,15 @@ export abstract class MappedDevice implements BlockDevice {
   /** What backs [offsetBytes, offsetBytes + maxLengthBytes); the answer may cover less (never 0 bytes). */
   protected abstract mapRange(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping>;
 
-  abstract info(): Promise<ImageInfo>;
+  /** What every format reports: its name, the file, the guest size and the host bytes used. */
+  async info(): Promise<ImageInfo> {
+    return {
+      format: this.formatName,
+      filename: this.path,
+      virtualSizeBytes: this.sizeBytes,
+      actualSizeBytes: await actualSizeOf(this.file),
+    };
+  }
 
   /** Size of the unit a write allocates (a cluster, a block); 0 when the format is read-only. */
   protected allocationUnitBytes(): number {

@@ -3,9 +3,8 @@
 // record. Sizes and probe as qemu 7.2's block/dmg.c; ADC is beyond qemu.
 
 import { inflateSync } from 'node:zlib';
-import type { BlockDevice, ImageInfo } from '../../block-device.ts';
+import type { BlockDevice } from '../../block-device.ts';
 import { CorruptImageError } from '../../errors.ts';
-import { actualSizeOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping, readHostZeroFilled } from '../common/mapped-device.ts';
 import type { FormatDriver, OpenContext } from '../driver.ts';
 import { decodeAdc } from './adc.ts';
@@ -120,15 +119,6 @@ class DmgDevice extends MappedDevice {
         const plain = await this.decode(chunk);
         buffer.set(plain.subarray(inChunk, inChunk + buffer.length));
       },
-    };
-  }
-
-  async info(): Promise<ImageInfo> {
-    return {
-      format: 'dmg',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
     };
   }
 }

@@ -2,11 +2,11 @@
 // the driver record. Spec: qemu docs/interop/parallels.txt; behaviour as qemu 7.2's block/parallels.c:
 // the `inuse` mark while open read-write, clusters appended at the data end, qemu's check rules.
 
-import type { BlockDevice, ImageInfo } from '../../block-device.ts';
+import type { BlockDevice } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, PermissionError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { parseSize } from '../../size.ts';
-import { actualSizeOf, readExact, viewOf } from '../common/binary.ts';
+import { readExact, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
   CheckIssue,
@@ -141,15 +141,6 @@ class ParallelsDevice extends MappedDevice {
     // Clean close: clear the in-use mark (qemu's parallels_close).
     await this.file.write(0, encodeParallelsHeader({ ...this.state.header, inuse: 0 }));
     await this.file.sync();
-  }
-
-  async info(): Promise<ImageInfo> {
-    return {
-      format: 'parallels',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
-    };
   }
 }
 

@@ -5,7 +5,7 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError } from '../../errors.ts';
-import { actualSizeOf, cString, readExact, setU64be, viewOf } from '../common/binary.ts';
+import { cString, readExact, setU64be, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type { CreateContext, CreateOptionSpec, FormatDriver, OpenContext } from '../driver.ts';
 import {
@@ -278,12 +278,9 @@ class QcowDevice extends MappedDevice {
     await this.file.write(l2OffsetBytes + l2Index * 8, table.subarray(l2Index * 8, l2Index * 8 + 8));
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     const info: ImageInfo = {
-      format: 'qcow',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
       clusterSizeBytes: this.clusterBytes,
       dirty: false,
     };

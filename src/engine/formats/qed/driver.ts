@@ -5,7 +5,7 @@
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import { parseSize } from '../../size.ts';
-import { actualSizeOf, cString, readExact } from '../common/binary.ts';
+import { cString, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
   CheckReport,
@@ -145,12 +145,9 @@ class QedDevice extends MappedDevice {
     this.currentSizeBytes = sizeBytes;
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     const info: ImageInfo = {
-      format: 'qed',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
       clusterSizeBytes: this.header.clusterSizeBytes,
       dirty: qedNeedsCheck(this.header),
     };

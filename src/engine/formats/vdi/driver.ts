@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { actualSizeOf, checkTableSize, readExact } from '../common/binary.ts';
+import { checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
 import type {
@@ -149,12 +149,9 @@ class VdiDevice extends MappedDevice {
     await this.file.write(this.header.offsetBmapBytes + unitIndex * 4, bytes);
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     return {
-      format: 'vdi',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
       clusterSizeBytes: VDI_BLOCK_BYTES,
     };
   }

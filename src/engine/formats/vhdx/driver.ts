@@ -6,7 +6,7 @@ import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts
 import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { parseSize } from '../../size.ts';
-import { actualSizeOf, readExact, setU64le, viewOf } from '../common/binary.ts';
+import { readExact, setU64le, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
   CheckIssue,
@@ -337,12 +337,9 @@ class VhdxDevice extends MappedDevice {
     this.logGuid = undefined;
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     return {
-      format: 'vhdx',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
       clusterSizeBytes: this.blockBytes,
       dirty: false,
     };

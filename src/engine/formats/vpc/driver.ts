@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { actualSizeOf, checkTableSize, readExact } from '../common/binary.ts';
+import { checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
 import type {
@@ -165,12 +165,9 @@ class VpcDevice extends MappedDevice {
     });
   }
 
-  async info(): Promise<ImageInfo> {
+  override async info(): Promise<ImageInfo> {
     const info: ImageInfo = {
-      format: 'vpc',
-      filename: this.path,
-      virtualSizeBytes: this.sizeBytes,
-      actualSizeBytes: await actualSizeOf(this.file),
+      ...(await super.info()),
     };
     if (this.dynamic) info.clusterSizeBytes = this.dynamic.blockSizeBytes;
     if (this.backingReference) info.backingFilename = this.backingReference;
