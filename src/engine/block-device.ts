@@ -115,6 +115,11 @@ export interface BlockDevice {
    * the already-open `backing` device stays as it was until the image is reopened.
    */
   setBackingFile?(name: string | undefined, format: string | undefined): Promise<void>;
+  /**
+   * Deallocates everything this layer stores, so every read falls through to the backing file (qemu's
+   * bdrv_make_empty, used by commit). Internal snapshots keep their data.
+   */
+  makeEmpty?(): Promise<void>;
   /** Internal snapshots (qcow2). */
   readonly snapshots?: SnapshotOperations;
   /** Flushes (unless read-only), closes the file(s) and the backing chain. */

@@ -29,6 +29,7 @@ export class GuardedDevice implements BlockDevice {
     options: { shrink: boolean; preallocation?: string; allowDataLoss?: boolean },
   ) => Promise<void>;
   readonly setBackingFile?: (name: string | undefined, format: string | undefined) => Promise<void>;
+  readonly makeEmpty?: () => Promise<void>;
 
   constructor(inner: BlockDevice, guard: GuardOptions) {
     this.inner = inner;
@@ -54,6 +55,13 @@ export class GuardedDevice implements BlockDevice {
       this.setBackingFile = async (name, format) => {
         this.checkWritable('backing file change', Number.MAX_SAFE_INTEGER);
         await setBackingFile(name, format);
+      };
+    }
+    const makeEmpty = inner.makeEmpty?.bind(inner);
+    if (makeEmpty) {
+      this.makeEmpty = async () => {
+        this.checkWritable('make empty', Number.MAX_SAFE_INTEGER);
+        await makeEmpty();
       };
     }
   }

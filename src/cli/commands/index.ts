@@ -3,6 +3,7 @@
 
 import type { CliCommand } from '../command.ts';
 import { checkCommand } from './check.ts';
+import { commitCommand } from './commit.ts';
 import { compareCommand } from './compare.ts';
 import { convertCommand } from './convert.ts';
 import { createCommand } from './create.ts';
@@ -18,6 +19,7 @@ import { snapshotCommand } from './snapshot.ts';
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
   checkCommand,
+  commitCommand,
   compareCommand,
   convertCommand,
   createCommand,

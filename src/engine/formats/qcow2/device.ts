@@ -14,6 +14,7 @@ import { InvalidOptionError, PermissionError, UnsupportedError } from '../../err
 import { setQcow2BackingFile } from './backing.ts';
 import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
+import { makeQcow2Empty } from './empty.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
@@ -54,6 +55,8 @@ export class Qcow2Device implements BlockDevice {
   /** Rewrites the backing file name and format in the header (backing.ts), under the metadata lock. */
   readonly setBackingFile = (name: string | undefined, format: string | undefined): Promise<void> =>
     this.lock.run(() => setQcow2BackingFile(this.image, name, format));
+  /** Unmaps every cluster of the active tables (empty.ts), as qemu-img commit leaves the top image. */
+  readonly makeEmpty = (): Promise<void> => this.lock.run(() => makeQcow2Empty(this.image));
   /** A snapshot view shares its parent's file and backing: closing it closes neither. */
   private readonly isView: boolean;
 
