@@ -6,7 +6,7 @@ import { inflateSync } from 'node:zlib';
 import type { BlockDevice } from '../block-device.ts';
 import { CorruptImageError, ImageFormatError } from '../errors.ts';
 import { readExact, u64be, viewOf } from './common/binary.ts';
-import { MappedDevice, type RangeMapping } from './common/mapped-device.ts';
+import { decodedRange, MappedDevice, type RangeMapping } from './common/mapped-device.ts';
 import { cloopCreateOptions, createCloop, openCloopWriter } from './cloop-writer.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
 
@@ -76,14 +76,7 @@ class CloopDevice extends MappedDevice {
     const blockIndex = Math.floor(offsetBytes / this.blockBytes);
     const inBlockBytes = offsetBytes % this.blockBytes;
     const lengthBytes = Math.min(this.blockBytes - inBlockBytes, maxLengthBytes);
-    return {
-      kind: 'decoded',
-      lengthBytes,
-      read: async (buffer) => {
-        const plain = await this.block(blockIndex);
-        buffer.set(plain.subarray(inBlockBytes, inBlockBytes + buffer.length));
-      },
-    };
+    return decodedRange(lengthBytes, inBlockBytes, () => this.block(blockIndex));
   }
 }
 

@@ -16,6 +16,25 @@ export type RangeMapping =
   /** Bytes the driver decodes itself (compressed chunks): `read` fills a buffer of the run's first bytes. */
   | { kind: 'decoded'; lengthBytes: number; read: (buffer: Uint8Array) => Promise<void> };
 
+/**
+ * A run of `lengthBytes` guest bytes inside a unit the driver decodes whole (a compressed block,
+ * chunk or cluster): `decode` returns the unit's plain bytes, the run starts `offsetInUnitBytes` in.
+ */
+export function decodedRange(
+  lengthBytes: number,
+  offsetInUnitBytes: number,
+  decode: () => Promise<Uint8Array>,
+): RangeMapping {
+  return {
+    kind: 'decoded',
+    lengthBytes,
+    read: async (buffer) => {
+      const plain = await decode();
+      buffer.set(plain.subarray(offsetInUnitBytes, offsetInUnitBytes + buffer.length));
+    },
+  };
+}
+
 /** Largest buffer the base class allocates for one copy step (backing copy-in, zero writes). */
 export const COPY_CHUNK_BYTES = 1024 * 1024;
 

@@ -5,7 +5,12 @@
 import { inflateSync } from 'node:zlib';
 import type { BlockDevice } from '../../block-device.ts';
 import { CorruptImageError } from '../../errors.ts';
-import { MappedDevice, type RangeMapping, readHostZeroFilled } from '../common/mapped-device.ts';
+import {
+  decodedRange,
+  MappedDevice,
+  type RangeMapping,
+  readHostZeroFilled,
+} from '../common/mapped-device.ts';
 import type { FormatDriver, OpenContext } from '../driver.ts';
 import { decodeAdc } from './adc.ts';
 import { decodeBzip2 } from './bzip2.ts';
@@ -112,14 +117,7 @@ class DmgDevice extends MappedDevice {
         read: (buffer) => readHostZeroFilled(this.file, chunk.offsetBytes + inChunk, buffer),
       };
     }
-    return {
-      kind: 'decoded',
-      lengthBytes,
-      read: async (buffer) => {
-        const plain = await this.decode(chunk);
-        buffer.set(plain.subarray(inChunk, inChunk + buffer.length));
-      },
-    };
+    return decodedRange(lengthBytes, inChunk, () => this.decode(chunk));
   }
 }
 

@@ -6,7 +6,7 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError } from '../../errors.ts';
 import { cString, readExact, setU64be, viewOf } from '../common/binary.ts';
-import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import { decodedRange, MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type { CreateContext, CreateOptionSpec, FormatDriver, OpenContext } from '../driver.ts';
 import {
   encodeQcowHeader,
@@ -188,14 +188,9 @@ class QcowDevice extends MappedDevice {
     if (found.kind === 'unallocated') return { kind: 'unallocated', lengthBytes };
     if (found.kind === 'data')
       return { kind: 'data', lengthBytes, hostOffsetBytes: found.hostOffsetBytes + inCluster };
-    return {
-      kind: 'decoded',
-      lengthBytes,
-      read: async (buffer) => {
-        const plain = await this.decompress(found.hostOffsetBytes, found.compressedBytes);
-        buffer.set(plain.subarray(inCluster, inCluster + buffer.length));
-      },
-    };
+    return decodedRange(lengthBytes, inCluster, () =>
+      this.decompress(found.hostOffsetBytes, found.compressedBytes),
+    );
   }
 
   protected override allocationUnitBytes(): number {
