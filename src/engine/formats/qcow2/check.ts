@@ -298,7 +298,7 @@ async function compareRefcounts(
   if (repair !== 'none') image.refcounts.inUseHint = (clusterIndex) => expected(clusterIndex) > 0;
   try {
     for (const clusterIndex of indexes()) {
-      const stored = await image.refcounts.get(clusterIndex);
+      const stored = image.refcounts.peekRefcount(clusterIndex) ?? (await image.refcounts.get(clusterIndex));
       const computed = expected(clusterIndex);
       if (stored > 0 || computed > 0) result.highestCluster = Math.max(result.highestCluster, clusterIndex);
       if (stored === computed) continue;
@@ -383,7 +383,8 @@ async function checkCopiedFlags(
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
-      const refcount = await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes);
+      const hostCluster = mapping.hostOffsetBytes / clusterSizeBytes;
+      const refcount = image.refcounts.peekRefcount(hostCluster) ?? (await image.refcounts.get(hostCluster));
       if ((refcount === 1) === mapping.copied) continue;
       if (fix && refcount > 0) {
         image.entryCopied(

@@ -159,6 +159,20 @@ export class RefcountManager {
     return { block, index: clusterIndex % this.entriesPerBlock };
   }
 
+  /**
+   * Refcount of host cluster `clusterIndex` without awaiting when the answer is in memory (its block
+   * cached, or no block covering it: 0); undefined when the block must be read (use get()).
+   */
+  peekRefcount(clusterIndex: number): number | undefined {
+    const tableIndex = Math.floor(clusterIndex / this.entriesPerBlock);
+    const offsetBytes = this.blockOffset(tableIndex);
+    if (offsetBytes === 0) return 0;
+    if (offsetBytes % this.clusterSizeBytes !== 0) return undefined;
+    const block = this.blocks.peek(offsetBytes);
+    if (!block) return undefined;
+    return readRefcountEntry(block, clusterIndex % this.entriesPerBlock, this.refcountOrder);
+  }
+
   /** Refcount of host cluster `clusterIndex` (0 where no block covers it). */
   async get(clusterIndex: number): Promise<number> {
     const found = await this.blockFor(clusterIndex);
@@ -236,7 +250,7 @@ export class RefcountManager {
       const free =
         !reserved &&
         !this.inUseHint?.(clusterIndex) &&
-        (await this.get(clusterIndex)) === 0 &&
+        (this.peekRefcount(clusterIndex) ?? (await this.get(clusterIndex))) === 0 &&
         !this.isKnownMetadata(clusterIndex);
       if (!free) {
         // Clusters in use before the first free one never need scanning again.
