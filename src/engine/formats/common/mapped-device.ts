@@ -50,6 +50,41 @@ export async function readHostZeroFilled(
   if (count < buffer.length) buffer.fill(0, count);
 }
 
+/** Reads a range no layer of this image stores: the backing file's bytes (zeros past its end), else zeros. */
+export async function readFromBacking(
+  backing: BlockDevice | undefined,
+  offsetBytes: number,
+  buffer: Uint8Array,
+): Promise<void> {
+  if (!backing || offsetBytes >= backing.sizeBytes) {
+    buffer.fill(0);
+    return;
+  }
+  const inBacking = Math.min(buffer.length, backing.sizeBytes - offsetBytes);
+  await backing.read(offsetBytes, buffer.subarray(0, inBacking));
+  buffer.fill(0, inBacking);
+}
+
+/**
+ * Appends a block-status extent, merged into the last one when it continues it: the same flags, and
+ * either no host bytes on both or the next host bytes of the same file.
+ */
+export function appendExtent(extents: Extent[], extent: Extent): void {
+  const last = extents[extents.length - 1];
+  const contiguous =
+    last !== undefined &&
+    last.allocated === extent.allocated &&
+    last.zero === extent.zero &&
+    last.data === extent.data &&
+    last.compressed === extent.compressed &&
+    last.hostFile === extent.hostFile &&
+    (last.hostOffsetBytes === undefined
+      ? extent.hostOffsetBytes === undefined
+      : last.hostOffsetBytes + last.lengthBytes === extent.hostOffsetBytes);
+  if (contiguous) last.lengthBytes += extent.lengthBytes;
+  else extents.push(extent);
+}
+
 export interface MappedDeviceInit {
   formatName: string;
   path: string;
@@ -157,15 +192,8 @@ export abstract class MappedDevice implements BlockDevice {
   }
 
   /** Reads an unallocated range: the backing file's bytes (zeros past its end), else zeros. */
-  protected async readUnallocated(offsetBytes: number, buffer: Uint8Array): Promise<void> {
-    const backing = this.backing;
-    if (!backing || offsetBytes >= backing.sizeBytes) {
-      buffer.fill(0);
-      return;
-    }
-    const inBacking = Math.min(buffer.length, backing.sizeBytes - offsetBytes);
-    await backing.read(offsetBytes, buffer.subarray(0, inBacking));
-    buffer.fill(0, inBacking);
+  protected readUnallocated(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    return readFromBacking(this.backing, offsetBytes, buffer);
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
@@ -188,21 +216,7 @@ export abstract class MappedDevice implements BlockDevice {
         extent.hostFile = this.path;
       }
       if (mapping.kind === 'decoded') extent.compressed = true;
-      const last = extents[extents.length - 1];
-      if (
-        last &&
-        last.allocated === extent.allocated &&
-        last.zero === extent.zero &&
-        last.data === extent.data &&
-        last.compressed === extent.compressed &&
-        (last.hostOffsetBytes === undefined) === (extent.hostOffsetBytes === undefined) &&
-        (last.hostOffsetBytes === undefined ||
-          last.hostOffsetBytes + last.lengthBytes === extent.hostOffsetBytes)
-      ) {
-        last.lengthBytes += extent.lengthBytes;
-      } else {
-        extents.push(extent);
-      }
+      appendExtent(extents, extent);
       done += mapping.lengthBytes;
     }
     return extents;

@@ -6,6 +6,13 @@ import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions }
 import { PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { actualSizeOf } from '../common/binary.ts';
+import {
+  appendExtent,
+  COPY_CHUNK_BYTES,
+  isAllZero,
+  readFromBacking,
+  readHostZeroFilled,
+} from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
 import type { CheckIssue } from '../driver.ts';
 import type { Descriptor } from './descriptor.ts';
@@ -13,7 +20,6 @@ import { growVmdk } from './resize.ts';
 import type { SeSparseExtent } from './sesparse-extent.ts';
 import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
 
-const COPY_CHUNK_BYTES = 1024 * 1024;
 /** Smallest run block status reports for a FLAT file (guards against a zero-length SEEK answer). */
 const SECTOR_ALIGN = 512;
 /** Most bytes one batched allocation appends (bounds the lookups done under the write lock). */
@@ -156,8 +162,7 @@ export class VmdkDevice implements BlockDevice {
       const piece = await this.pieceAt(offsetBytes + done, buffer.length - done);
       const part = buffer.subarray(done, done + piece.lengthBytes);
       if (piece.kind === 'data') {
-        const count = await piece.file.read(piece.hostOffsetBytes, part);
-        if (count < part.length) part.fill(0, count);
+        await readHostZeroFilled(piece.file, piece.hostOffsetBytes, part);
       } else if (piece.kind === 'zero') {
         part.fill(0);
       } else if (piece.kind === 'compressed') {
@@ -166,21 +171,10 @@ export class VmdkDevice implements BlockDevice {
           grain.subarray(piece.mapping.offsetInGrainBytes, piece.mapping.offsetInGrainBytes + part.length),
         );
       } else {
-        await this.readBacking(offsetBytes + done, part);
+        await readFromBacking(this.backing, offsetBytes + done, part);
       }
       done += piece.lengthBytes;
     }
-  }
-
-  private async readBacking(offsetBytes: number, buffer: Uint8Array): Promise<void> {
-    const backing = this.backing;
-    if (!backing || offsetBytes >= backing.sizeBytes) {
-      buffer.fill(0);
-      return;
-    }
-    const inBacking = Math.min(buffer.length, backing.sizeBytes - offsetBytes);
-    await backing.read(offsetBytes, buffer.subarray(0, inBacking));
-    buffer.fill(0, inBacking);
   }
 
   private requireWritable(extent: OpenedExtent): void {
@@ -274,7 +268,7 @@ export class VmdkDevice implements BlockDevice {
       }
       const grain = new Uint8Array(sparse.grainBytes);
       if (piece.kind === 'unallocated')
-        await this.readBacking(grainGuestBytes, grain.subarray(0, grainLengthBytes));
+        await readFromBacking(this.backing, grainGuestBytes, grain.subarray(0, grainLengthBytes));
       grain.set(part, offsetBytes - grainGuestBytes);
       await sparse.writeCompressedGrain(grainIndex, grain);
       return;
@@ -292,8 +286,8 @@ export class VmdkDevice implements BlockDevice {
       const chunk = new Uint8Array(Math.min(COPY_CHUNK_BYTES, grainLengthBytes));
       for (let at = 0; at < grainLengthBytes; at += chunk.length) {
         const slice = chunk.subarray(0, Math.min(chunk.length, grainLengthBytes - at));
-        await this.readBacking(grainGuestBytes + at, slice);
-        if (slice.some((byte) => byte !== 0)) await extent.file!.write(hostGrainBytes + at, slice);
+        await readFromBacking(this.backing, grainGuestBytes + at, slice);
+        if (!isAllZero(slice)) await extent.file!.write(hostGrainBytes + at, slice);
       }
     }
     await extent.file!.write(hostGrainBytes + (offsetBytes - grainGuestBytes), part);
@@ -383,19 +377,7 @@ export class VmdkDevice implements BlockDevice {
         extent.hostFile = piece.path;
       }
       if (piece.kind === 'compressed') extent.compressed = true;
-      const last = result[result.length - 1];
-      const contiguous =
-        last !== undefined &&
-        last.allocated === extent.allocated &&
-        last.zero === extent.zero &&
-        last.data === extent.data &&
-        last.compressed === extent.compressed &&
-        last.hostFile === extent.hostFile &&
-        (last.hostOffsetBytes === undefined
-          ? extent.hostOffsetBytes === undefined
-          : last.hostOffsetBytes + last.lengthBytes === extent.hostOffsetBytes);
-      if (contiguous) last.lengthBytes += extent.lengthBytes;
-      else result.push(extent);
+      appendExtent(result, extent);
       done += piece.lengthBytes;
     }
     return result;
