@@ -10,6 +10,30 @@ export class StreamClosedError extends Error {
   override readonly name = 'StreamClosedError';
 }
 
+/**
+ * Removes the first `lengthBytes` bytes from a queue of received chunks (which must hold at least that
+ * many) and returns them: a view of the first chunk when it holds them all, else a copy.
+ */
+export function takeBytes(chunks: Buffer[], lengthBytes: number): Buffer {
+  const first = chunks[0];
+  if (first && first.length >= lengthBytes) {
+    if (first.length === lengthBytes) chunks.shift();
+    else chunks[0] = first.subarray(lengthBytes);
+    return first.subarray(0, lengthBytes);
+  }
+  const out = Buffer.allocUnsafe(lengthBytes);
+  let filled = 0;
+  while (filled < lengthBytes) {
+    const chunk = chunks[0]!;
+    const used = Math.min(chunk.length, lengthBytes - filled);
+    chunk.copy(out, filled, 0, used);
+    filled += used;
+    if (used === chunk.length) chunks.shift();
+    else chunks[0] = chunk.subarray(used);
+  }
+  return out;
+}
+
 export class ByteReader {
   private readonly stream: Duplex;
   private chunks: Buffer[] = [];
@@ -70,24 +94,7 @@ export class ByteReader {
   }
 
   private take(lengthBytes: number): Buffer {
-    const first = this.chunks[0];
-    let out: Buffer;
-    if (first && first.length >= lengthBytes) {
-      out = first.subarray(0, lengthBytes);
-      if (first.length === lengthBytes) this.chunks.shift();
-      else this.chunks[0] = first.subarray(lengthBytes);
-    } else {
-      out = Buffer.allocUnsafe(lengthBytes);
-      let filled = 0;
-      while (filled < lengthBytes) {
-        const chunk = this.chunks[0]!;
-        const used = Math.min(chunk.length, lengthBytes - filled);
-        chunk.copy(out, filled, 0, used);
-        filled += used;
-        if (used === chunk.length) this.chunks.shift();
-        else this.chunks[0] = chunk.subarray(used);
-      }
-    }
+    const out = takeBytes(this.chunks, lengthBytes);
     this.bufferedBytes -= lengthBytes;
     return out;
   }

@@ -2,6 +2,7 @@
 // and requests, pipelined writes, unread replies. Built on the server's own wire encoders.
 
 import { connect, type Socket } from 'node:net';
+import { takeBytes } from '../../../src/nbd/byte-reader.ts';
 import {
   encodeRequest,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -62,16 +63,7 @@ export class RawClient {
         setTimeout(resolve, 50);
       });
     }
-    const out = Buffer.allocUnsafe(lengthBytes);
-    let filled = 0;
-    while (filled < lengthBytes) {
-      const chunk = this.chunks[0]!;
-      const used = Math.min(chunk.length, lengthBytes - filled);
-      chunk.copy(out, filled, 0, used);
-      filled += used;
-      if (used === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(used);
-    }
+    const out = takeBytes(this.chunks, lengthBytes);
     this.receivedBytes -= lengthBytes;
     return out;
   }
