@@ -120,6 +120,11 @@ export interface BlockDevice {
    * bdrv_make_empty, used by commit). Internal snapshots keep their data.
    */
   makeEmpty?(): Promise<void>;
+  /**
+   * Changes format options of the image in place (qemu-img amend -o, option names as qemu's). Throws
+   * InvalidOptionError for unknown or conflicting options, UnsupportedError for changes the driver can't make.
+   */
+  amend?(options: Record<string, string>): Promise<void>;
   /** Internal snapshots (qcow2). */
   readonly snapshots?: SnapshotOperations;
   /** Flushes (unless read-only), closes the file(s) and the backing chain. */

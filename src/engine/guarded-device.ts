@@ -30,6 +30,7 @@ export class GuardedDevice implements BlockDevice {
   ) => Promise<void>;
   readonly setBackingFile?: (name: string | undefined, format: string | undefined) => Promise<void>;
   readonly makeEmpty?: () => Promise<void>;
+  readonly amend?: (options: Record<string, string>) => Promise<void>;
 
   constructor(inner: BlockDevice, guard: GuardOptions) {
     this.inner = inner;
@@ -62,6 +63,13 @@ export class GuardedDevice implements BlockDevice {
       this.makeEmpty = async () => {
         this.checkWritable('make empty', Number.MAX_SAFE_INTEGER);
         await makeEmpty();
+      };
+    }
+    const amend = inner.amend?.bind(inner);
+    if (amend) {
+      this.amend = async (options) => {
+        this.checkWritable('amend', Number.MAX_SAFE_INTEGER);
+        await amend(options);
       };
     }
   }

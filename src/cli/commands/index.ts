@@ -2,6 +2,7 @@
 // Each command's argv parsing, rendering and exit codes live in its own file beside this one.
 
 import type { CliCommand } from '../command.ts';
+import { amendCommand } from './amend.ts';
 import { checkCommand } from './check.ts';
 import { commitCommand } from './commit.ts';
 import { compareCommand } from './compare.ts';
@@ -18,6 +19,7 @@ import { snapshotCommand } from './snapshot.ts';
 
 export const commands: readonly CliCommand[] = [
   // (commands are listed here in qemu-img's order)
+  amendCommand,
   checkCommand,
   commitCommand,
   compareCommand,

@@ -2,7 +2,7 @@
 // file name and the backing-format header extension are rewritten by serializing the whole header
 // cluster again and writing it in one write, then syncing. qcow2.txt "Header", "Header extensions".
 
-import { InvalidOptionError } from '../../errors.ts';
+import { ImageFormatError, InvalidOptionError } from '../../errors.ts';
 import { EXT_BACKING_FORMAT, type Qcow2Header, serializeHeader } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 
@@ -17,8 +17,6 @@ export async function setQcow2BackingFile(
   name: string | undefined,
   format: string | undefined,
 ): Promise<void> {
-  // Everything the header points at (L1, refcount table) must be on disk before a header naming it is.
-  await image.flush();
   const hasBacking = name !== undefined && name !== '';
   const extensions = image.header.extensions.filter((extension) => extension.type !== EXT_BACKING_FORMAT);
   // qemu writes the backing-format extension first (qcow2_update_header).
@@ -30,10 +28,10 @@ export async function setQcow2BackingFile(
     backingFileName: hasBacking ? name : undefined,
     backingFormat: hasBacking ? format : undefined,
   };
-  let cluster: Buffer;
   try {
-    cluster = serializeHeader(next, image.path);
+    await rewriteHeaderCluster(image, next);
   } catch (err) {
+    if (!(err instanceof ImageFormatError)) throw err;
     throw new InvalidOptionError({
       option: 'backing_file',
       value: name,
@@ -41,13 +39,23 @@ export async function setQcow2BackingFile(
       cause: err,
     });
   }
-  // One write of the header cluster, then a sync: the bytes that differ (header fields, extensions, name)
-  // sit in its first sectors and the rest is zeros before and after, as qemu's header rewrite does.
+}
+
+/**
+ * Writes `next` as the image's header: the image's tables are flushed first (the new header may point at
+ * them), then the whole header cluster is serialized and written in one write and synced; only then is the
+ * in-memory header updated. The bytes that differ (fields, extensions, backing name) sit in the cluster's
+ * first sectors and the rest is zeros before and after, as with qemu's qcow2_update_header. Throws
+ * ImageFormatError (VDISK_EFORMAT) before writing anything when `next` does not fit in one cluster.
+ */
+export async function rewriteHeaderCluster(image: Qcow2Image, next: Qcow2Header): Promise<void> {
+  await image.flush();
+  const cluster = serializeHeader(next, image.path);
   await image.file.write(0, cluster);
   await image.file.sync();
-  image.header.extensions = extensions;
-  image.header.backingFileName = next.backingFileName;
-  image.header.backingFormat = next.backingFormat;
-  image.header.backingFileOffsetBytes = cluster.readUInt32BE(8) * 2 ** 32 + cluster.readUInt32BE(12);
-  image.header.backingFileSizeBytes = cluster.readUInt32BE(16);
+  Object.assign(image.header, next, {
+    headerLengthBytes: next.version === 2 ? 72 : next.headerLengthBytes,
+    backingFileOffsetBytes: Number(cluster.readBigUInt64BE(8)),
+    backingFileSizeBytes: cluster.readUInt32BE(16),
+  });
 }

@@ -11,6 +11,7 @@ import type {
   WriteZeroesOptions,
 } from '../../block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
+import { amendQcow2 } from './amend.ts';
 import { setQcow2BackingFile } from './backing.ts';
 import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
@@ -57,6 +58,9 @@ export class Qcow2Device implements BlockDevice {
     this.lock.run(() => setQcow2BackingFile(this.image, name, format));
   /** Unmaps every cluster of the active tables (empty.ts), as qemu-img commit leaves the top image. */
   readonly makeEmpty = (): Promise<void> => this.lock.run(() => makeQcow2Empty(this.image));
+  /** qemu-img amend -o (amend.ts): compat, lazy_refcounts. */
+  readonly amend = (options: Record<string, string>): Promise<void> =>
+    this.lock.run(() => amendQcow2(this.image, options));
   /** A snapshot view shares its parent's file and backing: closing it closes neither. */
   private readonly isView: boolean;
 
