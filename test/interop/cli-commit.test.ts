@@ -147,6 +147,26 @@ describe.skipIf(!HAS_QEMU)('vdisk commit, checked by qemu-img', () => {
     expectClean(ours.base, ours.mid, ours.top);
   });
 
+  it('commits a qed image with -d, and refuses up front to commit one it could not empty', async () => {
+    const base = join(dir, 'qed-base.qcow2');
+    const top = join(dir, 'qed-top.qed');
+    const before = join(dir, 'qed-before.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', base, '4M']);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 4M', base]);
+    mustRun('qemu-img', ['create', '-q', '-f', 'qed', '-b', 'qed-base.qcow2', '-F', 'qcow2', top]);
+    mustRun('qemu-io', ['-f', 'qed', '-c', 'write -P 0x22 1M 1M', top]);
+    mustRun('qemu-img', ['convert', '-O', 'raw', top, before]);
+    const baseBefore = join(dir, 'qed-base-before.raw');
+    mustRun('qemu-img', ['convert', '-O', 'raw', base, baseBefore]);
+    const refused = await vdisk(['commit', top]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/cannot empty the image after commit \(use -d\)/);
+    expect(tool('qemu-img', ['compare', '-F', 'raw', base, baseBefore]).code).toBe(0);
+    expect((await vdisk(['commit', '-d', top])).code).toBe(0);
+    expect(tool('qemu-img', ['compare', '-F', 'raw', base, before]).code).toBe(0);
+    expectClean(base, top);
+  });
+
   it('exits 1 as qemu-img does without a backing file or with a base outside the chain', async () => {
     const { base, top } = chain('errors');
     const cases: [string[], RegExp][] = [

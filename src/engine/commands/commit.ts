@@ -72,6 +72,14 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
         message: 'Image does not have a backing file',
       });
     }
+    const willEmpty = !request.drop && request.base === undefined;
+    // Checked before anything is copied: committing and then failing to empty would leave both halves.
+    if (willEmpty && !top.makeEmpty)
+      throw new UnsupportedError({
+        format: top.formatName,
+        feature: 'make empty',
+        message: `${request.path}: Image format driver '${top.formatName}' cannot empty the image after commit (use -d)`,
+      });
     let baseIndex = 1;
     if (request.base !== undefined) {
       const wanted = await realOrResolved(request.base);
