@@ -1,6 +1,7 @@
 // vdisk rebase against qemu-img 7.2: safe mode keeps the guest content (qemu-img compare of the image
 // before and after), records the new backing file and format (qemu-img info) and leaves a clean image
 // (qemu-img check); -u changes only the reference; -b "" flattens; errors as qemu-img's.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasTool, mustRun, scratch, tool, vdisk, warnMissing } from './cli-helpers.ts';
@@ -143,6 +144,34 @@ describe.skipIf(!HAS_QEMU)('vdisk rebase, checked by qemu-img', () => {
         .filter((entry) => entry.depth === 0)
         .map(({ start, length }) => ({ start, length }));
     expect(layer(top)).toEqual(layer(theirs));
+  });
+
+  it('rebases a qed image (safe and -u), writing the header qemu-img writes', async () => {
+    const old = join(dir, 'qed-old.qcow2');
+    const fresh = join(dir, 'qed-new.raw');
+    const top = join(dir, 'qed-top.qed');
+    const theirs = join(dir, 'qed-theirs.qed');
+    const before = join(dir, 'qed-before.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', old, '4M']);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 2M', old]);
+    mustRun('qemu-img', ['create', '-q', '-f', 'raw', fresh, '4M']);
+    mustRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 1M 1M', fresh]);
+    mustRun('qemu-img', ['create', '-q', '-f', 'qed', '-b', 'qed-old.qcow2', '-F', 'qcow2', top]);
+    mustRun('qemu-io', ['-f', 'qed', '-c', 'write -P 0x22 1536k 1M', top]);
+    mustRun('qemu-img', ['convert', '-O', 'raw', top, before]);
+    mustRun('cp', [top, theirs]);
+    expect((await vdisk(['rebase', '-f', 'qed', '-b', 'qed-new.raw', '-F', 'raw', top])).code).toBe(0);
+    mustRun('qemu-img', ['rebase', '-f', 'qed', '-b', 'qed-new.raw', '-F', 'raw', theirs]);
+    expect(info(top)['backing-filename']).toBe('qed-new.raw');
+    expect(info(top)['backing-filename-format']).toBe('raw');
+    expect(tool('qemu-img', ['check', '-f', 'qed', top]).code).toBe(0);
+    expect(tool('qemu-img', ['compare', '-f', 'qed', '-F', 'raw', top, before]).code).toBe(0);
+    const head = (path: string) => readFileSync(path).subarray(0, 4096);
+    expect(head(top).equals(head(theirs))).toBe(true);
+    expect((await vdisk(['rebase', '-u', '-b', 'qed-old.qcow2', '-F', 'qcow2', top])).code).toBe(0);
+    mustRun('qemu-img', ['rebase', '-u', '-b', 'qed-old.qcow2', '-F', 'qcow2', theirs]);
+    expect(head(top).equals(head(theirs))).toBe(true);
+    expect(info(top)['backing-filename']).toBe('qed-old.qcow2');
   });
 
   it('exits 1 as qemu-img does for a missing -F, -b or new backing file', async () => {

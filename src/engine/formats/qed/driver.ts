@@ -15,6 +15,7 @@ import type {
   OpenContext,
   RepairMode,
 } from '../driver.ts';
+import { writeQedBackingFile } from './backing.ts';
 import { checkQedTables, qedNeedsCheck } from './check.ts';
 import {
   checkQedGeometry,
@@ -34,7 +35,7 @@ import { QedTables } from './tables.ts';
 class QedDevice extends MappedDevice {
   private header: QedHeader;
   private readonly tables: QedTables;
-  private readonly backingName: string | undefined;
+  private backingName: string | undefined;
 
   constructor(
     context: OpenContext,
@@ -116,6 +117,14 @@ class QedDevice extends MappedDevice {
 
   protected override async flushMetadata(): Promise<void> {
     await this.markNeedCheck(false);
+  }
+
+  /** Rewrites the backing file name (backing.ts); the open backing device stays until reopened. */
+  setBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    return this.exclusive(async () => {
+      this.header = await writeQedBackingFile(this.file, this.path, this.header, name, format);
+      this.backingName = name === undefined || name === '' ? undefined : name;
+    });
   }
 
   /** Grows the image (qemu's bdrv_qed_co_truncate: shrinking is not supported). */
