@@ -11,6 +11,7 @@ import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { BlockDevice } from '../../src/engine/block-device.ts';
+import type { CheckReport, RepairMode } from '../../src/engine/formats/driver.ts';
 import { findDriver } from '../../src/engine/formats/registry.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 
@@ -142,6 +143,24 @@ export async function createWithDriver(
       backingFormat: backing?.format,
       openBacking: undefined,
     });
+  } finally {
+    await file.close();
+  }
+}
+
+/** Runs `format`'s driver check on `path` (as `vdisk check -r` would): read-only unless it repairs. */
+export async function checkWithDriver(
+  format: string,
+  path: string,
+  repair: RepairMode = 'none',
+): Promise<CheckReport> {
+  const readOnly = repair === 'none';
+  const file = await NodeHostFile.open(path, { readOnly });
+  try {
+    return await findDriver(format).check!(
+      { path, file, readOnly, openBacking: undefined, options: {} },
+      repair,
+    );
   } finally {
     await file.close();
   }

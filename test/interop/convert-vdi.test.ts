@@ -6,11 +6,10 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findDriver } from '../../src/engine/formats/registry.ts';
-import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 import { openImage } from '../../src/engine/open.ts';
 import { copyImageInto } from '../helpers/copy-image.ts';
 import {
+  checkWithDriver,
   createWithDriver,
   has,
   qemuRawSha256,
@@ -29,17 +28,7 @@ let cleanup: () => Promise<void>;
 beforeAll(async () => ({ dir, cleanup } = await scratchDir()));
 afterAll(async () => cleanup());
 
-async function vdiskCheck(path: string) {
-  const file = await NodeHostFile.open(path, { readOnly: true });
-  try {
-    return await findDriver('vdi').check!(
-      { path, file, readOnly: true, openBacking: undefined, options: {} },
-      'none',
-    );
-  } finally {
-    await file.close();
-  }
-}
+const vdiskCheck = (path: string) => checkWithDriver('vdi', path);
 
 describe.skipIf(!hasQemuImg)('vdi images made by qemu-img', () => {
   for (const [name, options] of [

@@ -6,10 +6,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CheckReport, RepairMode } from '../../src/engine/formats/driver.ts';
-import { findDriver } from '../../src/engine/formats/registry.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 import { openImage } from '../../src/engine/open.ts';
 import {
+  checkWithDriver,
   copyRawInto,
   createWithDriver,
   has,
@@ -29,17 +29,8 @@ if (!hasQemu)
     'SKIPPING parallels interop with qemu: qemu-img/qemu-io (Debian qemu-utils) are not installed',
   );
 
-async function checkWith(path: string, repair: RepairMode): Promise<CheckReport> {
-  const file = await NodeHostFile.open(path, { readOnly: repair === 'none' });
-  try {
-    return await findDriver('parallels').check!(
-      { path, file, readOnly: repair === 'none', openBacking: undefined, options: {} },
-      repair,
-    );
-  } finally {
-    await file.close();
-  }
-}
+const checkWith = (path: string, repair: RepairMode): Promise<CheckReport> =>
+  checkWithDriver('parallels', path, repair);
 
 describe('parallels samples', () => {
   let dir: string;

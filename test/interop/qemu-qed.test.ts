@@ -5,10 +5,10 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { findDriver } from '../../src/engine/formats/registry.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 import { openImage } from '../../src/engine/open.ts';
 import {
+  checkWithDriver,
   copyRawInto,
   createWithDriver,
   has,
@@ -119,18 +119,7 @@ describe.skipIf(!hasQemu)('qed against qemu-img', () => {
     const path = join(dir, 'c.qed');
     run('qemu-img', ['create', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', path, '1M']);
     run('qemu-io', ['-f', 'qed', '-c', 'write -P 1 0 8k', path]);
-    const driver = findDriver('qed');
-    const checkFile = async (): Promise<Awaited<ReturnType<NonNullable<typeof driver.check>>>> => {
-      const file = await NodeHostFile.open(path, { readOnly: true });
-      try {
-        return await driver.check!(
-          { path, file, readOnly: true, openBacking: undefined, options: {} },
-          'none',
-        );
-      } finally {
-        await file.close();
-      }
-    };
+    const checkFile = () => checkWithDriver('qed', path);
     const clean = await checkFile();
     expect(clean.corruptions + clean.leaks).toBe(0);
     expect(clean.allocatedClusters).toBe(2);
@@ -151,16 +140,7 @@ describe.skipIf(!hasQemu)('qed against qemu-img', () => {
     const qemuCopy = join(dir, 'qemu-repaired.qed');
     run('cp', [path, qemuCopy]);
     runStatus('qemu-img', ['check', '-r', 'all', qemuCopy]);
-    const repairFile = await NodeHostFile.open(path, { readOnly: false });
-    try {
-      const repaired = await driver.check!(
-        { path, file: repairFile, readOnly: false, openBacking: undefined, options: {} },
-        'all',
-      );
-      expect(repaired).toMatchObject({ corruptions: 0, corruptionsFixed: 1 });
-    } finally {
-      await repairFile.close();
-    }
+    expect(await checkWithDriver('qed', path, 'all')).toMatchObject({ corruptions: 0, corruptionsFixed: 1 });
     // The cluster the bad entry used to name is now a leak, for qemu's repair as for vdisk's.
     expect(runStatus('qemu-img', ['check', path]).status).toBe(
       runStatus('qemu-img', ['check', qemuCopy]).status,

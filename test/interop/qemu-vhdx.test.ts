@@ -6,10 +6,10 @@
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CheckReport, RepairMode } from '../../src/engine/formats/driver.ts';
-import { findDriver } from '../../src/engine/formats/registry.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 import { openImage } from '../../src/engine/open.ts';
 import {
+  checkWithDriver,
   copyRawInto,
   createWithDriver,
   has,
@@ -27,18 +27,8 @@ const hasQemu = has('qemu-img') && has('qemu-io');
 if (!hasQemu)
   console.warn('SKIPPING VHDX interop with qemu: qemu-img/qemu-io (Debian qemu-utils) are not installed');
 
-async function checkWith(path: string, repair: RepairMode): Promise<CheckReport> {
-  const readOnly = repair === 'none';
-  const file = await NodeHostFile.open(path, { readOnly });
-  try {
-    return await findDriver('vhdx').check!(
-      { path, file, readOnly, openBacking: undefined, options: {} },
-      repair,
-    );
-  } finally {
-    await file.close();
-  }
-}
+const checkWith = (path: string, repair: RepairMode): Promise<CheckReport> =>
+  checkWithDriver('vhdx', path, repair);
 
 async function hashOf(path: string): Promise<string> {
   const device = await openImage(path, { readOnly: true });

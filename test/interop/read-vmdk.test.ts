@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
+  checkWithDriver,
   has,
   qemuRawSha256,
   run,
@@ -254,18 +255,8 @@ describe.skipIf(!hasQemuImg)('broken vmdk descriptors and tables', () => {
     } finally {
       await device.close();
     }
-    const { findDriver } = await import('../../src/engine/formats/registry.ts');
-    const { NodeHostFile } = await import('../../src/engine/io/host-file.ts');
-    const file = await NodeHostFile.open(path, { readOnly: true });
-    try {
-      const report = await findDriver('vmdk').check!(
-        { path, file, readOnly: true, openBacking: undefined, options: {} },
-        'none',
-      );
-      expect(report.corruptions).toBe(1);
-      expect(report.issues[0]?.message).toBe('ERROR: cluster offset for sector 0 points after EOF');
-    } finally {
-      await file.close();
-    }
+    const report = await checkWithDriver('vmdk', path);
+    expect(report.corruptions).toBe(1);
+    expect(report.issues[0]?.message).toBe('ERROR: cluster offset for sector 0 points after EOF');
   });
 });
