@@ -36,9 +36,9 @@ export function has(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
 }
 
-/** A fresh folder under the OS temp dir and its remover. */
-export async function scratchDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'vdisk-fmt-'));
+/** A fresh folder `vdisk-<prefix>-*` under the OS temp dir and its remover. */
+export async function scratchDir(prefix = 'fmt'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), `vdisk-${prefix}-`));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
 

@@ -2,10 +2,11 @@
 // Node start-up per call) and run qemu-img beside it, both returning exit code, stdout and stderr.
 
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { runCli } from '../../src/cli/main.ts';
+import { has } from '../helpers/format-harness.ts';
+
+/** Tool detection and scratch folders are format-harness's: `hasTool(tool)`, `scratch(prefix)`. */
+export { has as hasTool, scratchDir as scratch } from '../helpers/format-harness.ts';
 
 export interface RunResult {
   code: number;
@@ -13,14 +14,9 @@ export interface RunResult {
   stderr: string;
 }
 
-/** True when `tool` runs from PATH. */
-export function hasTool(tool: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
-}
-
 /** Warns once, loudly, when a tier's real tool is missing (the describe block skips). */
 export function warnMissing(tool: string, file: string): void {
-  if (!hasTool(tool))
+  if (!has(tool))
     console.warn(
       `SKIPPED ${file}: '${tool}' is not installed (apt-get install qemu-utils); the interop tier needs it as the oracle`,
     );
@@ -50,10 +46,4 @@ export function mustRun(command: string, args: string[], cwd?: string): string {
   if (result.code !== 0)
     throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
   return result.stdout;
-}
-
-/** A scratch folder under os.tmpdir() and its remover. */
-export async function scratch(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), `vdisk-${prefix}-`));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -2,11 +2,10 @@
 // binding, which nbdsh is), with loud skips when one is missing.
 
 import { execFile, spawnSync } from 'node:child_process';
+import { has as hasTool } from '../../helpers/format-harness.ts';
 
-/** True when `name` is on PATH. */
-export function hasTool(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
+/** True when a tool is on PATH (format-harness's `has`). */
+export { hasTool };
 
 /** A python3 that can `import nbd` (python3-libnbd, the module nbdsh runs), or undefined. */
 export const libnbdPython: string | undefined = ['/usr/bin/python3', 'python3'].find(
