@@ -153,6 +153,7 @@ async function main(): Promise<void> {
       const { runNbdBench, formatNbdBench } = (await import('./nbd.ts')) as typeof import('./nbd.ts');
       process.stdout.write(`\n${formatNbdBench(await runNbdBench({ sizeMib, log }))}\n`);
     }
+    process.stdout.write(await (await import('./controller.ts')).controllerBenchReport(process.argv, log));
   } finally {
     if (process.argv.includes('--keep')) log(`bench: kept ${dir}`);
     else await rm(dir, { recursive: true, force: true });
