@@ -3,7 +3,10 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { has } from '../helpers/format-harness.ts';
+import { run } from '../unit/nbd/tools.ts';
 
 export const VDISK_BIN = join(import.meta.dirname, '../../bin/vdisk.mjs');
 
@@ -16,6 +19,31 @@ export interface ServerProcess {
   stderr: () => string;
   /** SIGTERM to the process group; resolves with the exit code. */
   stop: () => Promise<number | null>;
+}
+
+/** The `tools` not on PATH; when any is, warns loudly that `what` is skipped and how to install them. */
+export function missingTools(tools: string[], what: string, packages: string): string[] {
+  const missing = tools.filter((tool) => !has(tool));
+  if (missing.length > 0)
+    console.warn(`SKIPPED ${what}: missing ${missing.join(', ')} (apt-get install ${packages})`);
+  return missing;
+}
+
+/**
+ * Runs a client tool without blocking this process (servers it talks to may run in it) and returns its
+ * stdout; throws with its stderr when it fails.
+ */
+export async function runOk(command: string, args: string[]): Promise<string> {
+  const result = await run(command, args);
+  if (result.code !== 0)
+    throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+  return result.stdout;
+}
+
+/** afterAll of a serve suite: stops every server it started, then removes its scratch folder. */
+export async function stopServersAndRemove(servers: ServerProcess[], folder: string): Promise<void> {
+  for (const server of servers) await server.stop();
+  await rm(folder, { recursive: true, force: true });
 }
 
 function track(child: ChildProcess): { exited: Promise<number | null>; stderr: () => string } {

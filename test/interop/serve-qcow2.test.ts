@@ -3,19 +3,21 @@
 // calls clean, and -s (writes go to a throw-away overlay) leaving the image untouched. Issue 5.
 
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hasTool, run } from '../unit/nbd/tools.ts';
-import { type ServerProcess, startQemuNbd, startVdiskServe } from './serve-helpers.ts';
+import {
+  missingTools,
+  runOk,
+  type ServerProcess,
+  stopServersAndRemove,
+  startQemuNbd,
+  startVdiskServe,
+} from './serve-helpers.ts';
 
 const tools = ['qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo', 'nbdcopy'];
-const missing = tools.filter((tool) => !hasTool(tool));
-if (missing.length > 0)
-  console.warn(
-    `SKIPPED serve-qcow2 interop: missing ${missing.join(', ')} (apt-get install qemu-utils libnbd-bin)`,
-  );
+const missing = missingTools(tools, 'serve-qcow2 interop', 'qemu-utils libnbd-bin');
 
 describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () => {
   let folder: string;
@@ -23,19 +25,12 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
   let top: string;
   const servers: ServerProcess[] = [];
 
-  async function ok(command: string, args: string[]): Promise<string> {
-    const result = await run(command, args);
-    if (result.code !== 0)
-      throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-    return result.stdout;
-  }
-
   beforeAll(async () => {
     folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-qcow2-'));
     base = join(folder, 'base.qcow2');
     top = join(folder, 'top.qcow2');
-    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    await ok('qemu-io', [
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
+    await runOk('qemu-io', [
       '-f',
       'qcow2',
       '-c',
@@ -46,13 +41,12 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
       'write -P 0x22 8M 64k',
       base,
     ]);
-    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
-    await ok('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 1M 2M', '-c', 'write -z 8M 64k', top]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
+    await runOk('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 1M 2M', '-c', 'write -z 8M 64k', top]);
   });
 
   afterAll(async () => {
-    for (const server of servers) await server.stop();
-    await rm(folder, { recursive: true, force: true });
+    await stopServersAndRemove(servers, folder);
   });
 
   it('maps a backing chain exactly as qemu-nbd does, and reads the same bytes', async () => {
@@ -60,26 +54,26 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     servers.push(vdisk);
     const qemu = await startQemuNbd(join(folder, 'q.sock'), ['-t', '-r', '-f', 'qcow2', '-A', top]);
     servers.push(qemu);
-    expect(await ok('nbdinfo', ['--map', vdisk.uri])).toBe(await ok('nbdinfo', ['--map', qemu.uri]));
-    expect(await ok('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
-      await ok('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
+    expect(await runOk('nbdinfo', ['--map', vdisk.uri])).toBe(await runOk('nbdinfo', ['--map', qemu.uri]));
+    expect(await runOk('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
+      await runOk('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
     );
-    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', vdisk.uri, qemu.uri])).toContain(
+    expect(await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', vdisk.uri, qemu.uri])).toContain(
       'identical',
     );
     const viaVdisk = join(folder, 'via-vdisk.raw');
-    await ok('nbdcopy', [vdisk.uri, viaVdisk]);
-    expect(await ok('qemu-img', ['compare', '-F', 'qcow2', viaVdisk, top])).toContain('identical');
+    await runOk('nbdcopy', [vdisk.uri, viaVdisk]);
+    expect(await runOk('qemu-img', ['compare', '-F', 'qcow2', viaVdisk, top])).toContain('identical');
     await vdisk.stop();
     await qemu.stop();
   });
 
   it('takes writes from qemu-io and nbdcopy that leave a clean, identical image', async () => {
     const image = join(folder, 'rw.qcow2');
-    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
     const source = join(folder, 'source.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '16M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 5M', '-c', 'write -P 0x55 9M 3M', source]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', source, '16M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 5M', '-c', 'write -P 0x55 9M 3M', source]);
     const vdisk = await startVdiskServe([
       '-t',
       '-e',
@@ -91,8 +85,8 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
       image,
     ]);
     servers.push(vdisk);
-    await ok('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
-    await ok('qemu-io', [
+    await runOk('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
+    await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -103,10 +97,10 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
       'discard 9M 1M',
       vdisk.uri,
     ]);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 14M 512k', '-c', 'write -z 0 64k', source]);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 14M 512k', '-c', 'write -z 0 64k', source]);
     expect(await vdisk.stop()).toBe(0);
-    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
-    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', source, image])).toContain(
+    await runOk('qemu-img', ['check', '-f', 'qcow2', image]);
+    expect(await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', source, image])).toContain(
       'identical',
     );
   });
@@ -115,7 +109,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     const before = await readFile(top);
     const vdisk = await startVdiskServe(['-s', '-t', '-k', join(folder, 's.sock'), top]);
     servers.push(vdisk);
-    const io = await ok('qemu-io', [
+    const io = await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -132,10 +126,10 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
   });
   it('keeps a qcow2 image consistent when the writing client is killed mid-copy', async () => {
     const image = join(folder, 'killed.qcow2');
-    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
     const source = join(folder, 'big.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x12 0 64M', source]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x12 0 64M', source]);
     const vdisk = await startVdiskServe(['-t', '-f', 'qcow2', '-k', join(folder, 'killed.sock'), image]);
     servers.push(vdisk);
     const copy = spawn('nbdcopy', [source, vdisk.uri], { stdio: 'ignore' });
@@ -143,15 +137,15 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     copy.kill('SIGKILL');
     await new Promise((resolve) => copy.once('exit', resolve));
     expect(await vdisk.stop()).toBe(0);
-    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
+    await runOk('qemu-img', ['check', '-f', 'qcow2', image]);
   });
 
   it('on SIGTERM mid-copy finishes what it received, flushes, and leaves a clean image', async () => {
     const image = join(folder, 'stopped.qcow2');
-    await ok('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
     const source = join(folder, 'big2.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x34 0 64M', source]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', source, '64M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x34 0 64M', source]);
     const vdisk = await startVdiskServe(['-t', '-f', 'qcow2', '-k', join(folder, 'stopped.sock'), image]);
     servers.push(vdisk);
     const copy = spawn('nbdcopy', [source, vdisk.uri], { stdio: 'ignore' });
@@ -159,6 +153,6 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     await new Promise((resolve) => setTimeout(resolve, 150));
     expect(await vdisk.stop()).toBe(0);
     await copied;
-    await ok('qemu-img', ['check', '-f', 'qcow2', image]);
+    await runOk('qemu-img', ['check', '-f', 'qcow2', image]);
   });
 });

@@ -3,19 +3,23 @@
 // (4 connections), and qemu-nbd's process behaviour (exit after the last client, SIGTERM, -r, --fork).
 
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasTool, run } from '../unit/nbd/tools.ts';
-import { type ServerProcess, startQemuNbd, startVdiskServe, VDISK_BIN } from './serve-helpers.ts';
+import {
+  missingTools,
+  runOk,
+  type ServerProcess,
+  stopServersAndRemove,
+  startQemuNbd,
+  startVdiskServe,
+  VDISK_BIN,
+} from './serve-helpers.ts';
 
 const tools = ['qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo', 'nbdcopy'];
-const missing = tools.filter((tool) => !hasTool(tool));
-if (missing.length > 0)
-  console.warn(
-    `SKIPPED serve-raw interop: missing ${missing.join(', ')} (apt-get install qemu-utils libnbd-bin)`,
-  );
+const missing = missingTools(tools, 'serve-raw interop', 'qemu-utils libnbd-bin');
 
 describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnbd clients', () => {
   let folder: string;
@@ -28,18 +32,11 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     return server;
   }
 
-  async function ok(command: string, args: string[]): Promise<string> {
-    const result = await run(command, args);
-    if (result.code !== 0)
-      throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-    return result.stdout;
-  }
-
   beforeAll(async () => {
     folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-raw-'));
     image = join(folder, 'disk.raw');
-    await ok('qemu-img', ['create', '-f', 'raw', image, '8M']);
-    await ok('qemu-io', [
+    await runOk('qemu-img', ['create', '-f', 'raw', image, '8M']);
+    await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -53,8 +50,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
   });
 
   afterAll(async () => {
-    for (const server of servers) await server.stop();
-    await rm(folder, { recursive: true, force: true });
+    await stopServersAndRemove(servers, folder);
   });
 
   it('reports the same size, content and allocation map as qemu-nbd for the same file', async () => {
@@ -62,30 +58,30 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     const vdisk = await serve(['-t', '-r', '-f', 'raw', '-k', socket, image]);
     const qemu = await startQemuNbd(join(folder, 'qemu.sock'), ['-t', '-r', '-f', 'raw', '-A', image]);
     servers.push(qemu);
-    const info = JSON.parse(await ok('qemu-img', ['info', '--output=json', vdisk.uri])) as {
+    const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', vdisk.uri])) as {
       'virtual-size': number;
     };
     expect(info['virtual-size']).toBe(8 * 1024 * 1024);
-    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, vdisk.uri])).toContain(
+    expect(await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, vdisk.uri])).toContain(
       'identical',
     );
     const converted = join(folder, 'converted.qcow2');
-    await ok('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', vdisk.uri, converted]);
-    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', image, converted])).toContain(
+    await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', vdisk.uri, converted]);
+    expect(await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', image, converted])).toContain(
       'identical',
     );
     // convert skips what block status calls zero: the copy allocates what a copy via qemu-nbd does.
     const viaQemu = join(folder, 'via-qemu.qcow2');
-    await ok('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', qemu.uri, viaQemu]);
-    expect(await ok('qemu-img', ['map', '--output=json', converted])).toBe(
-      await ok('qemu-img', ['map', '--output=json', viaQemu]),
+    await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', qemu.uri, viaQemu]);
+    expect(await runOk('qemu-img', ['map', '--output=json', converted])).toBe(
+      await runOk('qemu-img', ['map', '--output=json', viaQemu]),
     );
-    expect(await ok('nbdinfo', ['--map', vdisk.uri])).toBe(await ok('nbdinfo', ['--map', qemu.uri]));
-    expect(await ok('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
-      await ok('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
+    expect(await runOk('nbdinfo', ['--map', vdisk.uri])).toBe(await runOk('nbdinfo', ['--map', qemu.uri]));
+    expect(await runOk('nbdinfo', ['--map=qemu:allocation-depth', vdisk.uri])).toBe(
+      await runOk('nbdinfo', ['--map=qemu:allocation-depth', qemu.uri]),
     );
-    expect(await ok('qemu-img', ['map', '--output=json', '-f', 'raw', vdisk.uri])).toBe(
-      await ok('qemu-img', ['map', '--output=json', '-f', 'raw', qemu.uri]),
+    expect(await runOk('qemu-img', ['map', '--output=json', '-f', 'raw', vdisk.uri])).toBe(
+      await runOk('qemu-img', ['map', '--output=json', '-f', 'raw', qemu.uri]),
     );
     expect((await run('nbdinfo', ['--is', 'readonly', vdisk.uri])).code).toBe(0);
     const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 512', vdisk.uri]);
@@ -97,7 +93,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
   it('takes qemu-io writes over TCP that land in the file, then exits after the last client', async () => {
     const vdisk = await serve(['-f', 'raw', '-p', '0', image]);
     expect(vdisk.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/$/);
-    await ok('qemu-io', [
+    await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -112,7 +108,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     ]);
     // Not persistent (no -t): qemu-nbd's behaviour is to exit once the client has gone.
     expect(await vdisk.exited).toBe(0);
-    const check = await ok('qemu-io', [
+    const check = await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -143,7 +139,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
       image,
     ]);
     expect(vdisk.uri).toBe(`nbd+unix:///data?socket=${socket}`);
-    const listed = JSON.parse(await ok('nbdinfo', ['--list', '--json', vdisk.uri])) as {
+    const listed = JSON.parse(await runOk('nbdinfo', ['--list', '--json', vdisk.uri])) as {
       exports: { 'export-name': string; description: string }[];
     };
     expect(listed.exports.map((entry) => [entry['export-name'], entry.description])).toEqual([
@@ -151,14 +147,16 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     ]);
     expect((await run('nbdinfo', ['--can', 'multi-conn', vdisk.uri])).code).toBe(0);
     const copy = join(folder, 'copy.raw');
-    await ok('nbdcopy', ['--connections=4', vdisk.uri, copy]);
+    await runOk('nbdcopy', ['--connections=4', vdisk.uri, copy]);
     expect((await readFile(copy)).equals(await readFile(image))).toBe(true);
     const source = join(folder, 'source.raw');
-    await ok('qemu-img', ['create', '-f', 'raw', source, '8M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 3M', '-c', 'write -P 0x6d 6M 1M', source]);
-    await ok('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
+    await runOk('qemu-img', ['create', '-f', 'raw', source, '8M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 3M', '-c', 'write -P 0x6d 6M 1M', source]);
+    await runOk('nbdcopy', ['--connections=4', '--flush', source, vdisk.uri]);
     expect(await vdisk.stop()).toBe(0);
-    expect(await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, image])).toContain('identical');
+    expect(await runOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, image])).toContain(
+      'identical',
+    );
     expect(existsSync(socket)).toBe(false);
   });
 
@@ -181,7 +179,9 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     expect(started.code).toBe(0);
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
     try {
-      expect(await ok('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`])).toBe(`${8 * 1024 * 1024}\n`);
+      expect(await runOk('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`])).toBe(
+        `${8 * 1024 * 1024}\n`,
+      );
     } finally {
       process.kill(pid, 'SIGTERM');
     }
@@ -192,16 +192,16 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
   });
   it.skipIf(!hasTool('sfdisk'))('serves one partition with -P, reads and writes confined to it', async () => {
     const disk = join(folder, 'parted.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', disk, '16M']);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', disk, '16M']);
     const sfdisk = await run('sh', [
       '-c',
       `printf 'label: gpt\\nstart=2048, size=4096\\nstart=8192, size=16384\\n' | sfdisk -q ${disk}`,
     ]);
     expect(sfdisk.code).toBe(0);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 4M 1M', disk]);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 4M 1M', disk]);
     const vdisk = await serve(['-t', '-P', '2', '-f', 'raw', '-k', join(folder, 'part.sock'), disk]);
-    expect(await ok('nbdinfo', ['--size', vdisk.uri])).toBe(`${8 * 1024 * 1024}\n`);
-    const io = await ok('qemu-io', [
+    expect(await runOk('nbdinfo', ['--size', vdisk.uri])).toBe(`${8 * 1024 * 1024}\n`);
+    const io = await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -213,14 +213,14 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
     expect(io).not.toMatch(/Pattern verification failed/);
     expect(await vdisk.stop()).toBe(0);
     expect(
-      await ok('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 11M 1M', '-c', 'read -P 0 12M 3M', disk]),
+      await runOk('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 11M 1M', '-c', 'read -P 0 12M 3M', disk]),
     ).not.toMatch(/Pattern verification failed/);
   });
 
   it('punches holes in the file for TRIM and zero writes with --discard=unmap --detect-zeroes=unmap', async () => {
     const disk = join(folder, 'sparse.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', disk, '8M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 8M', disk]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', disk, '8M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 8M', disk]);
     const vdisk = await serve([
       '-t',
       '--discard=unmap',
@@ -231,7 +231,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
       join(folder, 'sparse.sock'),
       disk,
     ]);
-    await ok('qemu-io', [
+    await runOk('qemu-io', [
       '-f',
       'raw',
       '-c',
@@ -243,7 +243,7 @@ describe.skipIf(missing.length > 0)('vdisk serve: raw images with qemu and libnb
       vdisk.uri,
     ]);
     expect(await vdisk.stop()).toBe(0);
-    const map = JSON.parse(await ok('qemu-img', ['map', '--output=json', '-f', 'raw', disk])) as {
+    const map = JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', 'raw', disk])) as {
       start: number;
       length: number;
       data: boolean;

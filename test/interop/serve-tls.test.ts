@@ -2,46 +2,41 @@
 // checked with libnbd (nbdinfo, nbdcopy) and qemu-img's own TLS client; plain-text clients and
 // wrong keys are refused. Issue 5.
 
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hasTool, run } from '../unit/nbd/tools.ts';
+import { run } from '../unit/nbd/tools.ts';
 import { NBD_OPT_STARTTLS, NBD_REP_ACK } from '../../src/nbd/wire.ts';
 import { option, RawClient, readOptionReply } from '../unit/nbd/raw-client.ts';
-import { type ServerProcess, startVdiskServe } from './serve-helpers.ts';
+import {
+  missingTools,
+  runOk,
+  type ServerProcess,
+  stopServersAndRemove,
+  startVdiskServe,
+} from './serve-helpers.ts';
 
 const tools = ['openssl', 'qemu-img', 'qemu-io', 'nbdinfo', 'nbdcopy'];
-const missing = tools.filter((tool) => !hasTool(tool));
-if (missing.length > 0)
-  console.warn(
-    `SKIPPED serve-tls interop: missing ${missing.join(', ')} (apt-get install openssl qemu-utils libnbd-bin)`,
-  );
+const missing = missingTools(tools, 'serve-tls interop', 'openssl qemu-utils libnbd-bin');
 
 describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
   let folder: string;
   let image: string;
   const servers: ServerProcess[] = [];
 
-  async function ok(command: string, args: string[]): Promise<string> {
-    const result = await run(command, args);
-    if (result.code !== 0)
-      throw new Error(`${command} ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-    return result.stdout;
-  }
-
   beforeAll(async () => {
     folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-tls-'));
     image = join(folder, 'disk.raw');
-    await ok('qemu-img', ['create', '-q', '-f', 'raw', image, '4M']);
-    await ok('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5e 512k 1M', image]);
+    await runOk('qemu-img', ['create', '-q', '-f', 'raw', image, '4M']);
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5e 512k 1M', image]);
     // A CA, and a server certificate for localhost signed by it (qemu's x509 dir layout).
     const server = join(folder, 'server');
     const client = join(folder, 'client');
     await mkdir(server);
     await mkdir(client);
     const ca = ['-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=vdisk test CA'];
-    await ok('openssl', [
+    await runOk('openssl', [
       'req',
       ...ca,
       '-keyout',
@@ -49,7 +44,7 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
       '-out',
       join(server, 'ca-cert.pem'),
     ]);
-    await ok('openssl', [
+    await runOk('openssl', [
       'req',
       '-newkey',
       'rsa:2048',
@@ -62,7 +57,7 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
       join(folder, 'server.csr'),
     ]);
     await writeFile(join(folder, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
-    await ok('openssl', [
+    await runOk('openssl', [
       'x509',
       '-req',
       '-in',
@@ -81,7 +76,7 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
     ]);
     await writeFile(join(client, 'ca-cert.pem'), await readFile(join(server, 'ca-cert.pem')));
     // A client certificate from the same CA, for verify-peer=on.
-    await ok('openssl', [
+    await runOk('openssl', [
       'req',
       '-newkey',
       'rsa:2048',
@@ -93,7 +88,7 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
       '-out',
       join(folder, 'client.csr'),
     ]);
-    await ok('openssl', [
+    await runOk('openssl', [
       'x509',
       '-req',
       '-in',
@@ -116,8 +111,7 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
   });
 
   afterAll(async () => {
-    for (const server of servers) await server.stop();
-    await rm(folder, { recursive: true, force: true });
+    await stopServersAndRemove(servers, folder);
   });
 
   it('serves x509 TLS to libnbd and qemu, and refuses plain-text clients', async () => {
@@ -136,13 +130,13 @@ describe.skipIf(missing.length > 0)('vdisk serve over TLS', () => {
     servers.push(vdisk);
     const port = /:(\d+)\//.exec(vdisk.uri)![1]!;
     const secure = `nbds://localhost:${port}/?tls-certificates=${join(folder, 'client')}`;
-    expect(await ok('nbdinfo', [secure])).toMatch(/with TLS/);
+    expect(await runOk('nbdinfo', [secure])).toMatch(/with TLS/);
     const copy = join(folder, 'copy.raw');
-    await ok('nbdcopy', [secure, copy]);
+    await runOk('nbdcopy', [secure, copy]);
     expect((await readFile(copy)).equals(await readFile(image))).toBe(true);
     const plain = await run('nbdinfo', [`nbd://localhost:${port}/`]);
     expect(plain.code).not.toBe(0);
-    const qemu = await ok('qemu-img', [
+    const qemu = await runOk('qemu-img', [
       'compare',
       '--object',
       `tls-creds-x509,id=tls0,dir=${join(folder, 'client')},endpoint=client`,
