@@ -99,11 +99,37 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
     expect((await vdisk(['amend', '-o', 'backing_file=up-base.raw,backing_fmt=raw', path])).code).toBe(0);
   });
 
+  for (const bits of [2, 8, 64]) {
+    it(`changes refcount_bits 16 -> ${bits} on an image with snapshots and compressed clusters`, async () => {
+      const { path, before } = image(`rc-${bits}`, 'compat=1.1', true);
+      mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -c -P 0x44 2M 64k', path]);
+      mustRun('qemu-img', ['convert', '-O', 'raw', path, before]);
+      mustRun('qemu-img', ['snapshot', '-c', 'one', path]);
+      mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x55 0 64k', path]);
+      const snapshotRaw = join(dir, `rc-${bits}-one.raw`);
+      mustRun('qemu-img', ['convert', '-O', 'raw', path, snapshotRaw]);
+      expect((await vdisk(['amend', '-o', `refcount_bits=${bits}`, path])).code).toBe(0);
+      expect(formatSpecific(path)['refcount-bits']).toBe(bits);
+      expect(tool('qemu-img', ['check', path]).code).toBe(0);
+      expect(tool('qemu-img', ['compare', '-F', 'raw', path, snapshotRaw]).code).toBe(0);
+      // Writes after the change count with the new width; the snapshot still holds the old data.
+      mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x66 3M 256k', path]);
+      mustRun('qemu-img', ['snapshot', '-a', 'one', path]);
+      expectUnchanged(path, before);
+      expect((await vdisk(['amend', '-o', 'refcount_bits=16', path])).code).toBe(0);
+      expect(formatSpecific(path)['refcount-bits']).toBe(16);
+      expectUnchanged(path, before);
+    });
+  }
+
   it('refuses what qemu-img refuses, with exit 1 and the image untouched', async () => {
     const plain = image('refuse', 'compat=1.1', false).path;
     const v2 = image('refuse-v2', 'compat=0.10', false).path;
     const extended = image('refuse-extl2', 'compat=1.1,extended_l2=on', false).path;
     const narrow = image('refuse-rc8', 'compat=1.1,refcount_bits=8', false).path;
+    const shared = image('refuse-shared', 'compat=1.1', false).path;
+    mustRun('qemu-img', ['snapshot', '-c', 'a', shared]);
+    mustRun('qemu-img', ['snapshot', '-c', 'b', shared]);
     const cases: [string[], RegExp][] = [
       [
         ['amend', '-o', 'compat=0.10', extended],
@@ -122,6 +148,18 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
       [['amend', '-o', 'compat=2', plain], /Unknown compatibility level 2/],
       [['amend', '-o', 'backing_file=other.qcow2', plain], /Cannot amend the backing file/],
       [['amend', plain], /Must specify options \(-o\)/],
+      [
+        ['amend', '-o', 'refcount_bits=3', plain],
+        /Refcount width must be a power of two and may not exceed 64 bits/,
+      ],
+      [
+        ['amend', '-o', 'refcount_bits=8', v2],
+        /Refcount widths other than 16 bits require compatibility level 1.1/,
+      ],
+      [
+        ['amend', '-o', 'refcount_bits=1', shared],
+        /Cannot decrease refcount entry width to 1 bits: Cluster at offset 0x[0-9a-f]+ has a refcount of 3/,
+      ],
     ];
     for (const [args, message] of cases) {
       const path = args[args.length - 1] as string;

@@ -1,6 +1,7 @@
-// qemu-img amend for qcow2 (qemu's qcow2_amend_options and qcow2_downgrade): compat=0.10|1.1 and
-// lazy_refcounts=on|off on an existing image. Downgrading to version 2 refuses what v2 cannot express,
-// as qemu does, and first turns zero clusters (a v3 feature) into what v2 reads the same way.
+// qemu-img amend for qcow2 (qemu's qcow2_amend_options and qcow2_downgrade): compat=0.10|1.1,
+// lazy_refcounts=on|off and refcount_bits (refcount-order.ts) on an existing image. Downgrading to
+// version 2 refuses what v2 cannot express, as qemu does, and first turns zero clusters (a v3 feature)
+// into what v2 reads the same way.
 // backing_file/backing_fmt may only repeat the current values (qemu 7.2: use rebase). qcow2.txt "Header".
 
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
@@ -19,6 +20,7 @@ import {
 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
+import { changeRefcountOrder } from './refcount-order.ts';
 
 const AMENDABLE = new Set(['compat', 'lazy_refcounts', 'refcount_bits', 'backing_file', 'backing_fmt']);
 
@@ -36,7 +38,7 @@ function parseOnOff(option: string, value: string): boolean {
 function parseAmendOptions(
   image: Qcow2Image,
   options: Record<string, string>,
-): { version: 2 | 3; lazyRefcounts: boolean | undefined } {
+): { version: 2 | 3; lazyRefcounts: boolean | undefined; refcountOrder: number } {
   const header = image.header;
   for (const key of Object.keys(options)) {
     if (AMENDABLE.has(key)) continue;
@@ -77,17 +79,27 @@ function parseAmendOptions(
       'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)',
     );
   }
+  let refcountOrder = header.refcountOrder;
   const refcountBits = options.refcount_bits;
-  if (refcountBits !== undefined && Number(refcountBits) !== 2 ** header.refcountOrder) {
-    throw new UnsupportedError({
-      format: 'qcow2',
-      feature: 'changing refcount_bits',
-      message: `Changing refcount_bits (${2 ** header.refcountOrder} to ${refcountBits}) is not supported by vdisk amend`,
-    });
+  if (refcountBits !== undefined) {
+    const bits = Number(refcountBits);
+    if (!/^\d+$/.test(refcountBits) || bits < 1 || bits > 64 || (bits & (bits - 1)) !== 0)
+      throw invalid(
+        'refcount_bits',
+        refcountBits,
+        'Refcount width must be a power of two and may not exceed 64 bits',
+      );
+    refcountOrder = Math.log2(bits);
+    if (version < 3 && refcountOrder !== 4)
+      throw invalid(
+        'refcount_bits',
+        refcountBits,
+        'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)',
+      );
   }
-  if (version === 2 && header.version === 3 && header.refcountOrder !== 4)
+  if (version === 2 && header.version === 3 && refcountOrder !== 4)
     throw invalid('compat', compat, 'compat=0.10 requires refcount_bits=16');
-  return { version, lazyRefcounts };
+  return { version, lazyRefcounts, refcountOrder };
 }
 
 /** Whether the active table has compressed clusters (a zstd image cannot become v2 with them). */
@@ -175,11 +187,11 @@ function headerV3(header: Qcow2Header): Qcow2Header {
 /**
  * Applies `-o` amend options to an open, writable qcow2 image. Throws InvalidOptionError (VDISK_EINVAL)
  * for unknown, create-only or conflicting options and for a downgrade v2 cannot express (qemu's
- * wording), UnsupportedError (VDISK_ENOTSUP) for what vdisk does not do (refcount_bits changes,
- * downgrading an image with internal snapshots).
+ * wording), UnsupportedError (VDISK_ENOTSUP) for what vdisk does not do (downgrading an image with
+ * internal snapshots). After a refcount_bits change the device must be closed, not written.
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
-  const { version, lazyRefcounts } = parseAmendOptions(image, options);
+  const { version, lazyRefcounts, refcountOrder } = parseAmendOptions(image, options);
   let header = image.header;
   if (version === 3 && header.version === 2) {
     await rewriteHeaderCluster(image, headerV3(header));
@@ -191,6 +203,10 @@ export async function amendQcow2(image: Qcow2Image, options: Record<string, stri
       : header.compatibleFeatures & ~COMPAT_LAZY_REFCOUNTS;
     if (compatibleFeatures !== header.compatibleFeatures)
       await rewriteHeaderCluster(image, { ...header, compatibleFeatures });
+  }
+  if (refcountOrder !== header.refcountOrder) {
+    await changeRefcountOrder(image, refcountOrder);
+    header = image.header;
   }
   if (version === 2 && header.version === 3) {
     if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)

@@ -13,7 +13,7 @@ const MAX_ISSUES = 1000;
 /** qemu's QCOW_MAX_SNAPSHOTS. */
 const MAX_SNAPSHOTS = 65536;
 
-interface Walk {
+export interface Walk {
   fileClusters: number;
   computed: Uint32Array;
   /** References to clusters at or past the end of the file. */
@@ -222,7 +222,7 @@ async function walkBitmaps(image: Qcow2Image, walk: Walk, fileSizeBytes: number)
   }
 }
 
-async function walkImage(image: Qcow2Image): Promise<Walk> {
+export async function walkImage(image: Qcow2Image): Promise<Walk> {
   const clusterSizeBytes = image.clusterSizeBytes;
   const fileSizeBytes = await image.file.sizeBytes();
   const fileClusters = Math.ceil(fileSizeBytes / clusterSizeBytes);

@@ -1,5 +1,5 @@
 // Crash consistency of the whole-image metadata operations behind rebase, commit and amend: makeEmpty,
-// setBackingFile and amend (compat up and down, with zero-cluster expansion). A HostFile that silently
+// setBackingFile and amend (compat up and down, with zero-cluster expansion; refcount_bits). A HostFile that silently
 // stops persisting after its N-th write is swept over each; every result must pass `qemu-img check`
 // (leaks allowed) and read as before (these operations never change the guest content), and a
 // rewritten header names either the old backing file or the new one.
