@@ -15,7 +15,7 @@ import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../ge
 import { progressPrinter } from '../progress.ts';
 import { createOptionsHelp } from './create.ts';
 
-const HELP = `usage: vdisk convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_fmt] [-o options]
+const HELP = `usage: vdisk convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_fmt] [-o options] [-t cache]
                      [-B backing_file [-F backing_fmt]] [-l snapshot] [-S sparse_size]
                      [-m num_requests] [--target-is-zero] filename [filename2 [...]] output_filename
 
@@ -28,7 +28,12 @@ Copies the guest contents of filename (several are concatenated) into a new imag
   -S sparse_size     zero runs at least this long stay holes (default 4k; 0 writes everything)
   -m num_requests    requests in flight, 1-16 (default 8)
   -W                 let writes complete out of order
+  -t cache           the target's cache mode; unsafe skips every sync (qemu-img's default); any
+                     other mode (vdisk's default) ends with the target durable on disk
 `;
+
+/** qemu's cache modes (bdrv_parse_cache_mode); only `unsafe` changes what vdisk does. */
+const CACHE_MODES: readonly string[] = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 /** qemu-img's -S validation: a multiple of 512 up to 16 MiB (MAX_BUF_SECTORS). */
 export function parseSparseSize(text: string): number {
@@ -52,7 +57,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     { short: 'l', takesValue: true, key: 'snapshot' },
     { short: 'S', takesValue: true, key: 'sparse' },
     { short: 'm', takesValue: true, key: 'requests' },
-    { short: 't', takesValue: true },
+    { short: 't', takesValue: true, key: 'cache' },
     { short: 'T', takesValue: true },
     { short: 'r', takesValue: true },
     { short: 'c', takesValue: false, key: 'compress' },
@@ -91,6 +96,9 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const skipCreate = hasFlag(parsed, 'no-create');
   if (backingFile && skipCreate)
     throw new CliUsageError('-B makes no sense when not creating the target (-n)');
+  const targetCache = lastValue(parsed, 'cache');
+  if (targetCache !== undefined && !CACHE_MODES.includes(targetCache))
+    throw new CliUsageError(`Invalid cache option: ${targetCache}`);
   const quiet = hasFlag(parsed, 'quiet');
   const progress = progressPrinter(io, hasFlag(parsed, 'progress') && !quiet);
   await convertImage({
@@ -109,6 +117,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     minSparseBytes,
     parallelRequests,
     outOfOrder: hasFlag(parsed, 'out-of-order'),
+    targetCache,
     onProgress: (done, total) => progress.update(done, total),
     allowBackingEscape: backingPolicy.allowEscape,
   });

@@ -34,6 +34,12 @@ export interface ConvertImageRequest
   skipCreate?: boolean;
   /** `--target-is-zero` (with -n): the existing target reads as zeros. */
   targetIsZero?: boolean;
+  /**
+   * `-t`: the target's cache mode. Only `unsafe` changes anything: the target is never synced (qemu-img
+   * convert's own default; fastest, nothing durable on return). Otherwise the copy ends with a flush
+   * that makes the target durable (fdatasync), whatever mode is named.
+   */
+  targetCache?: string;
   /** Let backing files of the source or target lie outside their image's folder; off: refused. */
   allowBackingEscape?: boolean;
 }
@@ -104,7 +110,11 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
       // The copy streams into the target: start writeback as it goes, so the closing flush (which
       // makes the result durable) waits only for the tail instead of the whole image.
       openFile: (path, readOnly) =>
-        NodeHostFile.open(path, { readOnly, writebackEveryBytes: TARGET_WRITEBACK_BYTES }),
+        NodeHostFile.open(path, {
+          readOnly,
+          writebackEveryBytes: TARGET_WRITEBACK_BYTES,
+          skipSync: request.targetCache === 'unsafe',
+        }),
     });
     return await convertDevice(from, target, {
       ...request,

@@ -45,6 +45,11 @@ export interface OpenHostFileOptions {
    * time sync() asks for all of it. Ordering and durability still come from sync() alone.
    */
   writebackEveryBytes?: number;
+  /**
+   * qemu's cache=unsafe (`convert -t unsafe`): sync() does nothing, so nothing written is durable
+   * and a crash may leave any mix of old and new blocks. Only for a caller that asked for it.
+   */
+  skipSync?: boolean;
 }
 
 function errnoOf(err: unknown): string | undefined {
@@ -70,11 +75,21 @@ export class NodeHostFile implements HostFile {
   /** The writeback start in flight (close waits for it: the worker thread still uses the fd). */
   private kick: Promise<unknown> | undefined;
 
-  private constructor(path: string, handle: FileHandle, isReadOnly: boolean, writebackEveryBytes = 0) {
+  /** qemu's cache=unsafe: sync() returns at once (see OpenHostFileOptions.skipSync). */
+  private readonly skipSync: boolean;
+
+  private constructor(
+    path: string,
+    handle: FileHandle,
+    isReadOnly: boolean,
+    writebackEveryBytes = 0,
+    skipSync = false,
+  ) {
     this.path = path;
     this.handle = handle;
     this.isReadOnly = isReadOnly;
-    this.writebackEveryBytes = isReadOnly ? 0 : writebackEveryBytes;
+    this.writebackEveryBytes = isReadOnly || skipSync ? 0 : writebackEveryBytes;
+    this.skipSync = skipSync;
     const native = nativeFileOps();
     if (!native) return;
     // The calls are synchronous: lseek and fallocate on a local file return in microseconds, and
@@ -121,7 +136,7 @@ export class NodeHostFile implements HostFile {
     else flags = fsConstants.O_RDWR;
     try {
       const handle = await open(path, flags, 0o644);
-      return new NodeHostFile(path, handle, options.readOnly, options.writebackEveryBytes);
+      return new NodeHostFile(path, handle, options.readOnly, options.writebackEveryBytes, options.skipSync);
     } catch (err) {
       const errno = errnoOf(err);
       if (errno === 'ENOENT') throw new NotFoundError({ file: path, cause: err });
@@ -232,7 +247,7 @@ export class NodeHostFile implements HostFile {
   }
 
   async sync(): Promise<void> {
-    if (this.isReadOnly) return;
+    if (this.isReadOnly || this.skipSync) return;
     try {
       await this.handle.datasync();
     } catch (err) {
