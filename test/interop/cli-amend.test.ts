@@ -122,6 +122,13 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
     });
   }
 
+  it('downgrades an 8-bit-refcount image with compat=0.10,refcount_bits=16 in one amend', async () => {
+    const { path, before } = image('rc8-down', 'compat=1.1,refcount_bits=8', true);
+    expect((await vdisk(['amend', '-o', 'compat=0.10,refcount_bits=16', path])).code).toBe(0);
+    expect(formatSpecific(path)).toMatchObject({ compat: '0.10', 'refcount-bits': 16 });
+    expectUnchanged(path, before);
+  });
+
   it('refuses what qemu-img refuses, with exit 1 and the image untouched', async () => {
     const plain = image('refuse', 'compat=1.1', false).path;
     const v2 = image('refuse-v2', 'compat=0.10', false).path;

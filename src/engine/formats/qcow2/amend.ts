@@ -192,6 +192,9 @@ function headerV3(header: Qcow2Header): Qcow2Header {
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
   const { version, lazyRefcounts, refcountOrder } = parseAmendOptions(image, options);
+  const downgrade = version === 2 && image.header.version === 3;
+  // Every refusal comes before the first write, so a refused amend leaves the image as it was.
+  if (downgrade) await checkDowngrade(image, options.compat);
   let header = image.header;
   if (version === 3 && header.version === 2) {
     await rewriteHeaderCluster(image, headerV3(header));
@@ -204,35 +207,37 @@ export async function amendQcow2(image: Qcow2Image, options: Record<string, stri
     if (compatibleFeatures !== header.compatibleFeatures)
       await rewriteHeaderCluster(image, { ...header, compatibleFeatures });
   }
-  if (refcountOrder !== header.refcountOrder) {
-    await changeRefcountOrder(image, refcountOrder);
-    header = image.header;
-  }
-  if (version === 2 && header.version === 3) {
-    if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
-      throw invalid('compat', options.compat, 'Cannot downgrade an image with a data file');
-    const blocking = header.incompatibleFeatures & ~INCOMPAT_DIRTY & ~INCOMPAT_COMPRESSION;
-    if (blocking !== 0n)
-      throw invalid(
-        'compat',
-        options.compat,
-        `Cannot downgrade an image with incompatible features 0x${blocking.toString(16)} set`,
-      );
-    if (header.compressionType !== 0 && (await hasCompressedClusters(image)))
-      throw invalid(
-        'compat',
-        options.compat,
-        'Cannot downgrade an image with zstd compression type and existing compressed clusters',
-      );
-    if (header.extensions.some((extension) => extension.type === EXT_BITMAPS))
-      throw invalid('compat', options.compat, 'Cannot downgrade an image with bitmaps');
-    if (header.snapshotCount > 0)
-      throw new UnsupportedError({
-        format: 'qcow2',
-        feature: 'downgrading an image with internal snapshots',
-        message: `${image.path}: vdisk amend cannot downgrade an image with internal snapshots to compat=0.10 (their zero clusters would need expanding)`,
-      });
-    await expandZeroClusters(image);
-    await rewriteHeaderCluster(image, headerV2(image.header));
-  }
+  // Zero clusters are expanded with the current refcount structures, before any width change: after
+  // one, the in-memory refcount state is stale and nothing may allocate.
+  if (downgrade) await expandZeroClusters(image);
+  if (refcountOrder !== image.header.refcountOrder) await changeRefcountOrder(image, refcountOrder);
+  if (downgrade) await rewriteHeaderCluster(image, headerV2(image.header));
+}
+
+/** qcow2_downgrade's refusals: what a version 2 image cannot express. */
+async function checkDowngrade(image: Qcow2Image, compat: string | undefined): Promise<void> {
+  const header = image.header;
+  if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
+    throw invalid('compat', compat, 'Cannot downgrade an image with a data file');
+  const blocking = header.incompatibleFeatures & ~INCOMPAT_DIRTY & ~INCOMPAT_COMPRESSION;
+  if (blocking !== 0n)
+    throw invalid(
+      'compat',
+      compat,
+      `Cannot downgrade an image with incompatible features 0x${blocking.toString(16)} set`,
+    );
+  if (header.compressionType !== 0 && (await hasCompressedClusters(image)))
+    throw invalid(
+      'compat',
+      compat,
+      'Cannot downgrade an image with zstd compression type and existing compressed clusters',
+    );
+  if (header.extensions.some((extension) => extension.type === EXT_BITMAPS))
+    throw invalid('compat', compat, 'Cannot downgrade an image with bitmaps');
+  if (header.snapshotCount > 0)
+    throw new UnsupportedError({
+      format: 'qcow2',
+      feature: 'downgrading an image with internal snapshots',
+      message: `${image.path}: vdisk amend cannot downgrade an image with internal snapshots to compat=0.10 (their zero clusters would need expanding)`,
+    });
 }
