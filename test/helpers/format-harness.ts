@@ -36,6 +36,22 @@ export function has(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
 }
 
+/**
+ * The `tools` not on PATH; when any is, warns loudly that `what` is skipped and which Debian packages
+ * to install (the caller's describe block skips).
+ */
+export function missingTools(tools: string[], what: string, packages = 'qemu-utils'): string[] {
+  const missing = tools.filter((tool) => !has(tool));
+  if (missing.length > 0)
+    console.warn(`SKIPPED ${what}: missing ${missing.join(', ')} (apt-get install ${packages})`);
+  return missing;
+}
+
+/** True when every one of `tools` is on PATH; otherwise warns as missingTools does. */
+export function haveTools(tools: string[], what: string, packages = 'qemu-utils'): boolean {
+  return missingTools(tools, what, packages).length === 0;
+}
+
 /** A fresh folder `vdisk-<prefix>-*` under the OS temp dir and its remover. */
 export async function scratchDir(prefix = 'fmt'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), `vdisk-${prefix}-`));

@@ -11,17 +11,16 @@ import { copyImageInto } from '../helpers/copy-image.ts';
 import {
   checkWithDriver,
   createWithDriver,
-  has,
   qemuRawSha256,
   run,
   runStatus,
   scratchDir,
   sha256Device,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg) console.warn('SKIPPING vdi interop tests: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'vdi interop tests');
 
 let dir: string;
 let cleanup: () => Promise<void>;

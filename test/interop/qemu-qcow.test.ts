@@ -9,17 +9,16 @@ import { openImage } from '../../src/engine/open.ts';
 import {
   copyRawInto,
   createWithDriver,
-  has,
   qemuRawSha256,
   run,
   runStatus,
   scratchDir,
   sha256Device,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemu = has('qemu-img') && has('qemu-io');
-if (!hasQemu) console.warn('SKIPPING qcow interop: qemu-img/qemu-io (Debian qemu-utils) are not installed');
+const hasQemu = haveTools(['qemu-img', 'qemu-io'], 'qcow interop');
 
 describe.skipIf(!hasQemu)('qcow (v1) against qemu-img', () => {
   let dir: string;

@@ -11,7 +11,6 @@ import {
   checkWithDriver,
   copyRawInto,
   createWithDriver,
-  has,
   qemuRawSha256,
   run,
   runStatus,
@@ -19,10 +18,10 @@ import {
   sha256Device,
   sha256File,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemu = has('qemu-img') && has('qemu-io');
-if (!hasQemu) console.warn('SKIPPING QED interop: qemu-img/qemu-io (Debian qemu-utils) are not installed');
+const hasQemu = haveTools(['qemu-img', 'qemu-io'], 'QED interop');
 
 describe.skipIf(!hasQemu)('qed against qemu-img', () => {
   let dir: string;

@@ -12,7 +12,6 @@ import {
   checkWithDriver,
   copyRawInto,
   createWithDriver,
-  has,
   qemuRawSha256,
   run,
   runStatus,
@@ -21,11 +20,10 @@ import {
   sha256Device,
   unpackSample,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemu = has('qemu-img') && has('qemu-io');
-if (!hasQemu)
-  console.warn('SKIPPING VHDX interop with qemu: qemu-img/qemu-io (Debian qemu-utils) are not installed');
+const hasQemu = haveTools(['qemu-img', 'qemu-io'], 'VHDX interop with qemu');
 
 const checkWith = (path: string, repair: RepairMode): Promise<CheckReport> =>
   checkWithDriver('vhdx', path, repair);

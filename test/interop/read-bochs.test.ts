@@ -5,18 +5,16 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
-  has,
   qemuRawSha256,
   SAMPLES_DIR,
   scratchDir,
   seededBytes,
   sha256Device,
+  haveTools,
 } from '../helpers/format-harness.ts';
 import { writeBochs } from '../unit/engine/formats/bochs/build-bochs.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg)
-  console.warn('SKIPPING bochs comparisons with qemu-img: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'bochs comparisons with qemu-img');
 
 describe('bochs sample', () => {
   it('reads bximage empty.bochs with the documented size and hash', async () => {

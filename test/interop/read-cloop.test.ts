@@ -11,18 +11,16 @@ import {
   run,
   runStatus,
   writeSeededRaw,
-  has,
   qemuRawSha256,
   SAMPLES_DIR,
   scratchDir,
   seededBytes,
   sha256Device,
+  haveTools,
 } from '../helpers/format-harness.ts';
 import { buildCloop } from '../unit/engine/formats/cloop/build-cloop.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg)
-  console.warn('SKIPPING cloop comparisons with qemu-img: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'cloop comparisons with qemu-img');
 
 describe('cloop sample', () => {
   it('reads simple-pattern.cloop with the documented size and hash', async () => {

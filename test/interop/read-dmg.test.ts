@@ -7,21 +7,18 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
-  has,
   qemuRawSha256,
   runStatus,
   SAMPLES_DIR,
   scratchDir,
   seededBytes,
   sha256Device,
+  haveTools,
 } from '../helpers/format-harness.ts';
 import { type BuiltChunk, buildDmg } from '../unit/engine/formats/dmg/build-dmg.ts';
 
-const hasQemuImg = has('qemu-img');
-const hasBzip2 = has('bzip2');
-if (!hasQemuImg)
-  console.warn('SKIPPING dmg comparisons with qemu-img: qemu-img (Debian qemu-utils) is not installed');
-if (!hasBzip2) console.warn('SKIPPING dmg bzip2 chunks: the bzip2 tool (Debian bzip2) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'dmg comparisons with qemu-img');
+const hasBzip2 = haveTools(['bzip2'], 'dmg bzip2 chunks', 'bzip2');
 
 const SAMPLES: [string, number, string][] = [
   ['simple-dmg.dmg', 1799168, '20647e0a98a830a6a250b91e0e6d7200a872caea07b87a3c19611f3dd031c9df'],

@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
   checkWithDriver,
-  has,
   qemuRawSha256,
   run,
   runStatus,
@@ -17,11 +16,10 @@ import {
   sha256Device,
   unpackSample,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg)
-  console.warn('SKIPPING vmdk comparisons with qemu-img: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'vmdk comparisons with qemu-img');
 
 /** The 16 GiB stream sample's full sha256 costs ~25 s of CPU; opt in with VDISK_HUGE_SAMPLES=1. */
 const hashHuge = process.env.VDISK_HUGE_SAMPLES === '1';

@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
-  has,
   qemuRawSha256,
   run,
   SAMPLES_DIR,
@@ -14,11 +13,10 @@ import {
   sha256Device,
   unpackSample,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg)
-  console.warn('SKIPPING vpc comparisons with qemu-img: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'vpc comparisons with qemu-img');
 /** Hashing 127 GiB of guest zeros costs ~2 minutes of CPU per image; opt in with VDISK_HUGE_SAMPLES=1. */
 const hashHuge = process.env.VDISK_HUGE_SAMPLES === '1';
 if (!hashHuge)

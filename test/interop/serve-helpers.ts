@@ -5,7 +5,6 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { has } from '../helpers/format-harness.ts';
 import { run } from '../unit/nbd/tools.ts';
 
 export const VDISK_BIN = join(import.meta.dirname, '../../bin/vdisk.mjs');
@@ -21,13 +20,8 @@ export interface ServerProcess {
   stop: () => Promise<number | null>;
 }
 
-/** The `tools` not on PATH; when any is, warns loudly that `what` is skipped and how to install them. */
-export function missingTools(tools: string[], what: string, packages: string): string[] {
-  const missing = tools.filter((tool) => !has(tool));
-  if (missing.length > 0)
-    console.warn(`SKIPPED ${what}: missing ${missing.join(', ')} (apt-get install ${packages})`);
-  return missing;
-}
+/** Tool checks with a loud skip are format-harness's. */
+export { missingTools } from '../helpers/format-harness.ts';
 
 /**
  * Runs a client tool without blocking this process (servers it talks to may run in it) and returns its

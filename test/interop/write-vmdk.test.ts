@@ -10,16 +10,15 @@ import { openImage } from '../../src/engine/open.ts';
 import { copyImageInto } from '../helpers/copy-image.ts';
 import {
   createWithDriver,
-  has,
   run,
   runStatus,
   scratchDir,
   seededBytes,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg) console.warn('SKIPPING vmdk write tests: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'vmdk write tests');
 
 let dir: string;
 let cleanup: () => Promise<void>;

@@ -7,17 +7,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
 import {
   createWithDriver,
-  has,
   run,
   runStatus,
   scratchDir,
   seededBytes,
   writeSeededRaw,
+  haveTools,
 } from '../helpers/format-harness.ts';
 import { copyImageInto } from '../helpers/copy-image.ts';
 
-const hasQemuImg = has('qemu-img');
-if (!hasQemuImg) console.warn('SKIPPING vpc write tests: qemu-img (Debian qemu-utils) is not installed');
+const hasQemuImg = haveTools(['qemu-img'], 'vpc write tests');
 
 let dir: string;
 let cleanup: () => Promise<void>;
