@@ -96,7 +96,9 @@ describe.skipIf(!HAS_QEMU)('vdisk rebase, checked by qemu-img', () => {
 
   it('-b "" flattens: the content is copied in and the backing file is gone', async () => {
     const { top, before } = chain('flatten');
-    expect((await vdisk(['rebase', '-b', '', top])).code).toBe(0);
+    const flattened = await vdisk(['rebase', '-p', '-b', '', top]);
+    expect(flattened.code).toBe(0);
+    expect(flattened.stdout).toMatch(/^ {4}\(0\.00\/100%\)\r.* {4}\(100\.00\/100%\)\r\n$/s);
     expect(info(top)['backing-filename']).toBeUndefined();
     expectClean(top);
     expect(tool('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', top, before]).code).toBe(0);

@@ -31,6 +31,11 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const quiet = hasFlag(parsed, 'quiet');
   const progress = hasFlag(parsed, 'progress') && !quiet;
   let shown = -1;
+  // qemu-img prints 0% before any work.
+  if (progress) {
+    shown = 0;
+    io.stdout('    (0.00/100%)\r');
+  }
   await commitImage({
     path,
     format: lastValue(parsed, 'format'),

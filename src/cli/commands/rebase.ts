@@ -16,6 +16,7 @@ guest sees the same content. -u (unsafe) only changes the name. -b "" removes th
   -b backing_file   the new backing file, recorded as given (relative names: to the image's folder)
   -F backing_fmt    its format (required with a non-empty -b)
   -u                unsafe mode: rewrite the name and format only
+  -p                show progress
 `;
 
 async function run(argv: string[], io: CliIo): Promise<number> {
@@ -36,6 +37,13 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   if (!unsafe && backing === undefined)
     throw new CliUsageError('Must specify backing file (-b) or use unsafe mode (-u)');
   const [path = ''] = parsed.operands;
+  const progress = hasFlag(parsed, 'progress') && !hasFlag(parsed, 'quiet');
+  let shown = -1;
+  // qemu-img prints 0% before any work.
+  if (progress) {
+    shown = 0;
+    io.stdout('    (0.00/100%)\r');
+  }
   await rebaseImage({
     path,
     format: lastValue(parsed, 'format'),
@@ -43,7 +51,18 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     backingFormat: lastValue(parsed, 'backingFormat'),
     unsafe,
     allowBackingEscape: backingPolicy.allowEscape,
+    ...(progress
+      ? {
+          onProgress: (fraction: number) => {
+            const percent = Math.floor(fraction * 100);
+            if (percent === shown) return;
+            shown = percent;
+            io.stdout(`    (${percent.toFixed(2)}/100%)\r`);
+          },
+        }
+      : {}),
   });
+  if (progress) io.stdout('\n');
   return 0;
 }
 

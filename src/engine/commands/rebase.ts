@@ -18,6 +18,8 @@ export interface RebaseImageRequest {
   /** `-u`: rewrite the reference only; the caller vouches that the content is the same. */
   unsafe: boolean;
   allowBackingEscape?: boolean;
+  /** Called with the fraction done, 0..1 (`-p`). */
+  onProgress?: (fraction: number) => void;
 }
 
 /** Bytes compared per step of safe mode. */
@@ -134,6 +136,7 @@ export async function rebaseImage(request: RebaseImageRequest): Promise<void> {
               );
             offsetBytes = extent.offsetBytes + extent.lengthBytes;
           }
+          request.onProgress?.(offsetBytes / device.sizeBytes);
         }
         await device.flush();
       } finally {
@@ -148,4 +151,5 @@ export async function rebaseImage(request: RebaseImageRequest): Promise<void> {
   } finally {
     await device.close();
   }
+  request.onProgress?.(1);
 }
