@@ -23,7 +23,7 @@ import {
   NBD_REP_META_CONTEXT,
 } from '../../../src/nbd/wire.ts';
 import { createMemoryDevice } from './memory-device.ts';
-import { option } from './raw-client.ts';
+import { infoRequestData, metaContextRequestData, option } from './raw-client.ts';
 
 interface Reply {
   option: number;
@@ -61,24 +61,8 @@ class ScriptedClient {
   }
 }
 
-function metaData(exportName: string, queries: string[]): Buffer {
-  const parts = [Buffer.alloc(4), Buffer.from(exportName), Buffer.alloc(4)];
-  parts[0]!.writeUInt32BE(Buffer.byteLength(exportName), 0);
-  parts[2]!.writeUInt32BE(queries.length, 0);
-  for (const query of queries) {
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(Buffer.byteLength(query), 0);
-    parts.push(length, Buffer.from(query));
-  }
-  return Buffer.concat(parts);
-}
-
-function goData(exportName: string): Buffer {
-  const out = Buffer.alloc(6 + Buffer.byteLength(exportName));
-  out.writeUInt32BE(Buffer.byteLength(exportName), 0);
-  out.write(exportName, 4);
-  return out;
-}
+/** GO / INFO option data for `exportName` asking for no information types. */
+const goData = (exportName: string): Buffer => infoRequestData(exportName, []);
 
 function setup(extra: Partial<HandshakeConfig> = {}): {
   client: ScriptedClient;
@@ -95,12 +79,19 @@ function setup(extra: Partial<HandshakeConfig> = {}): {
 describe('NBD handshake (scripted bytes)', () => {
   it('requires structured replies before meta contexts, lists by prefix and selects exact names', async () => {
     const { client, result } = setup();
-    client.stream.write(option(NBD_OPT_SET_META_CONTEXT, metaData('disk', ['base:allocation'])));
-    client.stream.write(option(NBD_OPT_STRUCTURED_REPLY));
-    client.stream.write(option(NBD_OPT_LIST_META_CONTEXT, metaData('disk', ['qemu:'])));
-    client.stream.write(option(NBD_OPT_SET_META_CONTEXT, metaData('nope', ['base:allocation'])));
     client.stream.write(
-      option(NBD_OPT_SET_META_CONTEXT, metaData('disk', ['base:allocation', 'base:', 'other:x'])),
+      option(NBD_OPT_SET_META_CONTEXT, metaContextRequestData('disk', ['base:allocation'])),
+    );
+    client.stream.write(option(NBD_OPT_STRUCTURED_REPLY));
+    client.stream.write(option(NBD_OPT_LIST_META_CONTEXT, metaContextRequestData('disk', ['qemu:'])));
+    client.stream.write(
+      option(NBD_OPT_SET_META_CONTEXT, metaContextRequestData('nope', ['base:allocation'])),
+    );
+    client.stream.write(
+      option(
+        NBD_OPT_SET_META_CONTEXT,
+        metaContextRequestData('disk', ['base:allocation', 'base:', 'other:x']),
+      ),
     );
     client.stream.write(Buffer.concat([option(NBD_OPT_GO, goData('disk')), Buffer.from('pipelined')]));
     const session = await result;

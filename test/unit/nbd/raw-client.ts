@@ -88,6 +88,32 @@ export function option(optionCode: number, data: Uint8Array = Buffer.alloc(0)): 
   return Buffer.concat([header, data]);
 }
 
+/** GO / INFO option data: the export name, then the information types asked for. */
+export function infoRequestData(exportName: string, types: number[]): Buffer {
+  const nameBytes = Buffer.from(exportName);
+  const out = Buffer.alloc(4 + nameBytes.length + 2 + types.length * 2);
+  out.writeUInt32BE(nameBytes.length, 0);
+  nameBytes.copy(out, 4);
+  out.writeUInt16BE(types.length, 4 + nameBytes.length);
+  types.forEach((type, index) => {
+    out.writeUInt16BE(type, 6 + nameBytes.length + index * 2);
+  });
+  return out;
+}
+
+/** LIST_META_CONTEXT / SET_META_CONTEXT option data: the export name, then the queries. */
+export function metaContextRequestData(exportName: string, queries: string[]): Buffer {
+  const parts = [Buffer.alloc(4), Buffer.from(exportName), Buffer.alloc(4)];
+  parts[0]!.writeUInt32BE(Buffer.byteLength(exportName), 0);
+  parts[2]!.writeUInt32BE(queries.length, 0);
+  for (const query of queries) {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(Buffer.byteLength(query), 0);
+    parts.push(length, Buffer.from(query));
+  }
+  return Buffer.concat(parts);
+}
+
 /** Reads one option reply; returns its type and data. */
 export async function readOptionReply(
   client: RawClient,
@@ -111,13 +137,7 @@ export async function handshake(client: RawClient, exportName = '', structured =
     client.send(option(NBD_OPT_STRUCTURED_REPLY));
     await readOptionReply(client);
   }
-  const name = Buffer.from(exportName);
-  const go = Buffer.alloc(4 + name.length + 4);
-  go.writeUInt32BE(name.length, 0);
-  name.copy(go, 4);
-  go.writeUInt16BE(1, 4 + name.length);
-  go.writeUInt16BE(NBD_INFO_BLOCK_SIZE, 6 + name.length);
-  client.send(option(NBD_OPT_GO, go));
+  client.send(option(NBD_OPT_GO, infoRequestData(exportName, [NBD_INFO_BLOCK_SIZE])));
   let sizeBytes = -1;
   for (;;) {
     const reply = await readOptionReply(client);

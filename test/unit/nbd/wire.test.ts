@@ -24,30 +24,7 @@ import {
   NBD_STRUCTURED_REPLY_MAGIC,
   WireFormatError,
 } from '../../../src/nbd/wire.ts';
-
-function infoRequest(name: string, types: number[]): Buffer {
-  const nameBytes = Buffer.from(name);
-  const out = Buffer.alloc(4 + nameBytes.length + 2 + types.length * 2);
-  out.writeUInt32BE(nameBytes.length, 0);
-  nameBytes.copy(out, 4);
-  out.writeUInt16BE(types.length, 4 + nameBytes.length);
-  types.forEach((type, index) => {
-    out.writeUInt16BE(type, 6 + nameBytes.length + index * 2);
-  });
-  return out;
-}
-
-function metaRequest(name: string, queries: string[]): Buffer {
-  const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
-  parts[0]!.writeUInt32BE(Buffer.byteLength(name), 0);
-  parts[2]!.writeUInt32BE(queries.length, 0);
-  for (const query of queries) {
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(Buffer.byteLength(query), 0);
-    parts.push(length, Buffer.from(query));
-  }
-  return Buffer.concat(parts);
-}
+import { infoRequestData, metaContextRequestData } from './raw-client.ts';
 
 describe('NBD wire format', () => {
   it('encodes the greeting and option replies with their magics', () => {
@@ -94,11 +71,11 @@ describe('NBD wire format', () => {
   });
 
   it('round-trips INFO/GO and META_CONTEXT option data', () => {
-    expect(decodeInfoRequest(infoRequest('disk', [0, 1, 3]))).toEqual({
+    expect(decodeInfoRequest(infoRequestData('disk', [0, 1, 3]))).toEqual({
       exportName: 'disk',
       infoTypes: [0, 1, 3],
     });
-    expect(decodeMetaContextRequest(metaRequest('', ['base:allocation', 'qemu:']))).toEqual({
+    expect(decodeMetaContextRequest(metaContextRequestData('', ['base:allocation', 'qemu:']))).toEqual({
       exportName: '',
       queries: ['base:allocation', 'qemu:'],
     });
@@ -120,7 +97,7 @@ describe('NBD wire format', () => {
       }),
       { numRuns: 2000 },
     );
-    const lying = metaRequest('', []);
+    const lying = metaContextRequestData('', []);
     lying.writeUInt32BE(0xffffffff, 4);
     expect(() => decodeMetaContextRequest(lying)).toThrow(WireFormatError);
   });
