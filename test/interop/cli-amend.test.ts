@@ -129,6 +129,33 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
     expectUnchanged(path, before);
   });
 
+  it('downgrades an image with internal snapshots; refuses (unlike qemu-img) when a snapshot holds zero clusters', async () => {
+    const { path, before } = image('snap-down', 'compat=1.1', true);
+    // The snapshot is taken before the zero clusters exist: copy the image and rebuild it without them.
+    const plain = join(dir, 'snap-down-plain.qcow2');
+    const plainBefore = join(dir, 'snap-down-plain.raw');
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'snap-down-base.raw', '-F', 'raw', plain]);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 192k', plain]);
+    mustRun('qemu-img', ['convert', '-O', 'raw', plain, plainBefore]);
+    mustRun('qemu-img', ['snapshot', '-c', 'old', plain]);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -z 64k 64k', '-c', 'write -P 0x22 1M 64k', plain]);
+    const current = join(dir, 'snap-down-current.raw');
+    mustRun('qemu-img', ['convert', '-O', 'raw', plain, current]);
+    expect((await vdisk(['amend', '-o', 'compat=0.10', plain])).code).toBe(0);
+    expect(formatSpecific(plain).compat).toBe('0.10');
+    expectUnchanged(plain, current);
+    mustRun('qemu-img', ['snapshot', '-a', 'old', plain]);
+    expectUnchanged(plain, plainBefore);
+
+    mustRun('qemu-img', ['snapshot', '-c', 'zeros', path]);
+    const header = headerCluster(path);
+    const refused = await vdisk(['amend', '-o', 'compat=0.10', path]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/internal snapshots hold zero clusters/);
+    expect(headerCluster(path).equals(header)).toBe(true);
+    expectUnchanged(path, before);
+  });
+
   it('refuses what qemu-img refuses, with exit 1 and the image untouched', async () => {
     const plain = image('refuse', 'compat=1.1', false).path;
     const v2 = image('refuse-v2', 'compat=0.10', false).path;

@@ -6,6 +6,7 @@
 
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import { rewriteHeaderCluster } from './backing.ts';
+import { decodeL2, l1Offset } from './cluster-map.ts';
 import {
   COMPAT_LAZY_REFCOUNTS,
   EXT_BITMAPS,
@@ -20,6 +21,7 @@ import {
 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
+import { readSnapshotTable } from './snapshot.ts';
 import { changeRefcountOrder } from './refcount-order.ts';
 
 const AMENDABLE = new Set(['compat', 'lazy_refcounts', 'refcount_bits', 'backing_file', 'backing_fmt']);
@@ -139,8 +141,13 @@ async function expandZeroClusters(image: Qcow2Image): Promise<void> {
         await image.setL2Entry(l2Writable, l2Index, image.entryUnallocated());
         image.releaseMapping(mapping);
       } else {
-        // No snapshots (checked by the caller), so a zero-alloc cluster is this table's alone.
-        let hostOffsetBytes = mapping.kind === 'zero-alloc' ? mapping.hostOffsetBytes : 0;
+        // A zero-alloc cluster another table (a snapshot's) also names keeps its bytes there: use a new one.
+        let hostOffsetBytes = 0;
+        if (mapping.kind === 'zero-alloc') {
+          if ((await image.refcounts.get(mapping.hostOffsetBytes / image.clusterSizeBytes)) === 1)
+            hostOffsetBytes = mapping.hostOffsetBytes;
+          else image.releaseMapping(mapping);
+        }
         if (hostOffsetBytes === 0)
           hostOffsetBytes = (await image.refcounts.allocateClusters(1)) * image.clusterSizeBytes;
         await image.file.write(hostOffsetBytes, zeros);
@@ -187,8 +194,8 @@ function headerV3(header: Qcow2Header): Qcow2Header {
 /**
  * Applies `-o` amend options to an open, writable qcow2 image. Throws InvalidOptionError (VDISK_EINVAL)
  * for unknown, create-only or conflicting options and for a downgrade v2 cannot express (qemu's
- * wording), UnsupportedError (VDISK_ENOTSUP) for what vdisk does not do (downgrading an image with
- * internal snapshots). After a refcount_bits change the device must be closed, not written.
+ * wording), UnsupportedError (VDISK_ENOTSUP) for what vdisk does not do (downgrading an image whose
+ * internal snapshots hold zero clusters). After a refcount_bits change the device must be closed, not written.
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
   const { version, lazyRefcounts, refcountOrder } = parseAmendOptions(image, options);
@@ -234,10 +241,34 @@ async function checkDowngrade(image: Qcow2Image, compat: string | undefined): Pr
     );
   if (header.extensions.some((extension) => extension.type === EXT_BITMAPS))
     throw invalid('compat', compat, 'Cannot downgrade an image with bitmaps');
-  if (header.snapshotCount > 0)
+  if (await snapshotsHaveZeroClusters(image))
     throw new UnsupportedError({
       format: 'qcow2',
-      feature: 'downgrading an image with internal snapshots',
-      message: `${image.path}: vdisk amend cannot downgrade an image with internal snapshots to compat=0.10 (their zero clusters would need expanding)`,
+      feature: 'downgrading an image whose snapshots have zero clusters',
+      message: `${image.path}: vdisk amend cannot downgrade to compat=0.10: internal snapshots hold zero clusters (vdisk expands them in the active image only)`,
     });
+}
+
+/** Whether any snapshot's L2 tables hold zero entries (v2 cannot express them; vdisk does not expand those). */
+async function snapshotsHaveZeroClusters(image: Qcow2Image): Promise<boolean> {
+  for (const entry of await readSnapshotTable(image)) {
+    const l1 = Buffer.alloc(entry.l1EntryCount * 8);
+    await image.file.read(entry.l1OffsetBytes, l1);
+    for (let l1Index = 0; l1Index < entry.l1EntryCount; l1Index++) {
+      const l2OffsetBytes = l1Offset(l1, l1Index);
+      if (l2OffsetBytes === 0) continue;
+      if (l2OffsetBytes % image.clusterSizeBytes !== 0)
+        throw image.corrupt(
+          `snapshot '${entry.name}' names an unaligned L2 table`,
+          entry.l1OffsetBytes + l1Index * 8,
+          8,
+        );
+      const table = await image.l2Cache.get(l2OffsetBytes);
+      for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
+        const kind = decodeL2(table, l2Index, image.clusterBits, image.extendedL2).kind;
+        if (kind === 'zero-plain' || kind === 'zero-alloc') return true;
+      }
+    }
+  }
+  return false;
 }
