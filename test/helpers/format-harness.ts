@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
+import { expect } from 'vitest';
 import type { BlockDevice } from '../../src/engine/block-device.ts';
 import type { CheckReport, RepairMode } from '../../src/engine/formats/driver.ts';
 import { findDriver } from '../../src/engine/formats/registry.ts';
@@ -129,6 +130,27 @@ export async function sha256Device(device: BlockDevice): Promise<string> {
     if (extents.length === 0) throw new Error(`blockStatus returned no extents at ${at}`);
   }
   return hash.digest('hex');
+}
+
+/**
+ * Opens `path` read-only (as `openFormat` when given, else probed) and expects its format, guest size
+ * and content sha256, then runs `more` on the device before closing it.
+ */
+export async function expectImageContent(
+  path: string,
+  expected: { format: string; sizeBytes: number; sha256: string },
+  options: { openFormat?: string | undefined; more?: (device: BlockDevice) => Promise<void> } = {},
+): Promise<void> {
+  const { openImage } = await import('../../src/engine/open.ts');
+  const device = await openImage(path, { readOnly: true, format: options.openFormat });
+  try {
+    expect(device.formatName).toBe(expected.format);
+    expect(device.sizeBytes).toBe(expected.sizeBytes);
+    expect(await sha256Device(device)).toBe(expected.sha256);
+    await options.more?.(device);
+  } finally {
+    await device.close();
+  }
 }
 
 /** sha256 of what `qemu-img convert -O raw` makes of `path` (via a sparse temp file in `dir`). */

@@ -21,6 +21,7 @@ import {
   unpackSample,
   writeSeededRaw,
   haveTools,
+  expectImageContent,
 } from '../helpers/format-harness.ts';
 
 const hasQemu = haveTools(['qemu-img', 'qemu-io'], 'parallels interop with qemu');
@@ -37,16 +38,11 @@ describe('parallels samples', () => {
   for (const name of ['parallels-v1', 'parallels-v2']) {
     it(`reads ${name} with the documented hash and checks it like qemu`, async () => {
       const path = join(SAMPLES_DIR, 'parallels', name);
-      const device = await openImage(path, { readOnly: true });
-      try {
-        expect(device.formatName).toBe('parallels');
-        expect(device.sizeBytes).toBe(2097152);
-        expect(await sha256Device(device)).toBe(
-          '15faf41ebc93b5f734341cb7a2d909001e3f7306960f9d8bc63894f2a8e5bc45',
-        );
-      } finally {
-        await device.close();
-      }
+      await expectImageContent(path, {
+        format: 'parallels',
+        sizeBytes: 2097152,
+        sha256: '15faf41ebc93b5f734341cb7a2d909001e3f7306960f9d8bc63894f2a8e5bc45',
+      });
       const report = await checkWith(path, 'none');
       expect(report).toMatchObject({ corruptions: 0, leaks: 0, totalClusters: 32, allocatedClusters: 4 });
     });

@@ -11,6 +11,7 @@ import {
   seededBytes,
   sha256Device,
   haveTools,
+  expectImageContent,
 } from '../helpers/format-harness.ts';
 import { writeBochs } from '../unit/engine/formats/bochs/build-bochs.ts';
 
@@ -18,17 +19,15 @@ const hasQemuImg = haveTools(['qemu-img'], 'bochs comparisons with qemu-img');
 
 describe('bochs sample', () => {
   it('reads bximage empty.bochs with the documented size and hash', async () => {
-    const device = await openImage(join(SAMPLES_DIR, 'bochs/empty.bochs'), { readOnly: true });
-    try {
-      expect(device.formatName).toBe('bochs');
-      expect(device.sizeBytes).toBe(1032192);
-      expect(await sha256Device(device)).toBe(
-        '85e614bc2ef17bec493b849dbeea34687ba52d7b1fedc4e5fc3729b0fb059aad',
-      );
-      expect((await device.info()).virtualSizeBytes).toBe(1032192);
-    } finally {
-      await device.close();
-    }
+    await expectImageContent(
+      join(SAMPLES_DIR, 'bochs/empty.bochs'),
+      {
+        format: 'bochs',
+        sizeBytes: 1032192,
+        sha256: '85e614bc2ef17bec493b849dbeea34687ba52d7b1fedc4e5fc3729b0fb059aad',
+      },
+      { more: async (device) => expect((await device.info()).virtualSizeBytes).toBe(1032192) },
+    );
   });
 });
 

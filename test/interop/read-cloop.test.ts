@@ -17,6 +17,7 @@ import {
   seededBytes,
   sha256Device,
   haveTools,
+  expectImageContent,
 } from '../helpers/format-harness.ts';
 import { buildCloop } from '../unit/engine/formats/cloop/build-cloop.ts';
 
@@ -24,16 +25,11 @@ const hasQemuImg = haveTools(['qemu-img'], 'cloop comparisons with qemu-img');
 
 describe('cloop sample', () => {
   it('reads simple-pattern.cloop with the documented size and hash', async () => {
-    const device = await openImage(join(SAMPLES_DIR, 'cloop/simple-pattern.cloop'), { readOnly: true });
-    try {
-      expect(device.formatName).toBe('cloop');
-      expect(device.sizeBytes).toBe(1048576);
-      expect(await sha256Device(device)).toBe(
-        '7c77af2771e0f86b7ec9707374c7416037fedae45cb0e6e27fbdf55688a5dd12',
-      );
-    } finally {
-      await device.close();
-    }
+    await expectImageContent(join(SAMPLES_DIR, 'cloop/simple-pattern.cloop'), {
+      format: 'cloop',
+      sizeBytes: 1048576,
+      sha256: '7c77af2771e0f86b7ec9707374c7416037fedae45cb0e6e27fbdf55688a5dd12',
+    });
   });
 });
 

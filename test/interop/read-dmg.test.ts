@@ -14,6 +14,7 @@ import {
   seededBytes,
   sha256Device,
   haveTools,
+  expectImageContent,
 } from '../helpers/format-harness.ts';
 import { type BuiltChunk, buildDmg } from '../unit/engine/formats/dmg/build-dmg.ts';
 
@@ -29,14 +30,7 @@ const SAMPLES: [string, number, string][] = [
 describe('dmg samples', () => {
   for (const [name, sizeBytes, sha256] of SAMPLES) {
     it(`reads ${name} with the documented size and hash`, async () => {
-      const device = await openImage(join(SAMPLES_DIR, 'dmg', name), { readOnly: true });
-      try {
-        expect(device.formatName).toBe('dmg');
-        expect(device.sizeBytes).toBe(sizeBytes);
-        expect(await sha256Device(device)).toBe(sha256);
-      } finally {
-        await device.close();
-      }
+      await expectImageContent(join(SAMPLES_DIR, 'dmg', name), { format: 'dmg', sizeBytes, sha256 });
     });
   }
 });

@@ -14,6 +14,7 @@ import {
   unpackSample,
   writeSeededRaw,
   haveTools,
+  expectImageContent,
 } from '../helpers/format-harness.ts';
 
 const hasQemuImg = haveTools(['qemu-img'], 'vpc comparisons with qemu-img');
@@ -92,28 +93,16 @@ describe('vpc third-party samples', () => {
   for (const [name, sha256, sizeBytes, format] of small) {
     it(`reads ${name} with the documented size and hash`, async () => {
       const path = name.endsWith('.bz2') ? await unpackSample(join(VHD, name), dir) : join(VHD, name);
-      const device = await openImage(path, { readOnly: true, format });
-      try {
-        expect(device.formatName).toBe('vpc');
-        expect(device.sizeBytes).toBe(sizeBytes);
-        expect(await sha256Device(device)).toBe(sha256);
-      } finally {
-        await device.close();
-      }
+      await expectImageContent(path, { format: 'vpc', sizeBytes, sha256 }, { openFormat: format });
     });
   }
 
   it('probes the fixed samples as raw with the footer included, as qemu-img does', async () => {
-    const device = await openImage(join(VHD, 'Shared.vhd'), { readOnly: true });
-    try {
-      expect(device.formatName).toBe('raw');
-      expect(device.sizeBytes).toBe(3146240);
-      expect(await sha256Device(device)).toBe(
-        '4f8029042365b0e0efaf93dda0eed8ffc63f60b4aa91b2708857a6df420ccd25',
-      );
-    } finally {
-      await device.close();
-    }
+    await expectImageContent(join(VHD, 'Shared.vhd'), {
+      format: 'raw',
+      sizeBytes: 3146240,
+      sha256: '4f8029042365b0e0efaf93dda0eed8ffc63f60b4aa91b2708857a6df420ccd25',
+    });
   });
 
   const huge: Array<[string, string, number]> = [
