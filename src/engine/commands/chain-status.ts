@@ -124,6 +124,18 @@ function canHaveBacking(device: BlockDevice): boolean {
   return QEMU_BACKING_FORMATS.has(device.formatName);
 }
 
+/** What a walk reports for [fromBytes, endBytes) when the device stops answering: data, so it is copied. */
+function restAsData(fromBytes: number, endBytes: number): ChainExtent {
+  return {
+    offsetBytes: fromBytes,
+    lengthBytes: endBytes - fromBytes,
+    depth: 0,
+    present: true,
+    zero: false,
+    data: true,
+  };
+}
+
 /** Iterates chain extents over the whole of [offsetBytes, endBytes), looping over partial answers. */
 export async function* walkChain(
   device: BlockDevice,
@@ -136,14 +148,7 @@ export async function* walkChain(
     const extents = await chainBlockStatus(device, positionBytes, endBytes - positionBytes, options);
     if (extents.length === 0) {
       // A driver that answers nothing would loop forever; treat the rest as data so it is copied.
-      yield {
-        offsetBytes: positionBytes,
-        lengthBytes: endBytes - positionBytes,
-        depth: 0,
-        present: true,
-        zero: false,
-        data: true,
-      };
+      yield restAsData(positionBytes, endBytes);
       return;
     }
     const before = positionBytes;
@@ -162,14 +167,7 @@ export async function* walkChain(
       positionBytes = stopBytes;
     }
     if (positionBytes === before) {
-      yield {
-        offsetBytes: positionBytes,
-        lengthBytes: endBytes - positionBytes,
-        depth: 0,
-        present: true,
-        zero: false,
-        data: true,
-      };
+      yield restAsData(positionBytes, endBytes);
       return;
     }
   }
