@@ -66,9 +66,9 @@ export function looksLikeDescriptor(text: string): boolean {
   );
 }
 
-/** Parses descriptor text; throws ImageFormatError naming the bad line. */
-export function parseDescriptor(text: string, file: string, fileOffsetBytes = 0): Descriptor {
-  const descriptor: Descriptor = {
+/** A descriptor with no lines: no CIDs (0xffffffff), no create type, parent or extents. */
+export function emptyDescriptor(): Descriptor {
+  return {
     cid: 0xffffffff,
     parentCid: 0xffffffff,
     createType: '',
@@ -76,6 +76,11 @@ export function parseDescriptor(text: string, file: string, fileOffsetBytes = 0)
     extents: [],
     ddb: new Map(),
   };
+}
+
+/** Parses descriptor text; throws ImageFormatError naming the bad line. */
+export function parseDescriptor(text: string, file: string, fileOffsetBytes = 0): Descriptor {
+  const descriptor = emptyDescriptor();
   for (const rawLine of text.split('\n')) {
     const line = rawLine.replace(/\r$/, '').replace(/\0.*$/, '').trim();
     if (line === '' || line.startsWith('#')) continue;

@@ -9,7 +9,13 @@ import { ImageFormatError, PermissionError, UnsupportedError } from '../../error
 import { type HostFile, NodeHostFile } from '../../io/host-file.ts';
 import { readExact } from '../common/binary.ts';
 import type { OpenContext } from '../driver.ts';
-import { type Descriptor, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.ts';
+import {
+  type Descriptor,
+  emptyDescriptor,
+  looksLikeDescriptor,
+  MAX_DESCRIPTOR_BYTES,
+  parseDescriptor,
+} from './descriptor.ts';
 import { type OpenedExtent, VmdkDevice } from './device.ts';
 import { SeSparseExtent } from './sesparse-extent.ts';
 import { SparseExtent } from './sparse-extent.ts';
@@ -77,14 +83,7 @@ async function openBackingOf(context: OpenContext, descriptor: Descriptor): Prom
 async function openSparseFile(context: OpenContext): Promise<BlockDevice> {
   const sparse = await SparseExtent.open(context.file, context.readOnly);
   const embedded = await readEmbeddedDescriptor(context.file, sparse);
-  const descriptor: Descriptor = embedded ?? {
-    cid: 0xffffffff,
-    parentCid: 0xffffffff,
-    createType: '',
-    parentFileNameHint: undefined,
-    extents: [],
-    ddb: new Map(),
-  };
+  const descriptor: Descriptor = embedded ?? emptyDescriptor();
   if (!descriptor.createType) descriptor.createType = 'monolithicSparse';
   const extent: OpenedExtent = {
     kind: 'sparse',
