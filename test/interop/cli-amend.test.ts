@@ -129,31 +129,28 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
     expectUnchanged(path, before);
   });
 
-  it('downgrades an image with internal snapshots; refuses (unlike qemu-img) when a snapshot holds zero clusters', async () => {
+  it('downgrades an image with internal snapshots, expanding their zero clusters too (shared L2 tables)', async () => {
     const { path, before } = image('snap-down', 'compat=1.1', true);
-    // The snapshot is taken before the zero clusters exist: copy the image and rebuild it without them.
-    const plain = join(dir, 'snap-down-plain.qcow2');
-    const plainBefore = join(dir, 'snap-down-plain.raw');
-    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'snap-down-base.raw', '-F', 'raw', plain]);
-    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 192k', plain]);
-    mustRun('qemu-img', ['convert', '-O', 'raw', plain, plainBefore]);
-    mustRun('qemu-img', ['snapshot', '-c', 'old', plain]);
-    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -z 64k 64k', '-c', 'write -P 0x22 1M 64k', plain]);
+    mustRun('qemu-img', ['snapshot', '-c', 'first', path]);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -z 1536k 64k', '-c', 'write -P 0x66 128k 64k', path]);
+    mustRun('qemu-img', ['snapshot', '-c', 'second', path]);
+    mustRun('qemu-io', ['-f', 'qcow2', '-c', 'write -z 0 64k', path]);
     const current = join(dir, 'snap-down-current.raw');
-    mustRun('qemu-img', ['convert', '-O', 'raw', plain, current]);
-    expect((await vdisk(['amend', '-o', 'compat=0.10', plain])).code).toBe(0);
-    expect(formatSpecific(plain).compat).toBe('0.10');
-    expectUnchanged(plain, current);
-    mustRun('qemu-img', ['snapshot', '-a', 'old', plain]);
-    expectUnchanged(plain, plainBefore);
-
-    mustRun('qemu-img', ['snapshot', '-c', 'zeros', path]);
-    const header = headerCluster(path);
-    const refused = await vdisk(['amend', '-o', 'compat=0.10', path]);
-    expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/internal snapshots hold zero clusters/);
-    expect(headerCluster(path).equals(header)).toBe(true);
-    expectUnchanged(path, before);
+    const second = join(dir, 'snap-down-second.raw');
+    mustRun('qemu-img', ['convert', '-O', 'raw', path, current]);
+    mustRun('qemu-img', ['convert', '-l', 'second', '-O', 'raw', path, second]);
+    // Not compared with qemu-img amend of a copy: qemu 7.2 zeroes clusters the snapshots still use here
+    // (its check then reports OFLAG_COPIED errors and `convert -l second` reads other bytes).
+    expect((await vdisk(['amend', '-o', 'compat=0.10', path])).code).toBe(0);
+    expect(formatSpecific(path).compat).toBe('0.10');
+    expectUnchanged(path, current);
+    for (const [name, content] of [
+      ['second', second],
+      ['first', before],
+    ] as const) {
+      mustRun('qemu-img', ['snapshot', '-a', name, path]);
+      expectUnchanged(path, content);
+    }
   });
 
   it('refuses what qemu-img refuses, with exit 1 and the image untouched', async () => {

@@ -4,7 +4,7 @@
 // into what v2 reads the same way.
 // backing_file/backing_fmt may only repeat the current values (qemu 7.2: use rebase). qcow2.txt "Header".
 
-import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
+import { InvalidOptionError } from '../../errors.ts';
 import { rewriteHeaderCluster } from './backing.ts';
 import { decodeL2, l1Offset } from './cluster-map.ts';
 import {
@@ -120,41 +120,64 @@ async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
 }
 
 /**
- * Rewrites zero clusters so a v2 reader sees zeros: without a backing file an unallocated cluster does;
- * with one, a data cluster of zeros is needed. Data clusters are written and synced (flush) before the L2
- * entries that name them (qemu's qcow2_expand_zero_clusters, active table only).
+ * Rewrites zero clusters so a v2 reader sees zeros, in the active table and every snapshot's (qemu's
+ * qcow2_expand_zero_clusters): without a backing file an unallocated entry does; with one, a data cluster
+ * of zeros is needed. Each L2 table is rewritten once, in place, even when shared: a table with refcount
+ * r is named by r L1 tables, so a new data cluster gets refcount r and a replaced one loses r. New
+ * clusters and their refcounts are written and synced before the L2 tables that name them (flush order),
+ * and old references are dropped only after (deferred frees), so a crash leaks and never corrupts.
  */
 async function expandZeroClusters(image: Qcow2Image): Promise<void> {
   const hasBacking = image.header.backingFileName !== undefined && image.header.backingFileName !== '';
-  const clusterCount = Math.ceil(image.header.virtualSizeBytes / image.clusterSizeBytes);
-  const zeros = Buffer.alloc(image.clusterSizeBytes);
-  for (let guestCluster = 0; guestCluster < clusterCount; ) {
-    const { mapping, l2OffsetBytes } = await image.lookup(guestCluster);
-    if (l2OffsetBytes === 0) {
-      guestCluster += image.clustersLeftInL2(guestCluster);
-      continue;
-    }
-    if (mapping.kind === 'zero-plain' || mapping.kind === 'zero-alloc') {
-      const l2Writable = await image.writableL2(guestCluster);
-      const l2Index = guestCluster % image.l2EntryCount;
-      if (!hasBacking) {
-        await image.setL2Entry(l2Writable, l2Index, image.entryUnallocated());
-        image.releaseMapping(mapping);
-      } else {
-        // A zero-alloc cluster another table (a snapshot's) also names keeps its bytes there: use a new one.
-        let hostOffsetBytes = 0;
-        if (mapping.kind === 'zero-alloc') {
-          if ((await image.refcounts.get(mapping.hostOffsetBytes / image.clusterSizeBytes)) === 1)
-            hostOffsetBytes = mapping.hostOffsetBytes;
-          else image.releaseMapping(mapping);
+  const clusterSizeBytes = image.clusterSizeBytes;
+  const zeros = Buffer.alloc(clusterSizeBytes);
+  const l1Tables: Buffer[] = [image.l1];
+  for (const entry of await readSnapshotTable(image)) {
+    const l1 = Buffer.alloc(entry.l1EntryCount * 8);
+    await image.file.read(entry.l1OffsetBytes, l1);
+    l1Tables.push(l1);
+  }
+  const done = new Set<number>();
+  for (const l1 of l1Tables) {
+    for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
+      const l2OffsetBytes = l1Offset(l1, l1Index);
+      if (l2OffsetBytes === 0 || done.has(l2OffsetBytes)) continue;
+      done.add(l2OffsetBytes);
+      if (l2OffsetBytes % clusterSizeBytes !== 0)
+        throw image.corrupt(`L2 table offset ${l2OffsetBytes} is not cluster aligned`, undefined, 8);
+      const sharers = await image.refcounts.get(l2OffsetBytes / clusterSizeBytes);
+      const table = await image.l2Cache.get(l2OffsetBytes);
+      let changed = false;
+      for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
+        const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
+        if (mapping.kind !== 'zero-plain' && mapping.kind !== 'zero-alloc') continue;
+        changed = true;
+        const dropOld = (): void => {
+          if (mapping.kind !== 'zero-alloc') return;
+          for (let count = 0; count < sharers; count++) image.releaseMapping(mapping);
+        };
+        if (!hasBacking) {
+          image.entryUnallocated()(table, l2Index);
+          dropOld();
+          continue;
         }
-        if (hostOffsetBytes === 0)
-          hostOffsetBytes = (await image.refcounts.allocateClusters(1)) * image.clusterSizeBytes;
+        let hostOffsetBytes = 0;
+        if (
+          mapping.kind === 'zero-alloc' &&
+          (await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes)) === sharers
+        ) {
+          // Only this table's owners name the cluster: zero it in place.
+          hostOffsetBytes = mapping.hostOffsetBytes;
+        } else {
+          hostOffsetBytes = (await image.refcounts.allocateClusters(1)) * clusterSizeBytes;
+          if (sharers > 1) await image.refcounts.set(hostOffsetBytes / clusterSizeBytes, sharers);
+          dropOld();
+        }
         await image.file.write(hostOffsetBytes, zeros);
-        await image.setL2Entry(l2Writable, l2Index, image.entryNormal(hostOffsetBytes));
+        image.entryCopied(hostOffsetBytes, sharers === 1, false)(table, l2Index);
       }
+      if (changed) image.l2Cache.markDirty(l2OffsetBytes);
     }
-    guestCluster += 1;
   }
   await image.flush();
 }
@@ -194,8 +217,7 @@ function headerV3(header: Qcow2Header): Qcow2Header {
 /**
  * Applies `-o` amend options to an open, writable qcow2 image. Throws InvalidOptionError (VDISK_EINVAL)
  * for unknown, create-only or conflicting options and for a downgrade v2 cannot express (qemu's
- * wording), UnsupportedError (VDISK_ENOTSUP) for what vdisk does not do (downgrading an image whose
- * internal snapshots hold zero clusters). After a refcount_bits change the device must be closed, not written.
+ * wording), and CorruptImageError from the metadata walks. After a refcount_bits change the device must be closed, not written.
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
   const { version, lazyRefcounts, refcountOrder } = parseAmendOptions(image, options);
@@ -241,34 +263,4 @@ async function checkDowngrade(image: Qcow2Image, compat: string | undefined): Pr
     );
   if (header.extensions.some((extension) => extension.type === EXT_BITMAPS))
     throw invalid('compat', compat, 'Cannot downgrade an image with bitmaps');
-  if (await snapshotsHaveZeroClusters(image))
-    throw new UnsupportedError({
-      format: 'qcow2',
-      feature: 'downgrading an image whose snapshots have zero clusters',
-      message: `${image.path}: vdisk amend cannot downgrade to compat=0.10: internal snapshots hold zero clusters (vdisk expands them in the active image only)`,
-    });
-}
-
-/** Whether any snapshot's L2 tables hold zero entries (v2 cannot express them; vdisk does not expand those). */
-async function snapshotsHaveZeroClusters(image: Qcow2Image): Promise<boolean> {
-  for (const entry of await readSnapshotTable(image)) {
-    const l1 = Buffer.alloc(entry.l1EntryCount * 8);
-    await image.file.read(entry.l1OffsetBytes, l1);
-    for (let l1Index = 0; l1Index < entry.l1EntryCount; l1Index++) {
-      const l2OffsetBytes = l1Offset(l1, l1Index);
-      if (l2OffsetBytes === 0) continue;
-      if (l2OffsetBytes % image.clusterSizeBytes !== 0)
-        throw image.corrupt(
-          `snapshot '${entry.name}' names an unaligned L2 table`,
-          entry.l1OffsetBytes + l1Index * 8,
-          8,
-        );
-      const table = await image.l2Cache.get(l2OffsetBytes);
-      for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-        const kind = decodeL2(table, l2Index, image.clusterBits, image.extendedL2).kind;
-        if (kind === 'zero-plain' || kind === 'zero-alloc') return true;
-      }
-    }
-  }
-  return false;
 }

@@ -124,8 +124,9 @@ describe.skipIf(!HAS_QEMU)('qcow2 metadata operations survive a crash after any 
     withOwnData: boolean,
     operation: Operation,
     backingNames: string[],
+    rebuild = true,
   ): Promise<void> {
-    const pristine = build(name, compat, withOwnData);
+    const pristine = rebuild ? build(name, compat, withOwnData) : join(dir, `${name}.qcow2`);
     const dry = join(dir, `${name}-dry.qcow2`);
     await copyFile(pristine, dry);
     const totalWrites = await runCut(dry, Number.POSITIVE_INFINITY, operation);
