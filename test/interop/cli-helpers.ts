@@ -2,17 +2,15 @@
 // Node start-up per call) and run qemu-img beside it, both returning exit code, stdout and stderr.
 
 import { spawnSync } from 'node:child_process';
-import { runCli } from '../../src/cli/main.ts';
 import { has } from '../helpers/format-harness.ts';
 
 /** Tool detection and scratch folders are format-harness's: `hasTool(tool)`, `scratch(prefix)`. */
 export { has as hasTool, scratchDir as scratch } from '../helpers/format-harness.ts';
 
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import type { RunResult } from '../helpers/run-vdisk.ts';
+
+/** The in-process CLI runner is run-vdisk's: `vdisk(args)`. */
+export { type RunResult, runVdisk as vdisk } from '../helpers/run-vdisk.ts';
 
 /** Warns once, loudly, when a tier's real tool is missing (the describe block skips). */
 export function warnMissing(tool: string, file: string): void {
@@ -20,18 +18,6 @@ export function warnMissing(tool: string, file: string): void {
     console.warn(
       `SKIPPED ${file}: '${tool}' is not installed (apt-get install qemu-utils); the interop tier needs it as the oracle`,
     );
-}
-
-/** Runs `vdisk <args>` in this process (pass absolute paths: the working folder is the test runner's). */
-export async function vdisk(args: string[]): Promise<RunResult> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(args, {
-    stdout: (text) => (stdout += text),
-    stderr: (text) => (stderr += text),
-    isTty: false,
-  });
-  return { code, stdout, stderr };
 }
 
 /** Runs a tool (qemu-img, qemu-io, ...) from `cwd` and returns its status and output. */

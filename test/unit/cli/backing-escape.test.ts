@@ -6,24 +6,13 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../../../src/cli/main.ts';
+import { runVdisk as vdisk } from '../../helpers/run-vdisk.ts';
 import { convertImage } from '../../../src/engine/commands/convert-image.ts';
 import { createImage } from '../../../src/engine/commands/create.ts';
 
 let root: string;
 let outside: string;
 let inside: string;
-
-async function vdisk(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(args, {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    isTty: false,
-  });
-  return { code, stdout, stderr };
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'vdisk-escape-'));

@@ -6,21 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkExitCode, checkHuman, checkJson } from '../../../../src/cli/commands/check.ts';
-import { runCli } from '../../../../src/cli/main.ts';
+import { runVdisk as vdisk } from '../../../helpers/run-vdisk.ts';
 import { progressPrinter } from '../../../../src/cli/progress.ts';
 import type { CheckReport } from '../../../../src/engine/formats/driver.ts';
 
 let folder: string;
-
-async function vdisk(
-  args: string[],
-  isTty = false,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), isTty });
-  return { code, stdout, stderr };
-}
 
 beforeAll(async () => {
   folder = await mkdtemp(join(tmpdir(), 'vdisk-cli-'));

@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PartitionJson } from '../../../../src/cli/commands/partitions.ts';
-import { runCli } from '../../../../src/cli/main.ts';
+import { runVdisk as cli } from '../../../helpers/run-vdisk.ts';
 import { formatRegistry } from '../../../../src/engine/formats/registry.ts';
 import { fileIo, has, scratchDir, sfdiskWrite } from '../../engine/partition/helpers.ts';
 
@@ -14,17 +14,6 @@ if (!hasTools)
   console.warn('SKIPPING vdisk partitions vs fdisk -lu: fdisk/sfdisk (Debian package fdisk) not installed');
 const hasQcow2 = has('qemu-img') && formatRegistry.some((driver) => driver.name === 'qcow2');
 if (!hasQcow2) console.warn('SKIPPING vdisk partitions on qcow2: qemu-img or the qcow2 driver is missing');
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(args, {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    isTty: false,
-  });
-  return { code, stdout, stderr };
-}
 
 /** fdisk -lu's device rows: [start, end, sectors] per partition, in order. */
 function fdiskRows(path: string): number[][] {
