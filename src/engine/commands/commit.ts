@@ -1,6 +1,7 @@
 // qemu-img commit: copy what the image (and, with -b, every layer down to the base) stores into the
 // base of its backing chain, growing the base when it is smaller, then empty the image (unless -d, or
-// -b, which implies -d as in qemu-img: the layers in between become invalid, the top must stay valid).
+// -b, which implies -d as in qemu-img: the layers in between become invalid, the top must stay valid;
+// or the format cannot be emptied, which qemu-img also passes over silently).
 // The chain is opened read-only for reading and the base opened again, writable, on its own.
 
 import { realpath } from 'node:fs/promises';
@@ -57,13 +58,14 @@ async function chainLayers(top: BlockDevice, path: string): Promise<Layer[]> {
 
 /**
  * Commits the image into its base; returns the base's path. Throws InvalidOptionError (VDISK_EINVAL) when
- * the image has no backing file or `base` is not in its chain, UnsupportedError when the image cannot be
- * emptied afterwards, and the I/O errors of the layers.
+ * the image has no backing file or `base` is not in its chain, UnsupportedError when the base is smaller
+ * and cannot grow, and the I/O errors of the layers.
  */
 export async function commitImage(request: CommitImageRequest): Promise<{ basePath: string }> {
   const allowBackingEscape = request.allowBackingEscape ?? false;
   const top = await openImage(request.path, { format: request.format, readOnly: true, allowBackingEscape });
   let basePath: string;
+  let willEmpty = false;
   try {
     const layers = await chainLayers(top, request.path);
     if (layers.length < 2) {
@@ -72,14 +74,9 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
         message: 'Image does not have a backing file',
       });
     }
-    const willEmpty = !request.drop && request.base === undefined;
-    // Checked before anything is copied: committing and then failing to empty would leave both halves.
-    if (willEmpty && !top.makeEmpty)
-      throw new UnsupportedError({
-        format: top.formatName,
-        feature: 'make empty',
-        message: `${request.path}: Image format driver '${top.formatName}' cannot empty the image after commit (use -d)`,
-      });
+    // qemu-img commit leaves an image whose format cannot be emptied (no bdrv_make_empty: qed, vmdk, ...)
+    // as it is and still succeeds; so does vdisk.
+    willEmpty = !request.drop && request.base === undefined && top.makeEmpty !== undefined;
     let baseIndex = 1;
     if (request.base !== undefined) {
       const wanted = await realOrResolved(request.base);
@@ -142,20 +139,14 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
   } finally {
     await top.close();
   }
-  if (!request.drop && request.base === undefined) {
+  if (willEmpty) {
     const image = await openImage(request.path, {
       format: request.format,
       noBacking: true,
       allowBackingEscape,
     });
     try {
-      if (!image.makeEmpty)
-        throw new UnsupportedError({
-          format: image.formatName,
-          feature: 'make empty',
-          message: `${request.path}: Image format driver '${image.formatName}' cannot empty the image (use -d)`,
-        });
-      await image.makeEmpty();
+      await image.makeEmpty?.();
       await image.flush();
     } finally {
       await image.close();
