@@ -2,10 +2,9 @@
 // raw driver is not needed to test table codecs), and whether util-linux's tools are installed.
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { open } from 'node:fs/promises';
 import type { PartitionIo } from '../../../../src/engine/partition/index.ts';
+import { scratchDir as harnessScratchDir } from '../../../helpers/format-harness.ts';
 
 export function has(tool: string): boolean {
   return (
@@ -16,10 +15,9 @@ export function has(tool: string): boolean {
   );
 }
 
-export async function scratchDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'vdisk-partition-'));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}
+/** A fresh `vdisk-partition-*` scratch folder and its remover (format-harness's scratchDir). */
+export const scratchDir = (): Promise<{ dir: string; cleanup: () => Promise<void> }> =>
+  harnessScratchDir('partition');
 
 /** A sparse file of `sizeBytes`, opened as PartitionIo; `close()` when done. */
 export async function fileIo(
