@@ -79,10 +79,14 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
     willEmpty = !request.drop && request.base === undefined && top.makeEmpty !== undefined;
     let baseIndex = 1;
     if (request.base !== undefined) {
-      const wanted = await realOrResolved(request.base);
+      // As qemu's bdrv_find_backing_image: a relative name may be meant from here or from the image's folder.
+      const wanted = new Set([
+        await realOrResolved(request.base),
+        await realOrResolved(resolveBackingPath(request.base, request.path)),
+      ]);
       baseIndex = -1;
       for (let index = 1; index < layers.length; index++) {
-        if ((await realOrResolved(layers[index]?.path ?? '')) === wanted) {
+        if (wanted.has(await realOrResolved(layers[index]?.path ?? ''))) {
           baseIndex = index;
           break;
         }
