@@ -24,14 +24,28 @@ export function parseSize(text: string, option = 'size', defaultUnit: keyof type
   const [, digits = '', unit = ''] = match;
   const shift = UNIT_SHIFT[(unit || defaultUnit).toLowerCase()] ?? 0;
   if (digits.includes('.') && shift === 0) {
-    throw new InvalidOptionError({ option, value: text, message: `Invalid ${option} '${text}': a fraction needs a unit suffix` });
+    throw new InvalidOptionError({
+      option,
+      value: text,
+      message: `Invalid ${option} '${text}': a fraction needs a unit suffix`,
+    });
   }
   const value = Number(digits) * 2 ** shift;
   const bytes = Math.floor(value);
   if (!Number.isFinite(value) || bytes > MAX_SIZE_BYTES) {
-    throw new InvalidOptionError({ option, value: text, message: `Invalid ${option} '${text}': larger than ${MAX_SIZE_BYTES} bytes` });
+    throw new InvalidOptionError({
+      option,
+      value: text,
+      message: `Invalid ${option} '${text}': larger than ${MAX_SIZE_BYTES} bytes`,
+    });
   }
   return bytes;
+}
+
+/** A size-valued `-o` option: `options[name]` parsed as a size, or `fallback` when it is not given. */
+export function sizeOption(options: Record<string, string>, name: string, fallback: number): number {
+  const text = options[name];
+  return text === undefined ? fallback : parseSize(text, name);
 }
 
 /** A resize argument: absolute (`4G`) or relative (`+1G`, `-512M`). */

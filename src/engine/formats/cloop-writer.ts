@@ -5,7 +5,7 @@
 import { deflateSync, inflateSync } from 'node:zlib';
 import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../errors.ts';
-import { parseSize } from '../size.ts';
+import { sizeOption } from '../size.ts';
 import { actualSizeOf, viewOf } from './common/binary.ts';
 import type { CreateContext, CreateOptionSpec, OpenContext } from './driver.ts';
 import { CLOOP_MAGIC_V2, CLOOP_MAX_BLOCK_BYTES, CLOOP_PREAMBLE_BYTES, readCloopIndex } from './cloop.ts';
@@ -34,10 +34,7 @@ function offsetsBytes(offsets: readonly number[]): Uint8Array {
 
 /** Writes a complete image of `sizeBytes` (rounded up to whole blocks) whose blocks are all zeros. */
 export async function createCloop(context: CreateContext): Promise<void> {
-  const blockBytes =
-    context.options.block_size === undefined
-      ? DEFAULT_BLOCK_BYTES
-      : parseSize(context.options.block_size, 'block_size');
+  const blockBytes = sizeOption(context.options, 'block_size', DEFAULT_BLOCK_BYTES);
   if (blockBytes === 0 || blockBytes % 512 !== 0 || blockBytes > CLOOP_MAX_BLOCK_BYTES) {
     throw new InvalidOptionError({
       option: 'block_size',

@@ -5,7 +5,7 @@
 import type { BlockDevice } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, PermissionError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { parseSize } from '../../size.ts';
+import { sizeOption } from '../../size.ts';
 import { readExact, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
@@ -251,8 +251,7 @@ async function checkParallels(context: OpenContext, repair: RepairMode): Promise
 }
 
 async function createParallels(context: CreateContext): Promise<void> {
-  const clusterText = context.options.cluster_size;
-  const clusterBytes = clusterText === undefined ? 1024 * 1024 : parseSize(clusterText, 'cluster_size');
+  const clusterBytes = sizeOption(context.options, 'cluster_size', 1024 * 1024);
   const sizeBytes = context.sizeBytes;
   if (clusterBytes < SECTOR_BYTES || clusterBytes % SECTOR_BYTES !== 0) {
     throw new InvalidOptionError({

@@ -4,7 +4,7 @@
 
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
-import { parseSize } from '../../size.ts';
+import { sizeOption } from '../../size.ts';
 import { cString, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
@@ -231,14 +231,9 @@ async function checkQed(context: OpenContext, repair: RepairMode): Promise<Check
   return report;
 }
 
-function optionNumber(options: Record<string, string>, name: string, fallback: number): number {
-  const text = options[name];
-  return text === undefined ? fallback : parseSize(text, name);
-}
-
 async function createQed(context: CreateContext): Promise<void> {
-  const clusterSizeBytes = optionNumber(context.options, 'cluster_size', 64 * 1024);
-  const tableClusters = optionNumber(context.options, 'table_size', 4);
+  const clusterSizeBytes = sizeOption(context.options, 'cluster_size', 64 * 1024);
+  const tableClusters = sizeOption(context.options, 'table_size', 4);
   checkQedGeometry(clusterSizeBytes, tableClusters, context.path);
   if (tableClusters === 1) {
     // qemu 7.2's table offset check (end <= start counts as overflow) refuses one-cluster tables.

@@ -5,7 +5,7 @@
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { parseSize } from '../../size.ts';
+import { parseSize, sizeOption } from '../../size.ts';
 import { readExact, setU64le, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
@@ -435,7 +435,7 @@ async function createVhdx(context: CreateContext): Promise<void> {
       feature: 'backing files',
       message: 'vhdx does not support backing files',
     });
-  const logBytes = options.log_size === undefined ? MiB : parseSize(options.log_size, 'log_size');
+  const logBytes = sizeOption(options, 'log_size', MiB);
   if (logBytes < MiB || logBytes % MiB !== 0 || logBytes > 0xffffffff - MiB + 1) {
     throw new InvalidOptionError({
       option: 'log_size',
