@@ -63,6 +63,13 @@ async function copyDifferences(
     const newView = newData.subarray(0, stepBytes);
     await readPadded(oldBacking, at, oldView);
     await readPadded(newBacking, at, newView);
+    // Most chunks are the same in both chains: one comparison instead of one per sector.
+    if (
+      Buffer.from(oldView.buffer, oldView.byteOffset, stepBytes).equals(
+        Buffer.from(newView.buffer, newView.byteOffset, stepBytes),
+      )
+    )
+      continue;
     let runStart = -1;
     for (let sector = 0; sector <= stepBytes; sector += SECTOR_BYTES) {
       const end = Math.min(sector + SECTOR_BYTES, stepBytes);
