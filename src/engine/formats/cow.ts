@@ -5,7 +5,7 @@
 import type { BlockDevice, ImageInfo } from '../block-device.ts';
 import { ImageFormatError, UnsupportedError } from '../errors.ts';
 import { cString, readExact, u64be, viewOf } from './common/binary.ts';
-import { MappedDevice, type RangeMapping } from './common/mapped-device.ts';
+import { MappedDevice, type RangeMapping, reportBackingName } from './common/mapped-device.ts';
 import type { FormatDriver, OpenContext } from './driver.ts';
 
 export const COW_MAGIC = 0x4f4f4f4d; // "OOOM"
@@ -159,10 +159,8 @@ class CowDevice extends MappedDevice {
     const info: ImageInfo = {
       ...(await super.info()),
     };
-    if (this.header.backingFile) {
-      info.backingFilename = this.header.backingFile;
-      info.fullBackingFilename = this.header.backingFile;
-    }
+    // An empty name field means no backing file.
+    reportBackingName(info, this.header.backingFile || undefined);
     return info;
   }
 }

@@ -35,6 +35,16 @@ export function decodedRange(
   };
 }
 
+/**
+ * Reports a backing file name the image stores verbatim (qcow, qed, cow) as qemu's info does: the same
+ * text as the name and the full name. Nothing when there is no backing file.
+ */
+export function reportBackingName(info: ImageInfo, name: string | undefined): void {
+  if (name === undefined) return;
+  info.backingFilename = name;
+  info.fullBackingFilename = name;
+}
+
 /** Largest buffer the base class allocates for one copy step (backing copy-in, zero writes). */
 export const COPY_CHUNK_BYTES = 1024 * 1024;
 

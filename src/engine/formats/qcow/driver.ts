@@ -6,7 +6,7 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError } from '../../errors.ts';
 import { cString, readExact, setU64be, viewOf } from '../common/binary.ts';
-import { decodedRange, MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import { decodedRange, MappedDevice, type RangeMapping, reportBackingName } from '../common/mapped-device.ts';
 import type { CreateContext, CreateOptionSpec, FormatDriver, OpenContext } from '../driver.ts';
 import {
   encodeQcowHeader,
@@ -279,10 +279,7 @@ class QcowDevice extends MappedDevice {
       clusterSizeBytes: this.clusterBytes,
       dirty: false,
     };
-    if (this.backingName !== undefined) {
-      info.backingFilename = this.backingName;
-      info.fullBackingFilename = this.backingName;
-    }
+    reportBackingName(info, this.backingName);
     return info;
   }
 }

@@ -6,7 +6,7 @@ import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import { sizeOption } from '../../size.ts';
 import { cString, readExact } from '../common/binary.ts';
-import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
+import { MappedDevice, type RangeMapping, reportBackingName } from '../common/mapped-device.ts';
 import type {
   CheckReport,
   CreateContext,
@@ -160,11 +160,9 @@ class QedDevice extends MappedDevice {
       clusterSizeBytes: this.header.clusterSizeBytes,
       dirty: qedNeedsCheck(this.header),
     };
-    if (this.backingName !== undefined) {
-      info.backingFilename = this.backingName;
-      info.fullBackingFilename = this.backingName;
-      if (this.header.features & QED_F_BACKING_FORMAT_NO_PROBE) info.backingFormat = 'raw';
-    }
+    reportBackingName(info, this.backingName);
+    if (this.backingName !== undefined && this.header.features & QED_F_BACKING_FORMAT_NO_PROBE)
+      info.backingFormat = 'raw';
     return info;
   }
 }
