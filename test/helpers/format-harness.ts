@@ -53,6 +53,16 @@ export function haveTools(tools: string[], what: string, packages = 'qemu-utils'
   return missingTools(tools, what, packages).length === 0;
 }
 
+/**
+ * Whether the opt-in checks of huge samples run (VDISK_HUGE_SAMPLES=1); when not, warns loudly that
+ * `what` is skipped and what is checked `instead`.
+ */
+export function hugeSamplesEnabled(what: string, instead: string): boolean {
+  const enabled = process.env.VDISK_HUGE_SAMPLES === '1';
+  if (!enabled) console.warn(`SKIPPING ${what} (set VDISK_HUGE_SAMPLES=1); ${instead}`);
+  return enabled;
+}
+
 /** A fresh folder `vdisk-<prefix>-*` under the OS temp dir and its remover. */
 export async function scratchDir(prefix = 'fmt'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), `vdisk-${prefix}-`));

@@ -15,15 +15,15 @@ import {
   writeSeededRaw,
   haveTools,
   expectImageContent,
+  hugeSamplesEnabled,
 } from '../helpers/format-harness.ts';
 
 const hasQemuImg = haveTools(['qemu-img'], 'vpc comparisons with qemu-img');
 /** Hashing 127 GiB of guest zeros costs ~2 minutes of CPU per image; opt in with VDISK_HUGE_SAMPLES=1. */
-const hashHuge = process.env.VDISK_HUGE_SAMPLES === '1';
-if (!hashHuge)
-  console.warn(
-    'SKIPPING the full sha256 of the 127 GiB VHD samples (set VDISK_HUGE_SAMPLES=1); size and map are still checked',
-  );
+const hashHuge = hugeSamplesEnabled(
+  'the full sha256 of the 127 GiB VHD samples',
+  'size and map are still checked',
+);
 
 const VHD = join(SAMPLES_DIR, 'vhd');
 
