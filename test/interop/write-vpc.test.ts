@@ -23,6 +23,22 @@ let cleanup: () => Promise<void>;
 beforeAll(async () => ({ dir, cleanup } = await scratchDir()));
 afterAll(async () => cleanup());
 
+/** `qemu-img create -f vpc` with the same -o options vdisk's create was given. */
+function qemuCreateVpc(path: string, options: Record<string, string>, sizeBytes: number): void {
+  const optionText = Object.entries(options)
+    .map(([key, value]) => `${key}=${value}`)
+    .join(',');
+  run('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'vpc',
+    ...(optionText ? ['-o', optionText] : []),
+    path,
+    String(sizeBytes),
+  ]);
+}
+
 describe.skipIf(!hasQemuImg)('vpc images written by vdisk', () => {
   const cases: Array<[string, Record<string, string>, number]> = [
     ['dynamic', {}, 10 * 1024 * 1024],
@@ -36,18 +52,7 @@ describe.skipIf(!hasQemuImg)('vpc images written by vdisk', () => {
       const ours = join(dir, `${name}.vhd`);
       const theirs = join(dir, `${name}-qemu.vhd`);
       await createWithDriver('vpc', ours, sizeBytes, options);
-      const optionText = Object.entries(options)
-        .map(([key, value]) => `${key}=${value}`)
-        .join(',');
-      run('qemu-img', [
-        'create',
-        '-q',
-        '-f',
-        'vpc',
-        ...(optionText ? ['-o', optionText] : []),
-        theirs,
-        String(sizeBytes),
-      ]);
+      qemuCreateVpc(theirs, options, sizeBytes);
       const ourInfo = JSON.parse(run('qemu-img', ['info', '-f', 'vpc', '--output=json', ours]));
       const theirInfo = JSON.parse(run('qemu-img', ['info', '-f', 'vpc', '--output=json', theirs]));
       expect(ourInfo['virtual-size']).toBe(theirInfo['virtual-size']);
@@ -134,18 +139,7 @@ describe.skipIf(!hasQemuImg)('vpc images written by vdisk', () => {
         await device.close();
       }
       const reference = join(dir, `grow-${name}-qemu.vhd`);
-      const optionText = Object.entries(options)
-        .map(([key, value]) => `${key}=${value}`)
-        .join(',');
-      run('qemu-img', [
-        'create',
-        '-q',
-        '-f',
-        'vpc',
-        ...(optionText ? ['-o', optionText] : []),
-        reference,
-        String(newSizeBytes),
-      ]);
+      qemuCreateVpc(reference, options, newSizeBytes);
       const info = JSON.parse(run('qemu-img', ['info', '-f', 'vpc', '--output=json', path]));
       expect(info['virtual-size']).toBe(grownBytes);
       expect(grownBytes).toBe(
