@@ -153,6 +153,23 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
     }
   });
 
+  it('resizes with -o size= (grow, and shrink without --shrink) as qemu-img amend does', async () => {
+    const { path } = image('size', 'compat=1.1', false);
+    const theirs = join(dir, 'size-theirs.qcow2');
+    mustRun('cp', [path, theirs]);
+    for (const size of ['8M', '1536K']) {
+      expect((await vdisk(['amend', '-o', `size=${size}`, path])).code).toBe(0);
+      mustRun('qemu-img', ['amend', '-o', `size=${size}`, theirs]);
+      const virtual = (file: string) =>
+        (JSON.parse(mustRun('qemu-img', ['info', '--output=json', file])) as { 'virtual-size': number })[
+          'virtual-size'
+        ];
+      expect(virtual(path)).toBe(virtual(theirs));
+      expect(tool('qemu-img', ['check', path]).code).toBe(0);
+      expect(tool('qemu-img', ['compare', path, theirs]).code).toBe(0);
+    }
+  });
+
   it('refuses what qemu-img refuses, with exit 1 and the image untouched', async () => {
     const plain = image('refuse', 'compat=1.1', false).path;
     const v2 = image('refuse-v2', 'compat=0.10', false).path;
@@ -179,6 +196,7 @@ describe.skipIf(!HAS_QEMU)('vdisk amend, checked by qemu-img', () => {
       [['amend', '-o', 'compat=2', plain], /Unknown compatibility level 2/],
       [['amend', '-o', 'backing_file=other.qcow2', plain], /Cannot amend the backing file/],
       [['amend', plain], /Must specify options \(-o\)/],
+      [['amend', '-o', 'size=1000', plain], /The new size must be a multiple of 512/],
       [
         ['amend', '-o', 'refcount_bits=3', plain],
         /Refcount width must be a power of two and may not exceed 64 bits/,

@@ -12,6 +12,7 @@ Changes format options of an existing image in place (qcow2):
   -o compat=0.10|1.1        qcow2 version (0.10 refuses images using what version 2 cannot express)
   -o lazy_refcounts=on|off  lazy refcounts (version 1.1 only)
   -o refcount_bits=N        refcount width, a power of two up to 64 (other than 16: version 1.1 only)
+  -o size=N                 guest size (a smaller size drops the data past it, as qemu-img amend does)
   backing_file / backing_fmt may only repeat the current values: use 'vdisk rebase' to change them.
 `;
 

@@ -1,10 +1,11 @@
 // qemu-img amend for qcow2 (qemu's qcow2_amend_options and qcow2_downgrade): compat=0.10|1.1,
-// lazy_refcounts=on|off and refcount_bits (refcount-order.ts) on an existing image. Downgrading to
+// lazy_refcounts=on|off, refcount_bits (refcount-order.ts) and size on an existing image. Downgrading to
 // version 2 refuses what v2 cannot express, as qemu does, and first turns zero clusters (a v3 feature)
 // into what v2 reads the same way.
 // backing_file/backing_fmt may only repeat the current values (qemu 7.2: use rebase). qcow2.txt "Header".
 
 import { InvalidOptionError } from '../../errors.ts';
+import { parseSize } from '../../size.ts';
 import { rewriteHeaderCluster } from './backing.ts';
 import { decodeL2, l1Offset } from './cluster-map.ts';
 import {
@@ -21,10 +22,18 @@ import {
 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
+import { growImage, shrinkImage } from './resize.ts';
 import { readSnapshotTable } from './snapshot.ts';
 import { changeRefcountOrder } from './refcount-order.ts';
 
-const AMENDABLE = new Set(['compat', 'lazy_refcounts', 'refcount_bits', 'backing_file', 'backing_fmt']);
+const AMENDABLE = new Set([
+  'compat',
+  'lazy_refcounts',
+  'refcount_bits',
+  'backing_file',
+  'backing_fmt',
+  'size',
+]);
 
 function invalid(option: string, value: string | undefined, message: string): InvalidOptionError {
   return new InvalidOptionError({ option, value, message });
@@ -40,7 +49,7 @@ function parseOnOff(option: string, value: string): boolean {
 function parseAmendOptions(
   image: Qcow2Image,
   options: Record<string, string>,
-): { version: 2 | 3; lazyRefcounts: boolean | undefined; refcountOrder: number } {
+): { version: 2 | 3; lazyRefcounts: boolean | undefined; refcountOrder: number; sizeBytes: number } {
   const header = image.header;
   for (const key of Object.keys(options)) {
     if (AMENDABLE.has(key)) continue;
@@ -101,7 +110,12 @@ function parseAmendOptions(
   }
   if (version === 2 && header.version === 3 && refcountOrder !== 4)
     throw invalid('compat', compat, 'compat=0.10 requires refcount_bits=16');
-  return { version, lazyRefcounts, refcountOrder };
+  let sizeBytes = header.virtualSizeBytes;
+  if (options.size !== undefined) {
+    sizeBytes = parseSize(options.size, 'size');
+    if (sizeBytes % 512 !== 0) throw invalid('size', options.size, 'The new size must be a multiple of 512');
+  }
+  return { version, lazyRefcounts, refcountOrder, sizeBytes };
 }
 
 /** Whether the active table has compressed clusters (a zstd image cannot become v2 with them). */
@@ -220,7 +234,7 @@ function headerV3(header: Qcow2Header): Qcow2Header {
  * wording), and CorruptImageError from the metadata walks. After a refcount_bits change the device must be closed, not written.
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
-  const { version, lazyRefcounts, refcountOrder } = parseAmendOptions(image, options);
+  const { version, lazyRefcounts, refcountOrder, sizeBytes } = parseAmendOptions(image, options);
   const downgrade = version === 2 && image.header.version === 3;
   // Every refusal comes before the first write, so a refused amend leaves the image as it was.
   if (downgrade) await checkDowngrade(image, options.compat);
@@ -236,6 +250,9 @@ export async function amendQcow2(image: Qcow2Image, options: Record<string, stri
     if (compatibleFeatures !== header.compatibleFeatures)
       await rewriteHeaderCluster(image, { ...header, compatibleFeatures });
   }
+  // qemu's amend resizes without --shrink: data past a smaller size is dropped.
+  if (sizeBytes > image.header.virtualSizeBytes) await growImage(image, sizeBytes);
+  else if (sizeBytes < image.header.virtualSizeBytes) await shrinkImage(image, sizeBytes, true);
   // Zero clusters are expanded with the current refcount structures, before any width change: after
   // one, the in-memory refcount state is stale and nothing may allocate.
   if (downgrade) await expandZeroClusters(image);
