@@ -58,7 +58,7 @@ export class Qcow2Device implements BlockDevice {
     this.lock.run(() => setQcow2BackingFile(this.image, name, format));
   /** Unmaps every cluster of the active tables (empty.ts), as qemu-img commit leaves the top image. */
   readonly makeEmpty = (): Promise<void> => this.lock.run(() => makeQcow2Empty(this.image));
-  /** qemu-img amend -o (amend.ts): compat, lazy_refcounts, refcount_bits. */
+  /** qemu-img amend -o (amend.ts): compat, lazy_refcounts, refcount_bits, size. */
   readonly amend = (options: Record<string, string>): Promise<void> =>
     this.lock.run(() => amendQcow2(this.image, options));
   /** A snapshot view shares its parent's file and backing: closing it closes neither. */
