@@ -92,6 +92,27 @@ function entryShape(frequency: number, stateCount: number): { bits: number; firs
   return { bits, firstLong: ((2 * stateCount) >> bits) - frequency };
 }
 
+/**
+ * Walks the states of an FSE decoding table built from (checked) `frequencies`: each symbol owns
+ * `frequency` consecutive states; `visit` gets a state, its symbol, the state bits it reads and its delta.
+ */
+function forEachState(
+  frequencies: ArrayLike<number>,
+  stateCount: number,
+  visit: (state: number, symbol: number, bits: number, delta: number) => void,
+): void {
+  let state = 0;
+  for (let symbol = 0; symbol < frequencies.length; symbol++) {
+    const frequency = frequencies[symbol]!;
+    if (frequency === 0) continue;
+    const { bits, firstLong } = entryShape(frequency, stateCount);
+    for (let j = 0; j < frequency; j++, state++) {
+      if (j < firstLong) visit(state, symbol, bits, ((frequency + j) << bits) - stateCount);
+      else visit(state, symbol, bits - 1, (j - firstLong) << (bits - 1));
+    }
+  }
+}
+
 function checkFrequencies(frequencies: ArrayLike<number>, stateCount: number): void {
   let sum = 0;
   for (let i = 0; i < frequencies.length; i++) sum += frequencies[i]!;
@@ -105,22 +126,11 @@ function symbolDecoder(frequencies: ArrayLike<number>, stateCount: number): Symb
     symbol: new Uint8Array(stateCount),
     delta: new Int32Array(stateCount),
   };
-  let state = 0;
-  for (let symbol = 0; symbol < frequencies.length; symbol++) {
-    const frequency = frequencies[symbol]!;
-    if (frequency === 0) continue;
-    const { bits, firstLong } = entryShape(frequency, stateCount);
-    for (let j = 0; j < frequency; j++, state++) {
-      decoder.symbol[state] = symbol;
-      if (j < firstLong) {
-        decoder.bits[state] = bits;
-        decoder.delta[state] = ((frequency + j) << bits) - stateCount;
-      } else {
-        decoder.bits[state] = bits - 1;
-        decoder.delta[state] = (j - firstLong) << (bits - 1);
-      }
-    }
-  }
+  forEachState(frequencies, stateCount, (state, symbol, bits, delta) => {
+    decoder.symbol[state] = symbol;
+    decoder.bits[state] = bits;
+    decoder.delta[state] = delta;
+  });
   return decoder;
 }
 
@@ -137,23 +147,12 @@ function valueDecoder(
     delta: new Int32Array(stateCount),
     base: new Int32Array(stateCount),
   };
-  let state = 0;
-  for (let symbol = 0; symbol < frequencies.length; symbol++) {
-    const frequency = frequencies[symbol]!;
-    if (frequency === 0) continue;
-    const { bits, firstLong } = entryShape(frequency, stateCount);
-    for (let j = 0; j < frequency; j++, state++) {
-      decoder.valueBits[state] = extraBits[symbol]!;
-      decoder.base[state] = base[symbol]!;
-      if (j < firstLong) {
-        decoder.totalBits[state] = bits + extraBits[symbol]!;
-        decoder.delta[state] = ((frequency + j) << bits) - stateCount;
-      } else {
-        decoder.totalBits[state] = bits - 1 + extraBits[symbol]!;
-        decoder.delta[state] = (j - firstLong) << (bits - 1);
-      }
-    }
-  }
+  forEachState(frequencies, stateCount, (state, symbol, bits, delta) => {
+    decoder.valueBits[state] = extraBits[symbol]!;
+    decoder.base[state] = base[symbol]!;
+    decoder.totalBits[state] = bits + extraBits[symbol]!;
+    decoder.delta[state] = delta;
+  });
   return decoder;
 }
 
