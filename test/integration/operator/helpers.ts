@@ -72,8 +72,11 @@ export function customApi(kubeConfig: KubeConfig): CustomObjectsApi {
   return kubeConfig.makeApiClient(CustomObjectsApi);
 }
 
-export async function createDisk(
+/** Creates a vdisk.dev object of `kind` (its `plural`) named `name` with `spec`. */
+async function createCustom(
   custom: CustomObjectsApi,
+  kind: 'VirtualDisk' | 'DiskSnapshot',
+  plural: 'virtualdisks' | 'disksnapshots',
   namespace: string,
   name: string,
   spec: Record<string, unknown>,
@@ -82,24 +85,27 @@ export async function createDisk(
     group: API_GROUP,
     version: API_VERSION,
     namespace,
-    plural: 'virtualdisks',
-    body: { apiVersion: `${API_GROUP}/${API_VERSION}`, kind: 'VirtualDisk', metadata: { name }, spec },
+    plural,
+    body: { apiVersion: `${API_GROUP}/${API_VERSION}`, kind, metadata: { name }, spec },
   })) as Obj;
 }
 
-export async function createSnapshot(
+export function createDisk(
   custom: CustomObjectsApi,
   namespace: string,
   name: string,
   spec: Record<string, unknown>,
 ): Promise<Obj> {
-  return (await custom.createNamespacedCustomObject({
-    group: API_GROUP,
-    version: API_VERSION,
-    namespace,
-    plural: 'disksnapshots',
-    body: { apiVersion: `${API_GROUP}/${API_VERSION}`, kind: 'DiskSnapshot', metadata: { name }, spec },
-  })) as Obj;
+  return createCustom(custom, 'VirtualDisk', 'virtualdisks', namespace, name, spec);
+}
+
+export function createSnapshot(
+  custom: CustomObjectsApi,
+  namespace: string,
+  name: string,
+  spec: Record<string, unknown>,
+): Promise<Obj> {
+  return createCustom(custom, 'DiskSnapshot', 'disksnapshots', namespace, name, spec);
 }
 
 export async function readObject(
