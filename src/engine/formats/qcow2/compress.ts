@@ -71,9 +71,21 @@ export async function compressCluster(
   data: Uint8Array,
   compressionType: number,
 ): Promise<Buffer | undefined> {
-  const output =
-    compressionType === COMPRESSION_ZSTD
-      ? await zstdCompress(data)
-      : await deflateRaw(data, { level: 6, windowBits: 12, memLevel: 9 });
-  return output.length < data.length ? output : undefined;
+  if (compressionType === COMPRESSION_ZSTD) {
+    const output = await zstdCompress(data);
+    return output.length < data.length ? output : undefined;
+  }
+  try {
+    // Stop as soon as the output would not be smaller: incompressible clusters (the common case
+    // for already-compressed guest data) then cost no full-size output buffer and concat.
+    return await deflateRaw(data, {
+      level: 6,
+      windowBits: 12,
+      memLevel: 9,
+      maxOutputLength: data.length - 1,
+    });
+  } catch (err) {
+    if ((err as { code?: unknown })?.code === 'ERR_BUFFER_TOO_LARGE') return undefined;
+    throw err;
+  }
 }
