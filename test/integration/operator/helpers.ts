@@ -123,6 +123,32 @@ export async function readObject(
   })) as Obj;
 }
 
+/** Deletes a vdisk.dev object and waits (as `what`) until the API no longer has it: its finalizer ran. */
+export async function deleteAndWaitGone(
+  custom: CustomObjectsApi,
+  namespace: string,
+  plural: string,
+  name: string,
+  what: string,
+): Promise<void> {
+  await custom.deleteNamespacedCustomObject({
+    group: API_GROUP,
+    version: API_VERSION,
+    namespace,
+    plural,
+    name,
+  });
+  await eventually(
+    what,
+    () =>
+      readObject(custom, namespace, plural, name).then(
+        () => 'present',
+        (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
+      ),
+    (state) => state === 'gone',
+  );
+}
+
 /** Waits until the object's status.phase is `phase` (or Failed, which ends the wait early with its message). */
 export async function waitForPhase(
   custom: CustomObjectsApi,

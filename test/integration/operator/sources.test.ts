@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { CoreV1Api, type CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { API_GROUP, API_VERSION } from '../../../src/api/common.ts';
 import type { Manager } from '../../../src/controller/manager.ts';
 import { qcow2Driver } from '../../../src/engine/formats/qcow2/driver.ts';
 import {
@@ -21,6 +20,7 @@ import {
 } from '../../controlplane/vitest.ts';
 import {
   claimFolder,
+  deleteAndWaitGone,
   createDisk,
   createSnapshot,
   customApi,
@@ -201,67 +201,46 @@ describeWithControlPlane('VirtualDisk sources on a real control plane', () => {
     await waitForPhase(custom, namespace, 'virtualdisks', 'snap-restored', 'Ready');
     execFileSync('qemu-img', ['compare', '-F', 'raw', frozen, await imageOf('snap-restored')]);
     // Deleting the snapshot completes (the finalizer's Job runs; an external file keeps backing the disk).
-    await custom.deleteNamespacedCustomObject({
-      group: API_GROUP,
-      version: API_VERSION,
-      namespace,
-      plural: 'disksnapshots',
-      name: 'snap-1',
-    });
-    await eventually(
-      'DiskSnapshot deleted',
-      () =>
-        readObject(custom, namespace, 'disksnapshots', 'snap-1').then(
-          () => 'present',
-          (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
-        ),
-      (state) => state === 'gone',
-    );
+    await deleteAndWaitGone(custom, namespace, 'disksnapshots', 'snap-1', 'DiskSnapshot deleted');
   });
 
-  it.skipIf(!hasInternalSnapshots)('takes an internal qcow2 snapshot, restores it, and removes it from the image on delete', async () => {
-    files.set('/internal.img', pattern(2 * MIB, 13));
-    await createDisk(custom, namespace, 'int-disk', {
-      size: '2Mi',
-      format: 'qcow2',
-      source: { http: { url: `${baseUrl}/internal.img` } },
-    });
-    await waitForPhase(custom, namespace, 'virtualdisks', 'int-disk', 'Ready');
-    await createSnapshot(custom, namespace, 'int-snap', { virtualDiskName: 'int-disk', mode: 'internal' });
-    await waitForPhase(custom, namespace, 'disksnapshots', 'int-snap', 'Ready');
-    const listing = execFileSync('qemu-img', ['snapshot', '-l', '-U', await imageOf('int-disk')], {
-      encoding: 'utf8',
-    });
-    expect(listing).toContain('int-snap');
-    await createDisk(custom, namespace, 'int-restored', {
-      size: '2Mi',
-      format: 'raw',
-      source: { snapshot: { name: 'int-snap' } },
-    });
-    await waitForPhase(custom, namespace, 'virtualdisks', 'int-restored', 'Ready');
-    expect((await readFile(await imageOf('int-restored'))).equals(files.get('/internal.img')!)).toBe(true);
-    // Deleting the DiskSnapshot removes the snapshot from the image before the object goes.
-    await custom.deleteNamespacedCustomObject({
-      group: API_GROUP,
-      version: API_VERSION,
-      namespace,
-      plural: 'disksnapshots',
-      name: 'int-snap',
-    });
-    await eventually(
-      'DiskSnapshot int-snap deleted',
-      () =>
-        readObject(custom, namespace, 'disksnapshots', 'int-snap').then(
-          () => 'present',
-          (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
-        ),
-      (state) => state === 'gone',
-    );
-    expect(
-      execFileSync('qemu-img', ['snapshot', '-l', '-U', await imageOf('int-disk')], { encoding: 'utf8' }),
-    ).not.toContain('int-snap');
-    execFileSync('qemu-img', ['check', '-U', await imageOf('int-disk')]);
-  });
+  it.skipIf(!hasInternalSnapshots)(
+    'takes an internal qcow2 snapshot, restores it, and removes it from the image on delete',
+    async () => {
+      files.set('/internal.img', pattern(2 * MIB, 13));
+      await createDisk(custom, namespace, 'int-disk', {
+        size: '2Mi',
+        format: 'qcow2',
+        source: { http: { url: `${baseUrl}/internal.img` } },
+      });
+      await waitForPhase(custom, namespace, 'virtualdisks', 'int-disk', 'Ready');
+      await createSnapshot(custom, namespace, 'int-snap', { virtualDiskName: 'int-disk', mode: 'internal' });
+      await waitForPhase(custom, namespace, 'disksnapshots', 'int-snap', 'Ready');
+      const listing = execFileSync('qemu-img', ['snapshot', '-l', '-U', await imageOf('int-disk')], {
+        encoding: 'utf8',
+      });
+      expect(listing).toContain('int-snap');
+      await createDisk(custom, namespace, 'int-restored', {
+        size: '2Mi',
+        format: 'raw',
+        source: { snapshot: { name: 'int-snap' } },
+      });
+      await waitForPhase(custom, namespace, 'virtualdisks', 'int-restored', 'Ready');
+      expect((await readFile(await imageOf('int-restored'))).equals(files.get('/internal.img')!)).toBe(true);
+      // Deleting the DiskSnapshot removes the snapshot from the image before the object goes.
+      await deleteAndWaitGone(
+        custom,
+        namespace,
+        'disksnapshots',
+        'int-snap',
+        'DiskSnapshot int-snap deleted',
+      );
+      expect(
+        execFileSync('qemu-img', ['snapshot', '-l', '-U', await imageOf('int-disk')], { encoding: 'utf8' }),
+      ).not.toContain('int-snap');
+      execFileSync('qemu-img', ['check', '-U', await imageOf('int-disk')]);
+    },
+  );
 
   it('starts an attach pod pinned to the node, and refuses to snapshot the disk while attached read-write', async () => {
     // A node with no kubelet: the pod stays Pending, so this test never runs nbd-client on the host.

@@ -18,6 +18,7 @@ import {
 } from '../../controlplane/vitest.ts';
 import {
   claimFolder,
+  deleteAndWaitGone,
   createDisk,
   customApi,
   installCrds,
@@ -183,22 +184,7 @@ describeWithControlPlane('VirtualDisk on a real control plane', () => {
       });
       const disk = await waitForPhase(custom, namespace, 'virtualdisks', name, 'Ready');
       const claimName = (disk.status as { claimName: string }).claimName;
-      await custom.deleteNamespacedCustomObject({
-        group: API_GROUP,
-        version: API_VERSION,
-        namespace,
-        plural: 'virtualdisks',
-        name,
-      });
-      await eventually(
-        `VirtualDisk ${name} gone`,
-        () =>
-          readObject(custom, namespace, 'virtualdisks', name).then(
-            () => 'present',
-            (err: unknown) => ((err as { code?: number }).code === 404 ? 'gone' : 'error'),
-          ),
-        (state) => state === 'gone',
-      );
+      await deleteAndWaitGone(custom, namespace, 'virtualdisks', name, `VirtualDisk ${name} gone`);
       await eventually(
         'no Jobs or pods left',
         async () => {
