@@ -34,6 +34,20 @@ describeWithControlPlane('CRDs on the real apiserver', () => {
   let custom: CustomObjectsApi;
   let namespace: string;
 
+  /** Creates a Widget in the test namespace: apiVersion and kind filled in around its fields. */
+  const createWidget = (fields: {
+    metadata: Record<string, unknown>;
+    spec: Record<string, unknown>;
+    status?: Record<string, unknown>;
+  }) =>
+    custom.createNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace,
+      plural: PLURAL,
+      body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'Widget', ...fields },
+    });
+
   beforeAll(async () => {
     kubeConfig = controlPlane().kubeConfig();
     custom = kubeConfig.makeApiClient(CustomObjectsApi);
@@ -95,23 +109,13 @@ describeWithControlPlane('CRDs on the real apiserver', () => {
   });
 
   it('enforces the schema: a sizeBytes below the minimum is refused with 422', async () => {
-    const error = await custom
-      .createNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: PLURAL,
-        body: {
-          apiVersion: `${GROUP}/${VERSION}`,
-          kind: 'Widget',
-          metadata: { name: 'bad' },
-          spec: { sizeBytes: 0 },
-        },
-      })
-      .then(
-        () => undefined,
-        (err: unknown) => err,
-      );
+    const error = await createWidget({
+      metadata: { name: 'bad' },
+      spec: { sizeBytes: 0 },
+    }).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     expect(httpStatus(error)).toBe(422);
   });
 
@@ -133,18 +137,10 @@ describeWithControlPlane('CRDs on the real apiserver', () => {
     try {
       const name = 'w1';
       const ref = { group: GROUP, version: VERSION, namespace, plural: PLURAL, name };
-      const created = (await custom.createNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: PLURAL,
-        body: {
-          apiVersion: `${GROUP}/${VERSION}`,
-          kind: 'Widget',
-          metadata: { name, finalizers: ['tests.vdisk.dev/cleanup'] },
-          spec: { sizeBytes: 4096 },
-          status: { phase: 'Ready' },
-        },
+      const created = (await createWidget({
+        metadata: { name, finalizers: ['tests.vdisk.dev/cleanup'] },
+        spec: { sizeBytes: 4096 },
+        status: { phase: 'Ready' },
       })) as Widget;
       // The main resource ignores status when the status subresource is enabled.
       expect(created.status?.phase).toBeUndefined();
@@ -189,17 +185,9 @@ describeWithControlPlane('CRDs on the real apiserver', () => {
 
   it('validates the status subresource against the schema too (enum)', async () => {
     const ref = { group: GROUP, version: VERSION, namespace, plural: PLURAL, name: 'w3' };
-    await custom.createNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: PLURAL,
-      body: {
-        apiVersion: `${GROUP}/${VERSION}`,
-        kind: 'Widget',
-        metadata: { name: 'w3' },
-        spec: { sizeBytes: 1 },
-      },
+    await createWidget({
+      metadata: { name: 'w3' },
+      spec: { sizeBytes: 1 },
     });
     const status = await custom
       .patchNamespacedCustomObjectStatus({ ...ref, body: { status: { phase: 'Bogus' } } }, MERGE_PATCH)
@@ -212,17 +200,9 @@ describeWithControlPlane('CRDs on the real apiserver', () => {
 
   it('refuses an update carrying a stale resourceVersion with 409, and the retry succeeds', async () => {
     const ref = { group: GROUP, version: VERSION, namespace, plural: PLURAL, name: 'w2' };
-    const original = (await custom.createNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: PLURAL,
-      body: {
-        apiVersion: `${GROUP}/${VERSION}`,
-        kind: 'Widget',
-        metadata: { name: 'w2' },
-        spec: { sizeBytes: 1 },
-      },
+    const original = (await createWidget({
+      metadata: { name: 'w2' },
+      spec: { sizeBytes: 1 },
     })) as Widget;
     await custom.replaceNamespacedCustomObject({ ...ref, body: { ...original, spec: { sizeBytes: 2 } } });
 
