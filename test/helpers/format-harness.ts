@@ -32,9 +32,10 @@ export const SAMPLES_DIR = ((): string => {
   );
 })();
 
-/** True when `tool` runs from PATH. */
-export function has(tool: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
+/** True when `tool` runs from PATH (with `alsoSbin`, from /usr/sbin and /sbin too: fdisk, sfdisk). */
+export function has(tool: string, alsoSbin = false): boolean {
+  const env = alsoSbin ? { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` } : undefined;
+  return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore', env }).status === 0;
 }
 
 /**

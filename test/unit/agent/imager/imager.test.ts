@@ -11,15 +11,7 @@ import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imagerArgs, type ImagerRequest, parseImagerResult } from '../../../../src/api/imager.ts';
 import { main } from '../../../../src/agent/imager/main.ts';
-
-function has(tool: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { has } from '../../../helpers/format-harness.ts';
 
 const hasQemuImg = has('qemu-img');
 if (!hasQemuImg)

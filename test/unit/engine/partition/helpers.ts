@@ -1,19 +1,13 @@
 // Shared by the partition tests: sparse scratch images, a PartitionIo over a plain file (the engine's
 // raw driver is not needed to test table codecs), and whether util-linux's tools are installed.
 
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import type { PartitionIo } from '../../../../src/engine/partition/index.ts';
-import { scratchDir as harnessScratchDir } from '../../../helpers/format-harness.ts';
+import { has as harnessHas, scratchDir as harnessScratchDir } from '../../../helpers/format-harness.ts';
 
-export function has(tool: string): boolean {
-  return (
-    spawnSync('sh', ['-c', `command -v ${tool}`], {
-      stdio: 'ignore',
-      env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` },
-    }).status === 0
-  );
-}
+/** True when `tool` runs from PATH, /usr/sbin or /sbin (format-harness's has). */
+export const has = (tool: string): boolean => harnessHas(tool, true);
 
 /** A fresh `vdisk-partition-*` scratch folder and its remover (format-harness's scratchDir). */
 export const scratchDir = (): Promise<{ dir: string; cleanup: () => Promise<void> }> =>
