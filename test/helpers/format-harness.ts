@@ -79,12 +79,13 @@ export function run(command: string, args: string[]): string {
   });
 }
 
-/** Runs a command and returns its exit status and output without throwing. */
+/** Runs a command (from `cwd` when given) and returns its exit status and output without throwing. */
 export function runStatus(
   command: string,
   args: string[],
+  cwd?: string,
 ): { status: number; stdout: string; stderr: string } {
-  const result = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const result = spawnSync(command, args, { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
 }
 

@@ -1,14 +1,11 @@
 // Shared by the cli-*.test.ts interop files: run vdisk in-process (runCli with captured output, no
 // Node start-up per call) and run qemu-img beside it, both returning exit code, stdout and stderr.
 
-import { spawnSync } from 'node:child_process';
-import { has } from '../helpers/format-harness.ts';
+import { has, runStatus } from '../helpers/format-harness.ts';
+import type { RunResult } from '../helpers/run-vdisk.ts';
 
 /** Tool detection and scratch folders are format-harness's: `hasTool(tool)`, `scratch(prefix)`. */
 export { has as hasTool, scratchDir as scratch } from '../helpers/format-harness.ts';
-
-import type { RunResult } from '../helpers/run-vdisk.ts';
-
 /** The in-process CLI runner is run-vdisk's: `vdisk(args)`. */
 export { type RunResult, runVdisk as vdisk } from '../helpers/run-vdisk.ts';
 
@@ -22,8 +19,8 @@ export function warnMissing(tool: string, file: string): void {
 
 /** Runs a tool (qemu-img, qemu-io, ...) from `cwd` and returns its status and output. */
 export function tool(command: string, args: string[], cwd?: string): RunResult {
-  const result = spawnSync(command, args, { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
-  return { code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+  const { status, stdout, stderr } = runStatus(command, args, cwd);
+  return { code: status, stdout, stderr };
 }
 
 /** Runs a tool and throws with its stderr when it fails. */
