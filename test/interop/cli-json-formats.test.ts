@@ -5,10 +5,10 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { formatRegistry } from '../../src/engine/formats/registry.ts';
 import { SAMPLES_DIR } from '../helpers/format-harness.ts';
-import { hasTool, mustRun, scratch, tool, vdisk, warnMissing } from './cli-helpers.ts';
+import { expectSameAsQemuImg, hasTool, mustRun, scratch, warnMissing } from './cli-helpers.ts';
 
 const HAS_QEMU = hasTool('qemu-img') && hasTool('qemu-io');
 warnMissing('qemu-img', 'cli-json-formats.test.ts');
@@ -58,13 +58,7 @@ describe.skipIf(!HAS_QEMU)('vdisk on images qemu-img wrote in other formats', ()
         ['compare', '-s', path('src.raw'), image],
         ['compare', '-s', image, image],
       ]) {
-        const qemu = tool('qemu-img', args);
-        const ours = await vdisk(args);
-        expect({ args, code: ours.code, stdout: ours.stdout }).toEqual({
-          args,
-          code: qemu.code,
-          stdout: qemu.stdout,
-        });
+        await expectSameAsQemuImg(args);
       }
     });
   }
@@ -81,13 +75,7 @@ describe.skipIf(!HAS_QEMU)('vdisk on images qemu-img wrote in other formats', ()
         ['map', '--output=json', sample],
         ['compare', '-s', sample, sample],
       ]) {
-        const qemu = tool('qemu-img', args);
-        const ours = await vdisk(args);
-        expect({ args, code: ours.code, stdout: ours.stdout }).toEqual({
-          args,
-          code: qemu.code,
-          stdout: qemu.stdout,
-        });
+        await expectSameAsQemuImg(args);
       }
     });
   }
