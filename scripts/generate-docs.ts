@@ -4,7 +4,7 @@
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { commands } from '../src/cli/commands/index.ts';
+import { loadAllCommands } from '../src/cli/commands/index.ts';
 import { formatRegistry } from '../src/engine/formats/registry.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -45,7 +45,7 @@ export function renderFormatsMarkdown(): string {
   return `${lines.join('\n').trimEnd()}\n`;
 }
 
-export function renderCliMarkdown(): string {
+export async function renderCliMarkdown(): Promise<string> {
   const lines = [
     '# CLI',
     '',
@@ -55,13 +55,13 @@ export function renderCliMarkdown(): string {
     'Run `vdisk <command> --help` for the details of one command.',
     '',
   ];
-  for (const command of commands) {
+  for (const command of await loadAllCommands()) {
     lines.push(`## ${command.name}`, '', command.summary, '', '```', command.synopsis, '```', '');
   }
   return `${lines.join('\n').trimEnd()}\n`;
 }
 
-export const generatedDocs: ReadonlyArray<{ path: string; render: () => string }> = [
+export const generatedDocs: ReadonlyArray<{ path: string; render: () => string | Promise<string> }> = [
   { path: 'docs/formats.md', render: renderFormatsMarkdown },
   { path: 'docs/cli.md', render: renderCliMarkdown },
 ];
@@ -79,7 +79,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   let stale = 0;
   for (const doc of generatedDocs) {
     const path = `${root}${doc.path}`;
-    const wanted = doc.render();
+    const wanted = await doc.render();
     if (readOrEmpty(path) === wanted) continue;
     if (check) {
       process.stderr.write(`${doc.path} is stale: run node scripts/generate-docs.ts\n`);

@@ -3,13 +3,13 @@
 
 import { isVdiskError } from '../engine/errors.ts';
 import type { CliIo } from './command.ts';
-import { commands } from './commands/index.ts';
+import { loadAllCommands, loadCommand } from './commands/index.ts';
 import { backingPolicy } from './common.ts';
 
 /** Global flag: backing files may resolve outside their image's folder (see common.ts backingPolicy). */
 const ALLOW_BACKING_ESCAPE = '--allow-backing-escape';
 
-export function usage(): string {
+export async function usage(): Promise<string> {
   const lines = [
     'vdisk - virtual disk image tool (qemu-img compatible)',
     '',
@@ -17,7 +17,7 @@ export function usage(): string {
     '',
     'Commands:',
   ];
-  for (const command of commands) lines.push(`  ${command.synopsis}`);
+  for (const command of await loadAllCommands()) lines.push(`  ${command.synopsis}`);
   lines.push(
     '',
     'Global options:',
@@ -34,14 +34,14 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   backingPolicy.allowEscape = allowEscape || process.env.VDISK_ALLOW_BACKING_ESCAPE === '1';
   const [name, ...rest] = allowEscape ? argv.filter((arg) => arg !== ALLOW_BACKING_ESCAPE) : argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
-    io.stdout(usage());
+    io.stdout(await usage());
     return name ? 0 : 1;
   }
   if (name === '--version' || name === '-V') {
     io.stdout('vdisk version 0.1.0 (qemu-img 7.2 compatible)\n');
     return 0;
   }
-  const command = commands.find((candidate) => candidate.name === name);
+  const command = await loadCommand(name);
   if (!command) {
     io.stderr(`vdisk: Command not found: ${name}\n`);
     return 1;

@@ -9,8 +9,8 @@ const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 describe('generated docs', () => {
   for (const doc of generatedDocs) {
-    it(`${doc.path} matches its source (regenerate with node scripts/generate-docs.ts)`, () => {
-      expect(readFileSync(`${root}${doc.path}`, 'utf8')).toBe(doc.render());
+    it(`${doc.path} matches its source (regenerate with node scripts/generate-docs.ts)`, async () => {
+      expect(readFileSync(`${root}${doc.path}`, 'utf8')).toBe(await doc.render());
     });
   }
 });
