@@ -43,6 +43,15 @@ async function bestOf(runs: number, measure: () => Promise<ProcessCost>): Promis
   return best;
 }
 
+/** vmdk (monolithicSparse and streamOptimized), vdi, vpc and vhdx: the conversions issue 4 benchmarks. */
+const OTHER_FORMATS: ReadonlyArray<{ format: string; options: string[]; label: string }> = [
+  { format: 'vmdk', options: [], label: 'vmdk' },
+  { format: 'vmdk', options: ['-o', 'subformat=streamOptimized'], label: 'vmdk-stream' },
+  { format: 'vdi', options: [], label: 'vdi' },
+  { format: 'vpc', options: [], label: 'vpc' },
+  { format: 'vhdx', options: [], label: 'vhdx' },
+];
+
 async function main(): Promise<void> {
   const sizeMib = Number(argument('size-mib') ?? 1024);
   const repeat = Math.max(1, Number(argument('repeat') ?? 1));
@@ -73,6 +82,18 @@ async function main(): Promise<void> {
       ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, path('top.qcow2')],
       { stdio: 'ignore' },
     );
+    for (const { format, options, label } of OTHER_FORMATS) {
+      execFileSync('qemu-img', [
+        'convert',
+        ...options,
+        '-f',
+        'raw',
+        '-O',
+        format,
+        path('src.raw'),
+        path(`base-${label}.img`),
+      ]);
+    }
     execFileSync('cat', [path('src.raw'), path('base.qcow2')], { stdio: 'ignore', maxBuffer: 0 });
 
     const workloads: Workload[] = [
@@ -97,6 +118,52 @@ async function main(): Promise<void> {
         verify: { source: path('top.qcow2'), output: (t) => path(`${t}-4.qcow2`) },
       },
       { name: 'check (raw -> qcow2 result)', args: (t) => ['check', path(`${t}-1.qcow2`)] },
+      {
+        name: 'convert raw -> qcow2 -c zstd',
+        args: (t) => [
+          'convert',
+          '-c',
+          '-o',
+          'compression_type=zstd',
+          '-f',
+          'raw',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path(`${t}-5.qcow2`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-5.qcow2`) },
+      },
+      // The other formats users bring (issue 4): to each from raw, and from a qemu-img-made image back to raw.
+      ...OTHER_FORMATS.flatMap(({ format, options, label }): Workload[] => [
+        {
+          name: `convert raw -> ${label}`,
+          args: (t) => [
+            'convert',
+            ...options,
+            '-f',
+            'raw',
+            '-O',
+            format,
+            path('src.raw'),
+            path(`${t}-${label}.img`),
+          ],
+          verify: { source: path('src.raw'), output: (t) => path(`${t}-${label}.img`) },
+        },
+        {
+          name: `convert ${label} -> raw`,
+          args: (t) => [
+            'convert',
+            '-f',
+            format,
+            '-O',
+            'raw',
+            path(`base-${label}.img`),
+            path(`${t}-${label}.raw`),
+          ],
+          verify: { source: path('src.raw'), output: (t) => path(`${t}-${label}.raw`) },
+        },
+      ]),
     ];
 
     const widths = [30, 9, 9, 7, 10, 10, 7];
