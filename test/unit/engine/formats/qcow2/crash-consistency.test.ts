@@ -6,7 +6,7 @@ import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../../../src/engine/block-device.ts';
-import { type HostFile, NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
+import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
 import { openImage } from '../../../../../src/engine/open.ts';
 import {
   createWithDriver,
@@ -16,51 +16,11 @@ import {
   scratchDir,
   seededBytes,
 } from '../../../../helpers/format-harness.ts';
+import { CuttingFile } from '../../../../helpers/cutting-file.ts';
 
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
 if (!HAS_QEMU)
   console.warn('SKIPPED qcow2 crash-consistency.test.ts: qemu-img not found (apt-get install qemu-utils)');
-
-/** Persists the first `writesBeforeCut` writes, then pretends to: writes and truncates are dropped, syncs do nothing. */
-class CuttingFile implements HostFile {
-  readonly inner: HostFile;
-  readonly writesBeforeCut: number;
-  writeCount = 0;
-
-  constructor(inner: HostFile, writesBeforeCut: number) {
-    this.inner = inner;
-    this.writesBeforeCut = writesBeforeCut;
-  }
-  get path(): string {
-    return this.inner.path;
-  }
-  get isReadOnly(): boolean {
-    return this.inner.isReadOnly;
-  }
-  get isCut(): boolean {
-    return this.writeCount >= this.writesBeforeCut;
-  }
-  read(offsetBytes: number, buffer: Uint8Array): Promise<number> {
-    return this.inner.read(offsetBytes, buffer);
-  }
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    if (this.isCut) return;
-    this.writeCount++;
-    await this.inner.write(offsetBytes, data);
-  }
-  sizeBytes(): Promise<number> {
-    return this.inner.sizeBytes();
-  }
-  async truncate(sizeBytes: number): Promise<void> {
-    if (!this.isCut) await this.inner.truncate(sizeBytes);
-  }
-  async sync(): Promise<void> {
-    if (!this.isCut) await this.inner.sync();
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-}
 
 function prng(seed: number): () => number {
   let state = seed >>> 0 || 1;
