@@ -216,6 +216,17 @@ export async function checkWithDriver(
   }
 }
 
+/** xorshift32 stream of numbers in [0, 1): reproducible workload decisions for a seed. */
+export function prng(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 2 ** 32;
+  };
+}
+
 /** A deterministic pseudo-random buffer (xorshift32 from `seed`). */
 export function seededBytes(lengthBytes: number, seed: number): Uint8Array {
   const bytes = new Uint8Array(lengthBytes);

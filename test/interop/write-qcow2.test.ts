@@ -8,22 +8,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../src/engine/block-device.ts';
 import { NodeHostFile } from '../../src/engine/io/host-file.ts';
 import { openImage } from '../../src/engine/open.ts';
-import { createWithDriver, has, run, runStatus, scratchDir, seededBytes } from '../helpers/format-harness.ts';
+import {
+  createWithDriver,
+  has,
+  prng,
+  run,
+  runStatus,
+  scratchDir,
+  seededBytes,
+} from '../helpers/format-harness.ts';
 
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
 if (!HAS_QEMU)
   console.warn('SKIPPED write-qcow2.test.ts: qemu-img/qemu-io not found (apt-get install qemu-utils)');
-
-/** xorshift32 stream for workload decisions. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 2 ** 32;
-  };
-}
 
 interface Workload {
   seed: number;

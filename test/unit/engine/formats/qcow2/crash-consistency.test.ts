@@ -11,6 +11,7 @@ import { openImage } from '../../../../../src/engine/open.ts';
 import {
   createWithDriver,
   has,
+  prng,
   run,
   runStatus,
   scratchDir,
@@ -21,16 +22,6 @@ import { CuttingFile } from '../../../../helpers/cutting-file.ts';
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
 if (!HAS_QEMU)
   console.warn('SKIPPED qcow2 crash-consistency.test.ts: qemu-img not found (apt-get install qemu-utils)');
-
-function prng(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 2 ** 32;
-  };
-}
 
 interface Outcome {
   /** Guest content when the last flush that completed before the cut returned. */
