@@ -8,6 +8,7 @@ import type { PodSettings } from './imager-job.ts';
 import type { Caches } from './informers.ts';
 import type { KubeClients } from './kube.ts';
 import type { Logger } from './logger.ts';
+import type { PodReportReader } from './pod-reports.ts';
 import type { ControllerMetrics } from './metrics.ts';
 
 export interface ReconcileContext {
@@ -18,6 +19,8 @@ export interface ReconcileContext {
   metrics: ControllerMetrics;
   events: EventRecorder;
   overlay: WriteOverlay;
+  /** What running worker pods reported in their logs (progress, the attach report). */
+  reports?: PodReportReader;
   /** Clock (tests pin it). */
   now: () => Date;
 }

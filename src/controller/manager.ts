@@ -2,7 +2,7 @@
 // leader election, with the probe/metrics server. Events on children and sources are mapped back to
 // the VirtualDisks and DiskSnapshots they concern. stop() shuts everything down in order.
 
-import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject, V1Pod } from '@kubernetes/client-node';
 import { type ReconcileContext, WriteOverlay } from './context.ts';
 import { reconcileDiskSnapshot } from './disksnapshot/reconciler.ts';
 import { EventRecorder } from './events.ts';
@@ -14,6 +14,7 @@ import { DEFAULT_LEADER_ELECTION, LeaderElector, type LeaderElectionOptions } fr
 import type { Logger } from './logger.ts';
 import { type ControllerMetrics, createMetrics } from './metrics.ts';
 import { LABEL_DISK, LABEL_SNAPSHOT, labelValue } from './naming.ts';
+import { PodReports } from './pod-reports.ts';
 import { reconcileVirtualDisk } from './virtualdisk/reconciler.ts';
 import { WorkQueue } from './work-queue.ts';
 
@@ -63,6 +64,7 @@ export class Manager {
   private resyncTimer: NodeJS.Timeout | undefined;
   private workers: Promise<void>[] = [];
   private context: ReconcileContext | undefined;
+  private reports: PodReports | undefined;
   private synced = false;
   private leading = false;
   private stopping = false;
@@ -94,6 +96,7 @@ export class Manager {
       this.httpPort = started.port;
       this.log.info({ port: started.port }, 'Serving probes and metrics');
     }
+    this.reports = new PodReports(options.kubeConfig, this.log, (pod) => this.onChange('pods', pod));
     const { caches, stop } = await startCaches(clients, options.namespace, this.log, (kind, object) =>
       this.onChange(kind, object),
     );
@@ -109,6 +112,7 @@ export class Manager {
       metrics: this.metrics,
       events: new EventRecorder(clients, this.log, this.metrics),
       overlay: new WriteOverlay(),
+      reports: this.reports,
       now: () => new Date(),
     };
     const begin = () => {
@@ -145,6 +149,7 @@ export class Manager {
     if (this.resyncTimer) clearInterval(this.resyncTimer);
     this.queue.shutDown();
     await Promise.all(this.workers);
+    this.reports?.stop();
     await this.context?.events.flush();
     await this.elector?.stop();
     await this.stopCaches?.();
@@ -175,6 +180,11 @@ export class Manager {
     const namespace = loose.metadata?.namespace ?? 'default';
     const name = loose.metadata?.name ?? '';
     if (!caches) return;
+    if (kind === 'pods') {
+      const pod = object as V1Pod;
+      const cached = caches.pods.get(name, namespace);
+      this.reports?.observe(pod, cached?.metadata?.uid !== pod.metadata?.uid);
+    }
     const disks = () => caches.disks.list(namespace) as LooseObject[];
     const snapshots = () => caches.snapshots.list(namespace) as LooseObject[];
     const diskDependents = (diskName: string) => {

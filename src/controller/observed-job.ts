@@ -17,6 +17,8 @@ export interface ObservedJob {
   /** Why the Job failed when no result says (deadline exceeded, pod failure text). */
   failureMessage: string | undefined;
   isDeleting: boolean;
+  /** The newest progress (percent) a running pod of the Job reported in its log, if any. */
+  progress?: number;
 }
 
 function jobState(job: V1Job): JobState {
@@ -33,8 +35,24 @@ function timeOf(value: Date | string | undefined): number {
   return new Date(value).getTime();
 }
 
+function progressField(
+  pods: readonly V1Pod[],
+  progressOf: (pod: V1Pod) => number | undefined,
+): { progress?: number } {
+  let progress: number | undefined;
+  for (const pod of pods) {
+    const value = progressOf(pod);
+    if (value !== undefined && (progress === undefined || value > progress)) progress = value;
+  }
+  return progress === undefined ? {} : { progress };
+}
+
 /** Reduces a Job and the pods it owns to what reconcilers need. */
-export function observeJob(job: V1Job, pods: readonly V1Pod[]): ObservedJob {
+export function observeJob(
+  job: V1Job,
+  pods: readonly V1Pod[],
+  progressOf: (pod: V1Pod) => number | undefined = () => undefined,
+): ObservedJob {
   const name = job.metadata?.name ?? '';
   const uid = job.metadata?.uid;
   const own = pods.filter((pod) =>
@@ -68,5 +86,6 @@ export function observeJob(job: V1Job, pods: readonly V1Pod[]): ObservedJob {
             .join(': ')
         : undefined,
     isDeleting: job.metadata?.deletionTimestamp !== undefined,
+    ...progressField(own, progressOf),
   };
 }

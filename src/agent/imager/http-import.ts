@@ -15,6 +15,7 @@ import { ImageIoError, InvalidOptionError } from '../../engine/errors.ts';
 import { probeDriver } from '../../engine/formats/registry.ts';
 import { NodeHostFile } from '../../engine/io/host-file.ts';
 import { openImage, PROBE_BYTES } from '../../engine/open.ts';
+import { type ProgressSink, stage } from './progress.ts';
 
 const CHUNK_BYTES = 1024 * 1024;
 /** No byte for this long aborts the download (a stalled server must not hang the Job forever). */
@@ -36,6 +37,8 @@ export interface HttpImportRequest {
   targetOptions: Record<string, string>;
   /** Host path for a non-raw source's temporary copy. */
   tempPath: string;
+  /** Told the operation's progress in percent (download, then conversion for non-raw sources). */
+  onProgress?: ProgressSink;
 }
 
 export interface HttpImportResult {
@@ -66,6 +69,7 @@ async function* download(
   request: HttpImportRequest,
   hash: ReturnType<typeof createHash>,
   counter: { bytes: number },
+  onDownloaded?: (fraction: number) => void,
 ): AsyncGenerator<Buffer> {
   const abort = new AbortController();
   let stallTimer = setTimeout(() => abort.abort(), STALL_TIMEOUT_MS);
@@ -95,12 +99,16 @@ async function* download(
         throw new InvalidOptionError({ option: 'url', value: request.url, message });
       throw new ImageIoError({ file: request.url, message });
     }
+    // Content-Length counts the bytes on the wire (compressed for .gz), which is what is hashed.
+    const lengthBytes = Number(response.headers.get('content-length') ?? Number.NaN);
+    const knownLength = Number.isSafeInteger(lengthBytes) && lengthBytes > 0 ? lengthBytes : undefined;
     const body = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
     const hashed = (async function* () {
       for await (const chunk of body) {
         touch();
         hash.update(chunk as Buffer);
         counter.bytes += (chunk as Buffer).length;
+        if (knownLength !== undefined) onDownloaded?.(counter.bytes / knownLength);
         yield chunk as Buffer;
       }
     })();
@@ -209,11 +217,18 @@ async function readHead(iterator: AsyncIterator<Buffer>): Promise<Buffer> {
 export async function importFromHttp(request: HttpImportRequest): Promise<HttpImportResult> {
   const hash = createHash('sha256');
   const counter = { bytes: 0 };
-  const iterator = download(request, hash, counter)[Symbol.asyncIterator]();
+  // A raw source is written as it downloads; any other is downloaded (first half), then converted.
+  const sink = request.onProgress ?? (() => undefined);
+  // Decided once the head is probed (the head is a few KiB; its share is reported with the next chunk).
+  let downloadStage: (fraction: number) => void = () => undefined;
+  const iterator = download(request, hash, counter, (fraction) => downloadStage(fraction))[
+    Symbol.asyncIterator
+  ]();
   const rest: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iterator };
   const head = await readHead(iterator);
   const sourceFormat =
     request.sourceFormat ?? probeDriver(head, new URL(request.url).pathname)?.name ?? 'raw';
+  downloadStage = sourceFormat === 'raw' ? stage(sink, 0, 100) : stage(sink, 0, 50);
   let sourceSizeBytes: number;
   const verify = () => {
     const actual = hash.digest('hex');
@@ -286,14 +301,17 @@ export async function importFromHttp(request: HttpImportRequest): Promise<HttpIm
           message: `the ${sourceFormat} image at ${request.url} is ${sourceSizeBytes} bytes, larger than the disk size of ${request.targetSizeBytes} bytes: grow spec.size`,
         });
       }
+      const convertStage = stage(sink, 50, 100);
       await convertImage({
         sourcePath: request.tempPath,
         sourceFormat,
         targetPath: request.targetPath,
         targetFormat: request.targetFormat,
         options: request.targetOptions,
+        onProgress: (doneBytes, totalBytes) => convertStage(totalBytes > 0 ? doneBytes / totalBytes : 1),
       });
     }
+    sink(100);
   } catch (err) {
     await rm(request.targetPath, { force: true });
     throw err;

@@ -1,12 +1,13 @@
 // `vdisk-agent imager <operation> --image=... [...]`: one image operation on the PVC mounted at /data,
-// run by an imager Job. Prints a JSON result on stdout and writes it to the termination message, which
-// the controller reads into status.image. Exit 0 ok, 2 permanent failure, 1 transient (one retry).
+// run by an imager Job. Prints progress lines while it works (see progress.ts), then a JSON result on
+// stdout, also written to the termination message, which the controller reads into status.image. Exit 0 ok, 2 permanent failure, 1 transient (one retry).
 
 import { basename } from 'node:path';
 import { type ImagerResult, parseImagerArgs } from '../../api/imager.ts';
 import { isVdiskError } from '../../engine/errors.ts';
 import { hostPath } from '../runtime/paths.ts';
 import { runOperation } from './operations.ts';
+import { progressPrinter } from './progress.ts';
 import {
   DEFAULT_TERMINATION_PATH,
   describeImage,
@@ -48,7 +49,11 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const request = parseImagerArgs(argv);
     operation = request.operation;
-    const outcome = await runOperation(request, hostPath);
+    const outcome = await runOperation(
+      request,
+      hostPath,
+      progressPrinter((line) => process.stdout.write(line)),
+    );
     const image = await describeImage(outcome.imagePath, request.format, basename(request.image));
     result = {
       ok: true,

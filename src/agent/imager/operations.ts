@@ -11,6 +11,7 @@ import { createImage } from '../../engine/commands/create.ts';
 import { InvalidOptionError, NotFoundError, UnsupportedError } from '../../engine/errors.ts';
 import { openImage } from '../../engine/open.ts';
 import { importFromHttp } from './http-import.ts';
+import type { ProgressSink } from './progress.ts';
 
 export interface OperationOutcome {
   /** Host path of the image to report. */
@@ -155,7 +156,11 @@ async function snapshotDelete(imagePath: string, request: ImagerRequest): Promis
 }
 
 /** Runs one operation; returns what to report. Throws VdiskError subclasses. */
-export async function runOperation(request: ImagerRequest, resolve: PathResolver): Promise<OperationOutcome> {
+export async function runOperation(
+  request: ImagerRequest,
+  resolve: PathResolver,
+  onProgress?: ProgressSink,
+): Promise<OperationOutcome> {
   const imagePath = resolve(request.image);
   await mkdir(dirname(imagePath), { recursive: true });
   const already = await exists(imagePath);
@@ -188,6 +193,7 @@ export async function runOperation(request: ImagerRequest, resolve: PathResolver
           targetSizeBytes: need(request.sizeBytes, 'size', 'import'),
           targetOptions: request.options ?? {},
           tempPath: join(dirname(imagePath), '.download.partial'),
+          ...(onProgress ? { onProgress } : {}),
         });
         sha256 = result.sha256;
       });
@@ -204,6 +210,12 @@ export async function runOperation(request: ImagerRequest, resolve: PathResolver
             targetPath: target,
             targetFormat: need(request.format, 'format', request.operation),
             options: request.options ?? {},
+            ...(onProgress
+              ? {
+                  onProgress: (doneBytes: number, totalBytes: number) =>
+                    onProgress(totalBytes > 0 ? (100 * doneBytes) / totalBytes : 100),
+                }
+              : {}),
           });
         });
       }

@@ -99,12 +99,23 @@ export function planAttach(
     return;
   }
   const podPhase = current.status?.phase;
+  // The agent's report (device, partitions, mount points) arrives through its log while it runs.
+  const report = observed.reports?.get(current.metadata?.uid)?.attach;
+  if (report && podPhase === 'Running') {
+    desired.status.attachment = {
+      ...desired.status.attachment,
+      device: report.device,
+      ...(report.partitions.length > 0 ? { partitions: report.partitions } : {}),
+    };
+  }
   if (podPhase === 'Running') {
     set(
       ConditionType.Attached,
       'True',
       Reason.Mounted,
-      `Attach pod ${wanted} serves the image on node ${attach.nodeName}`,
+      report
+        ? `Attached as ${report.device} on node ${attach.nodeName} by pod ${wanted}`
+        : `Attach pod ${wanted} serves the image on node ${attach.nodeName}`,
     );
   } else if (podPhase === 'Failed' || podPhase === 'Succeeded') {
     set(

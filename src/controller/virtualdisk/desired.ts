@@ -14,6 +14,7 @@ import { ConditionType, Reason, type ReasonName, setCondition } from '../conditi
 import { buildImagerJob, type PodSettings } from '../imager-job.ts';
 import { claimNameFor, FINALIZER, jobNameFor } from '../naming.ts';
 import type { ObservedJob } from '../observed-job.ts';
+import type { PodReportReader } from '../pod-reports.ts';
 import { planAttach } from './attach.ts';
 import { buildClaim, claimRequestBytes } from './claim.ts';
 import {
@@ -43,6 +44,8 @@ export interface ObservedDisk {
   sourceSnapshot: DiskSnapshot | undefined;
   sourceSnapshotDisk: VirtualDisk | undefined;
   settings: PodSettings;
+  /** Live reports of running pods, by pod uid (absent in tests that need none). */
+  reports?: PodReportReader;
   /** RFC 3339 time used for new condition transitions. */
   now: string;
 }
@@ -213,6 +216,7 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
   if (currentJob?.state === 'succeeded') {
     const result = currentJob.result;
     if (result?.ok && result.image) {
+      desired.status.progress = '100%';
       const made = imageStatusOf(result.image, image?.sha256);
       desired.status.image = made;
       desired.deleteJobs.push(currentJob.name);
@@ -254,6 +258,7 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
     return finish('Failed');
   }
   if (currentJob) {
+    desired.status.progress = `${currentJob.progress ?? 0}%`;
     set(
       ConditionType.Ready,
       'False',
@@ -306,6 +311,7 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
       settings: observed.settings,
     }),
   );
+  desired.status.progress = '0%';
   set(ConditionType.Ready, 'False', readyWaitReason, `Started imager Job ${currentJobName} (${operation})`);
   set(
     ConditionType.Progressing,

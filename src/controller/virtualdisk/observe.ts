@@ -57,7 +57,7 @@ export function jobsOnDisk(context: ReconcileContext, namespace: string, diskNam
   const pods = context.caches.pods
     .list(namespace)
     .filter((pod: V1Pod) => pod.metadata?.labels?.[LABEL_DISK] === value);
-  return jobs.map((job) => observeJob(job, pods));
+  return jobs.map((job) => observeJob(job, pods, (pod) => context.reports?.get(pod.metadata?.uid)?.progress));
 }
 
 export async function observeDisk(
@@ -89,6 +89,7 @@ export async function observeDisk(
       ? cachedDisk(context, namespace, sourceSnapshot.spec.virtualDiskName)
       : undefined,
     settings: context.settings,
+    ...(context.reports ? { reports: context.reports } : {}),
     now: context
       .now()
       .toISOString()

@@ -369,6 +369,56 @@ describe('desiredDisk', () => {
     expect(attached?.message).toContain('VDISK_ENODEV: no free /dev/nbd device');
   });
 
+  it('fills status.attachment with the device and partitions the running agent reported in its log', () => {
+    const spec = { ...blank, attach: { nodeName: 'node-7', mounts: [{ partition: 1, path: '/mnt/d1' }] } };
+    const target = disk(spec, { status: { image: readyImage } });
+    const name = desiredDisk(observed(target)).createPods[0]!.metadata!.name!;
+    const pod = { metadata: { name, uid: 'pod-uid' }, status: { phase: 'Running' } };
+    const partitions = [{ name: 'nbd0p1', start: 1048576, size: 1072693248, mountPath: '/mnt/d1' }];
+    const reported = desiredDisk(
+      observed(target, {
+        attachPods: [pod],
+        reports: {
+          get: (uid) => (uid === 'pod-uid' ? { attach: { device: '/dev/nbd0', partitions } } : undefined),
+        },
+      }),
+    );
+    expect(reported.status.attachment).toEqual({
+      nodeName: 'node-7',
+      readOnly: false,
+      device: '/dev/nbd0',
+      partitions,
+    });
+    expect(reported.status.conditions?.find((c) => c.type === 'Attached')?.message).toContain(
+      'Attached as /dev/nbd0 on node node-7',
+    );
+    const silent = desiredDisk(observed(target, { attachPods: [pod], reports: { get: () => undefined } }));
+    expect(silent.status.attachment).toEqual({ nodeName: 'node-7', readOnly: false });
+  });
+
+  it("shows the running imager's reported progress in status.progress, 0% at start and 100% when done", () => {
+    const spec = {
+      size: '1Gi',
+      source: { http: { url: 'http://127.0.0.1/x.img' } },
+    } satisfies VirtualDiskSpecInput;
+    const started = desiredDisk(observed(disk(spec)));
+    expect(started.status.progress).toBe('0%');
+    const jobName = started.createJobs[0]!.metadata!.name!;
+    const running = desiredDisk(
+      observed(disk(spec), { jobs: [{ ...job(jobName, 'active'), progress: 42.5 }] }),
+    );
+    expect(running.status.progress).toBe('42.5%');
+    const unknown = desiredDisk(observed(disk(spec), { jobs: [job(jobName, 'active')] }));
+    expect(unknown.status.progress).toBe('0%');
+    const done = desiredDisk(
+      observed(disk(spec), {
+        jobs: [job(jobName, 'succeeded', { ok: true, operation: 'import', image: readyImage })],
+      }),
+    );
+    expect(done.status.progress).toBe('100%');
+    expect(done.status.phase).toBe('Ready');
+  });
+
   it('detaches (deletes the attach pod) when spec.attach is removed, and waits for it before resizing', () => {
     const pods = [{ metadata: { name: 'vd-d1-attach-1234abcd' }, status: { phase: 'Running' } }];
     const detached = desiredDisk(
