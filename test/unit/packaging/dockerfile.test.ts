@@ -15,7 +15,7 @@ interface Instruction {
 }
 
 /** Joins continuation lines, drops comments and blank lines, splits into keyword + argument. */
-export function parseDockerfile(text: string): Instruction[] {
+function parseDockerfile(text: string): Instruction[] {
   const instructions: Instruction[] = [];
   let pending = '';
   let startLine = 0;
