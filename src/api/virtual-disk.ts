@@ -15,6 +15,11 @@ import {
 export const DISK_FORMATS = ['qcow2', 'raw', 'vmdk', 'vdi', 'vhd', 'vhdx', 'qed'] as const;
 export type DiskFormat = (typeof DISK_FORMATS)[number];
 
+/** The engine's (and qemu-img's) name for a spec format: users say vhd, qemu-img says vpc. */
+export function engineFormatName(format: DiskFormat): string {
+  return format === 'vhd' ? 'vpc' : format;
+}
+
 export const DISK_PHASES = ['Pending', 'Provisioning', 'Ready', 'Resizing', 'Failed', 'Terminating'] as const;
 export type DiskPhase = (typeof DISK_PHASES)[number];
 

@@ -3,7 +3,7 @@
 // rounded up to MiB. Without a measure hook an upper bound on metadata is added instead.
 
 import { quantityBytes } from '../api/quantity.ts';
-import type { VirtualDiskSpec } from '../api/virtual-disk.ts';
+import { engineFormatName, type VirtualDiskSpec } from '../api/virtual-disk.ts';
 import { formatRegistry } from '../engine/formats/registry.ts';
 
 const MIB = 1024 * 1024;
@@ -17,8 +17,9 @@ function estimateBytes(format: string, sizeBytes: number): number {
 /** Bytes the PVC must request for `spec` (MiB-aligned). */
 export async function requiredClaimBytes(spec: VirtualDiskSpec): Promise<number> {
   const sizeBytes = quantityBytes(spec.size, 'spec.size');
-  const driver = formatRegistry.find((candidate) => candidate.name === spec.format);
-  let imageBytes = estimateBytes(spec.format, sizeBytes);
+  const format = engineFormatName(spec.format);
+  const driver = formatRegistry.find((candidate) => candidate.name === format);
+  let imageBytes = estimateBytes(format, sizeBytes);
   if (driver?.measure) {
     try {
       const measured = await driver.measure({ sizeBytes, options: spec.formatOptions ?? {} });

@@ -81,8 +81,10 @@ async function publish(
   await rm(temporary, { force: true });
   try {
     await build(temporary);
-    // A copy larger than the disk would overflow a PVC sized for spec.size.
-    await growTo(temporary, request.format, request.sizeBytes, true);
+    // A copy larger than the disk would overflow a PVC sized for spec.size. A new blank image may be
+    // a little larger than asked: vpc rounds up to its CHS geometry, as qemu-img does (force_size=on
+    // keeps the exact size).
+    await growTo(temporary, request.format, request.sizeBytes, request.operation !== 'create');
     await rename(temporary, imagePath);
   } catch (err) {
     await rm(temporary, { force: true });

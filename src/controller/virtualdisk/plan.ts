@@ -9,7 +9,7 @@ import {
   SOURCE_MOUNT_PATH,
 } from '../../api/imager.ts';
 import { parseQuantityBytes, quantityBytes } from '../../api/quantity.ts';
-import type { VirtualDisk } from '../../api/virtual-disk.ts';
+import { engineFormatName, type VirtualDisk } from '../../api/virtual-disk.ts';
 import { Reason, type ReasonName } from '../conditions.ts';
 import { externalSnapshotFile, imageFileName } from '../naming.ts';
 import type { ObservedJob } from '../observed-job.ts';
@@ -60,7 +60,8 @@ export function planOperation(observed: ObservedDisk, operation: Operation): Pla
   const { disk } = observed;
   const image = `${DATA_MOUNT_PATH}/${imageFileName(disk.spec.format)}`;
   const sizeBytes = quantityBytes(disk.spec.size, 'spec.size');
-  const base = { image, format: disk.spec.format, sizeBytes };
+  const format = engineFormatName(disk.spec.format);
+  const base = { image, format, sizeBytes };
   const { source } = disk.spec;
   switch (operation) {
     case 'create':
@@ -72,7 +73,7 @@ export function planOperation(observed: ObservedDisk, operation: Operation): Pla
         },
       };
     case 'resize':
-      return { request: { operation, image, format: disk.spec.format, sizeBytes } };
+      return { request: { operation, image, format, sizeBytes } };
     case 'import': {
       const http = source.http!;
       return {
@@ -82,7 +83,7 @@ export function planOperation(observed: ObservedDisk, operation: Operation): Pla
           ...(disk.spec.formatOptions ? { options: { ...disk.spec.formatOptions } } : {}),
           url: http.url,
           ...(http.sha256 ? { sha256: http.sha256 } : {}),
-          ...(http.format ? { sourceFormat: http.format } : {}),
+          ...(http.format ? { sourceFormat: engineFormatName(http.format) } : {}),
           ...(http.secretRef ? { headersFile: `${HEADERS_MOUNT_PATH}/headers` } : {}),
         },
         ...(http.secretRef ? { headersSecretName: http.secretRef.name } : {}),
