@@ -5,13 +5,15 @@
 import {
   type KubernetesListObject,
   type KubernetesObject,
-  makeInformer,
   type ObjectCache,
   type Informer,
   type V1Job,
   type V1PersistentVolumeClaim,
   type V1Pod,
+  ListWatch,
+  Watch,
 } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { API_GROUP, API_VERSION } from '../api/common.ts';
 import type { KubeClients } from './kube.ts';
 import type { Logger } from './logger.ts';
@@ -32,6 +34,34 @@ export interface InformerHandle<T extends KubernetesObject> {
   stop(): Promise<void>;
 }
 
+/** The apiserver ends each watch after 5–10 minutes (as client-go asks); the informer resumes it. */
+const WATCH_TIMEOUT_MIN_SECONDS = 300;
+/** No byte for this long (bookmarks arrive about once a minute) means the connection is dead. */
+const WATCH_INACTIVITY_MS = 11 * 60_000;
+
+/**
+ * client-node's Watch, asking for bookmarks and a server-side timeout: an idle watch then stays open
+ * (client-node otherwise drops it after 30 s without events and reconnects), and bookmarks keep the
+ * resourceVersion fresh, so a reconnect after etcd compaction resumes instead of relisting (410).
+ */
+export class BookmarkWatch extends Watch {
+  constructor(kubeConfig: KubeConfig) {
+    super(kubeConfig);
+    // client-node keeps its inactivity timeout in a plain (TypeScript-private) field.
+    (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = WATCH_INACTIVITY_MS;
+  }
+
+  override watch(
+    path: string,
+    queryParams: Record<string, string | number | boolean | undefined>,
+    callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
+    done: (err: unknown) => void,
+  ): Promise<AbortController> {
+    const timeoutSeconds = WATCH_TIMEOUT_MIN_SECONDS + Math.floor(Math.random() * WATCH_TIMEOUT_MIN_SECONDS);
+    return super.watch(path, { ...queryParams, allowWatchBookmarks: true, timeoutSeconds }, callback, done);
+  }
+}
+
 const RESTART_BASE_MS = 500;
 const RESTART_MAX_MS = 30_000;
 
@@ -44,7 +74,7 @@ export async function startInformer<T extends KubernetesObject>(
   log: Logger,
   onChange: (object: T) => void,
 ): Promise<InformerHandle<T>> {
-  const cache = makeInformer<T>(clients.kubeConfig, path, list, labelSelector);
+  const cache = new ListWatch<T>(path, new BookmarkWatch(clients.kubeConfig), list, false, labelSelector);
   let stopped = false;
   let failures = 0;
   let timer: NodeJS.Timeout | undefined;

@@ -17,11 +17,13 @@ function object(name: string, resourceVersion: string): KubernetesObject {
 
 async function fakeWatchServer(
   replies: Reply[],
-): Promise<{ server: Server; url: string; watchVersions: string[] }> {
+): Promise<{ server: Server; url: string; watchVersions: string[]; queries: URLSearchParams[] }> {
   const watchVersions: string[] = [];
+  const queries: URLSearchParams[] = [];
   const server = createServer((request, response) => {
     const url = new URL(request.url ?? '/', 'http://x');
     watchVersions.push(url.searchParams.get('resourceVersion') ?? '');
+    queries.push(url.searchParams);
     const reply = replies.shift();
     if (!reply) {
       response.writeHead(200, { 'content-type': 'application/json' });
@@ -30,7 +32,12 @@ async function fakeWatchServer(
     reply(response, url.searchParams.get('resourceVersion') ?? '');
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, watchVersions };
+  return {
+    server,
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    watchVersions,
+    queries,
+  };
 }
 
 function kubeConfigFor(url: string): KubeConfig {
@@ -97,6 +104,12 @@ describe('startInformer', () => {
     expect(seen).toEqual(['a', 'b']);
     expect(lists).toBe(1);
     expect(fake.watchVersions.slice(0, 2)).toEqual(['5', '5']);
+    // Bookmarks and a server-side timeout of 5-10 minutes keep an idle watch open (no 30 s reconnects).
+    for (const query of fake.queries) {
+      expect(query.get('allowWatchBookmarks')).toBe('true');
+      expect(Number(query.get('timeoutSeconds'))).toBeGreaterThanOrEqual(300);
+      expect(Number(query.get('timeoutSeconds'))).toBeLessThan(600);
+    }
     expect(
       handle.cache
         .list('ns')
