@@ -9,10 +9,11 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:24-bookworm-slim AS runtime
-# Exactly the node tools the attach agent runs: nbd-client binds /dev/nbdN, kpartx maps partitions,
-# mkfs.ext4/xfs/vfat/btrfs format them (the filesystems spec.layout offers), util-linux mounts. The imager and controller need none of them.
+# Exactly the tools the pods run: nbd-client binds /dev/nbdN, kpartx maps partitions, mkfs.ext4/xfs/
+# vfat/btrfs format them (the filesystems spec.layout offers), util-linux mounts (the attach agent);
+# xz decompresses .xz http sources for the imager (Node has no xz codec). The controller needs none.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nbd-client kpartx e2fsprogs xfsprogs dosfstools btrfs-progs util-linux \
+ && apt-get install -y --no-install-recommends nbd-client kpartx e2fsprogs xfsprogs dosfstools btrfs-progs util-linux xz-utils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=dependencies /app/node_modules ./node_modules

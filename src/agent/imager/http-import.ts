@@ -1,13 +1,12 @@
 // Import from http(s): stream the body once, hashing the bytes as downloaded (SHA-256, compared with
-// spec.source.http.sha256), gunzipping `.gz` / gzip-magic bodies on the fly. A raw source is written
-// straight into the target image as it arrives (1 MiB buffer, all-zero blocks skipped, so memory is
+// spec.source.http.sha256), decompressing gzip, xz and zstd bodies on the fly (decompress.ts). A raw
+// source is written straight into the target image as it arrives (1 MiB buffer, all-zero blocks skipped, so memory is
 // bounded and the PVC needs no room for a copy); other formats land in a sparse temp file on the PVC
 // and are converted by the engine. The target is published only after the checksum matched.
 
 import { createHash } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { convertImage } from '../../engine/commands/convert-image.ts';
 import { createImage } from '../../engine/commands/create.ts';
@@ -15,6 +14,7 @@ import { ImageIoError, InvalidOptionError } from '../../engine/errors.ts';
 import { probeDriver } from '../../engine/formats/registry.ts';
 import { NodeHostFile } from '../../engine/io/host-file.ts';
 import { openImage, PROBE_BYTES } from '../../engine/open.ts';
+import { decompressor, detectCodec } from './decompress.ts';
 import { type ProgressSink, stage } from './progress.ts';
 
 const CHUNK_BYTES = 1024 * 1024;
@@ -114,32 +114,34 @@ async function* download(
     })();
     const first = await hashed.next();
     if (first.done) return;
-    const isGzip =
-      new URL(request.url).pathname.endsWith('.gz') || (first.value[0] === 0x1f && first.value[1] === 0x8b);
-    if (!isGzip) {
+    const codec = detectCodec(first.value, new URL(request.url).pathname);
+    if (!codec) {
       yield first.value;
       yield* hashed;
       return;
     }
-    const gunzip = createGunzip();
+    const { stream: inflate, finished } = decompressor(codec);
     const compressed = Readable.from(
       (async function* () {
         yield first.value;
         yield* hashed;
       })(),
     );
-    compressed.on('error', (err) => gunzip.destroy(err));
-    compressed.pipe(gunzip);
+    compressed.on('error', (err) => inflate.destroy(err));
+    compressed.pipe(inflate);
     try {
-      for await (const chunk of gunzip) yield chunk as Buffer;
+      for await (const chunk of inflate) yield chunk as Buffer;
+      await finished();
     } catch (err) {
       if (err instanceof ImageIoError || err instanceof InvalidOptionError) throw err;
       throw new InvalidOptionError({
         option: 'url',
         value: request.url,
-        message: `${request.url}: not a valid gzip stream (${(err as Error).message})`,
+        message: `${request.url}: not a valid ${codec} stream (${(err as Error).message})`,
         cause: err,
       });
+    } finally {
+      inflate.destroy();
     }
   } catch (err) {
     if (abort.signal.aborted)

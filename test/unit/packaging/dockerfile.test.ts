@@ -51,7 +51,7 @@ describe('Dockerfile', () => {
     for (const stage of stages) expect(stage.argument).toMatch(/^node:24(\.\d+)*-\w+-slim\b/);
   });
 
-  it('installs exactly the tools the attach agent runs, without recommends, and cleans apt lists', () => {
+  it('installs exactly the tools the attach agent and the imager run, without recommends, and cleans apt lists', () => {
     const installs = finalStage.filter((i) => i.keyword === 'RUN' && i.argument.includes('apt-get install'));
     expect(installs).toHaveLength(1);
     const run = installs[0]?.argument ?? '';
@@ -60,7 +60,16 @@ describe('Dockerfile', () => {
     const packages =
       /apt-get install -y --no-install-recommends ([^&]+)/.exec(run)?.[1]?.trim().split(/\s+/) ?? [];
     expect(packages.sort()).toEqual(
-      ['btrfs-progs', 'dosfstools', 'e2fsprogs', 'kpartx', 'nbd-client', 'util-linux', 'xfsprogs'].sort(),
+      [
+        'btrfs-progs',
+        'dosfstools',
+        'e2fsprogs',
+        'kpartx',
+        'nbd-client',
+        'util-linux',
+        'xfsprogs',
+        'xz-utils',
+      ].sort(),
     );
   });
 

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imagerArgs, type ImagerRequest, parseImagerResult } from '../../../../src/api/imager.ts';
 import { main } from '../../../../src/agent/imager/main.ts';
@@ -142,6 +142,39 @@ describe.skipIf(!hasQemuImg)('imager', () => {
     });
     expect(code).toBe(0);
     expect((await readFile(join(data, 'disk.img'))).equals(body)).toBe(true);
+  });
+
+  it.each([
+    ['xz', '/disk.img.xz', (input: Buffer) => execFileSync('xz', ['-c', '-T1'], { input })],
+    ['zstd', '/disk.img.zst', (input: Buffer) => zstdCompressSync(input)],
+  ])('decompresses a %s source while streaming, by its magic bytes', async (_codec, path, compress) => {
+    const body = pattern(3 * MIB);
+    files.set(path, compress(body));
+    const { code, data } = await run({
+      operation: 'import',
+      image: '/data/disk.img',
+      format: 'raw',
+      sizeBytes: 3 * MIB,
+      url: `${baseUrl}${path}`,
+    });
+    expect(code).toBe(0);
+    expect((await readFile(join(data, 'disk.img'))).equals(body)).toBe(true);
+  });
+
+  it('fails a corrupt xz source permanently, naming the codec', async () => {
+    const xz = execFileSync('xz', ['-c'], { input: pattern(MIB) });
+    xz.fill(0x55, 64, 256);
+    files.set('/broken.img.xz', xz);
+    const { code, result } = await run({
+      operation: 'import',
+      image: '/data/disk.img',
+      format: 'raw',
+      sizeBytes: MIB,
+      url: `${baseUrl}/broken.img.xz`,
+    });
+    expect(code).toBe(2);
+    expect(result).toMatchObject({ ok: false, code: 'VDISK_EINVAL' });
+    expect((result as { message: string }).message).toMatch(/not a valid xz stream/);
   });
 
   it('imports a qcow2 source made by qemu-img, converting it to raw', async () => {
