@@ -3,6 +3,7 @@
 // host with vdisk's in-process NBD server, forwarded into the guest. Checked: MBR+ext4 on a 4 GiB
 // image across detach/re-attach, GPT with ext4+vfat, a read-only attach, and recovery after kill -9.
 
+import { parseAttachLine } from '../../src/controller/pod-reports.ts';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -229,6 +230,11 @@ describe.skipIf(skipReason !== '')('attach agent on a real kernel (TCG VM)', () 
           mountPath: '/mnt/data',
         },
       ],
+    });
+    // The controller reads this line from the pod's log into status.attachment.
+    expect(parseAttachLine(JSON.stringify(report))).toEqual({
+      device: '/dev/nbd0',
+      partitions: [{ name: 'nbd0p1', start: MiB, size: 4 * GiB - MiB, mountPath: '/mnt/data' }],
     });
     expect((await vm.shell.run('cat', ['/proc/mounts'])).stdout).toMatch(
       /^\/dev\/mapper\/nbd0p1 \/mnt\/data ext4 rw/m,
