@@ -1,8 +1,9 @@
 // `npm run bench`: vdisk beside qemu-img in one run, on one 1 GiB guest (half seeded random data,
 // half zeros). For each workload it prints both tools' wall time and peak RSS and the ratio
-// vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present.
+// vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present,
+// bench/qcow2-ops.ts (snapshot create/delete, commit) and bench/controller.ts.
 // Options: --size-mib=N (default 1024), --repeat=N (best time of N runs, default 1; the machine may
-// be shared), --skip-nbd, --keep (leave the scratch folder).
+// be shared), --skip-nbd, --skip-ops, --keep (leave the scratch folder).
 
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -219,6 +220,10 @@ async function main(): Promise<void> {
     if (!process.argv.includes('--skip-nbd') && existsSync(nbdBench)) {
       const { runNbdBench, formatNbdBench } = (await import('./nbd.ts')) as typeof import('./nbd.ts');
       process.stdout.write(`\n${formatNbdBench(await runNbdBench({ sizeMib, log }))}\n`);
+    }
+    if (!process.argv.includes('--skip-ops')) {
+      const { qcow2OpsBench } = await import('./qcow2-ops.ts');
+      process.stdout.write(await qcow2OpsBench({ repeat, guestMib: sizeMib, log }));
     }
     process.stdout.write(await (await import('./controller.ts')).controllerBenchReport(process.argv, log));
   } finally {
