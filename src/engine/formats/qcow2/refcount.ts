@@ -179,6 +179,25 @@ export class RefcountManager {
     return found ? readRefcountEntry(found.block, found.index, this.refcountOrder) : 0;
   }
 
+  /**
+   * adjust() without awaiting, when the refcount block is in memory and the result is in range: the
+   * new refcount; undefined when the caller must use adjust() (block not cached or absent, or an
+   * out-of-range result adjust() reports). Walks over many clusters (snapshots) stay synchronous.
+   */
+  adjustCached(clusterIndex: number, delta: number): number | undefined {
+    const offsetBytes = this.blockOffset(Math.floor(clusterIndex / this.entriesPerBlock));
+    if (offsetBytes === 0 || offsetBytes % this.clusterSizeBytes !== 0) return undefined;
+    const block = this.blocks.peek(offsetBytes);
+    if (!block) return undefined;
+    const index = clusterIndex % this.entriesPerBlock;
+    const value = readRefcountEntry(block, index, this.refcountOrder) + delta;
+    if (value < 0 || value > this.maxRefcount) return undefined;
+    writeRefcountEntry(block, index, this.refcountOrder, value);
+    this.blocks.markDirty(offsetBytes);
+    if (value === 0 && clusterIndex < this.freeClusterHint) this.freeClusterHint = clusterIndex;
+    return value;
+  }
+
   /** Adds `delta` to the refcount of `clusterIndex`; allocates the refcount block when needed. */
   async adjust(clusterIndex: number, delta: number): Promise<number> {
     let found = await this.blockFor(clusterIndex);

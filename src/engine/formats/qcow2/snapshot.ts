@@ -178,8 +178,11 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise
       const mapping = image.decodeChecked(table, l2Index, l2OffsetBytes);
       if (mapping.kind !== 'unallocated' && mapping.kind !== 'zero-plain')
         checkInside(mapping.hostOffsetBytes, l2OffsetBytes + l2Index * 8);
-      if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc')
-        await image.refcounts.adjust(mapping.hostOffsetBytes / clusterSizeBytes, delta);
+      if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') {
+        const clusterIndex = mapping.hostOffsetBytes / clusterSizeBytes;
+        if (image.refcounts.adjustCached(clusterIndex, delta) === undefined)
+          await image.refcounts.adjust(clusterIndex, delta);
+      }
       else if (mapping.kind === 'compressed') {
         const first = Math.floor(mapping.hostOffsetBytes / clusterSizeBytes);
         const last = Math.floor(
@@ -210,7 +213,9 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
-      const exclusive = (await image.refcounts.get(mapping.hostOffsetBytes / clusterSizeBytes)) === 1;
+      const clusterIndex = mapping.hostOffsetBytes / clusterSizeBytes;
+      const refcount = image.refcounts.peekRefcount(clusterIndex) ?? (await image.refcounts.get(clusterIndex));
+      const exclusive = refcount === 1;
       if (exclusive === mapping.copied) continue;
       image.entryCopied(mapping.hostOffsetBytes, exclusive, mapping.kind === 'zero-alloc')(table, l2Index);
       changed = true;
