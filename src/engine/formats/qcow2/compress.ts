@@ -1,13 +1,14 @@
 // Compressed cluster payloads: raw deflate (compression_type 0, window 2^12 as qemu writes) and zstd
-// (compression_type 1), run on node:zlib's thread pool so the event loop stays free.
+// (compression_type 1), run off the event loop: deflate on node:zlib's thread pool, zstd compression on
+// worker threads (zstd-pool.ts), zstd decompression as a stream stopped after one cluster.
 // Implements qcow2.txt "Compressed Clusters Descriptor" payload rules: output is exactly one cluster.
 
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
+import { zstdCompressCluster } from './zstd-pool.ts';
 
 const inflateRaw = promisify(zlib.inflateRaw);
 const deflateRaw = promisify(zlib.deflateRaw);
-const zstdCompress = promisify(zlib.zstdCompress);
 
 export const COMPRESSION_ZLIB = 0;
 export const COMPRESSION_ZSTD = 1;
@@ -71,10 +72,7 @@ export async function compressCluster(
   data: Uint8Array,
   compressionType: number,
 ): Promise<Buffer | undefined> {
-  if (compressionType === COMPRESSION_ZSTD) {
-    const output = await zstdCompress(data);
-    return output.length < data.length ? output : undefined;
-  }
+  if (compressionType === COMPRESSION_ZSTD) return zstdCompressCluster(data);
   try {
     // Stop as soon as the output would not be smaller: incompressible clusters (the common case
     // for already-compressed guest data) then cost no full-size output buffer and concat.

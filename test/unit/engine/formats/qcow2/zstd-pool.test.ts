@@ -1,0 +1,44 @@
+// zstd compression on worker threads: what comes back is a zstd frame of exactly the cluster given
+// (also when the cluster is a view into a larger buffer), incompressible clusters come back as
+// undefined, and many requests in flight each get their own answer.
+import { randomBytes } from 'node:crypto';
+import { zstdDecompressSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { zstdCompressCluster } from '../../../../../src/engine/formats/qcow2/zstd-pool.ts';
+
+const CLUSTER = 64 * 1024;
+
+function patterned(seed: number): Buffer {
+  const cluster = Buffer.alloc(CLUSTER);
+  for (let offset = 0; offset < CLUSTER; offset += 4)
+    cluster.writeUInt32LE(((offset >> 9) * 2654435761 + seed) >>> 0, offset);
+  return cluster;
+}
+
+describe('zstd worker pool', () => {
+  it('compresses a cluster into a frame that decompresses to it', async () => {
+    const cluster = patterned(7);
+    const compressed = await zstdCompressCluster(cluster);
+    expect(compressed).toBeDefined();
+    expect(compressed!.length).toBeLessThan(CLUSTER);
+    expect(zstdDecompressSync(compressed!).equals(cluster)).toBe(true);
+  });
+
+  it('compresses only the view it is given, not the buffer behind it', async () => {
+    const chunk = Buffer.concat([patterned(1), patterned(2), patterned(3)]);
+    const compressed = await zstdCompressCluster(chunk.subarray(CLUSTER, 2 * CLUSTER));
+    expect(zstdDecompressSync(compressed!).equals(patterned(2))).toBe(true);
+  });
+
+  it('answers undefined for incompressible data', async () => {
+    expect(await zstdCompressCluster(randomBytes(CLUSTER))).toBeUndefined();
+  });
+
+  it('keeps each answer with its request when many are in flight', async () => {
+    const clusters = Array.from({ length: 64 }, (_, index) => patterned(index));
+    const results = await Promise.all(clusters.map((cluster) => zstdCompressCluster(cluster)));
+    results.forEach((result, index) => {
+      expect(zstdDecompressSync(result!).equals(clusters[index]!)).toBe(true);
+    });
+  });
+});
