@@ -4,6 +4,7 @@
 // `qemu:allocation-depth`, and engine errors mapped to NBD error values (proto.md "Error values").
 
 import type { BlockDevice } from '../engine/block-device.ts';
+import { takesConcurrentWrites } from '../engine/formats/registry.ts';
 import {
   NBD_EINVAL,
   NBD_EIO,
@@ -92,13 +93,6 @@ export interface ChainExtent {
   /** 0: no layer allocates it; 1: the top image; 2: its backing file; ... */
   depth: number;
 }
-
-/**
- * Formats whose devices take overlapping writes safely: raw is positional I/O; qcow2 serialises its
- * own metadata updates (qcow2/mutex.ts). Other drivers get one mutating request at a time. Flush is
- * always exclusive, which is what orders it after every write it must cover.
- */
-const CONCURRENT_WRITE_FORMATS = new Set(['raw', 'qcow2']);
 
 /** Readers share, writers exclude: drivers need not cope with a write racing other I/O on one device. */
 class SharedExclusiveLock {
@@ -205,12 +199,16 @@ export class NbdBackend {
   readonly sizeBytes: number;
   readonly isReadOnly: boolean;
   private readonly lock = new SharedExclusiveLock();
-  /** Writes wait for every other request unless the format is known to take them concurrently. */
+  /**
+   * Writes wait for every other request unless the driver declares `concurrentWrites` (raw: positional
+   * I/O; qcow2: serialises its own metadata updates). Flush is always exclusive, which is what orders
+   * it after every write it must cover.
+   */
   private readonly writesExclusive: boolean;
 
   constructor(exportConfig: NbdExport) {
     this.export = exportConfig;
-    this.writesExclusive = !CONCURRENT_WRITE_FORMATS.has(exportConfig.device.formatName);
+    this.writesExclusive = !takesConcurrentWrites(exportConfig.device);
     this.sizeBytes = exportConfig.device.sizeBytes;
     this.isReadOnly = Boolean(exportConfig.readOnly) || exportConfig.device.isReadOnly;
   }

@@ -167,6 +167,7 @@ export const bochsDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: [],
   open: openBochs,

@@ -177,6 +177,7 @@ export const cloopDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: cloopCreateOptions,
   open: openCloop,

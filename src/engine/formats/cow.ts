@@ -195,6 +195,7 @@ export const cowDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: [],
   open: openCow,

@@ -14,6 +14,12 @@ export interface FormatCapabilities {
   compression: readonly string[];
   encryption: readonly string[];
   resize: 'none' | 'grow' | 'grow-shrink';
+  /**
+   * The device takes overlapping requests, writes included (reads, writes, zero writes and discards in
+   * flight together; flush still waits for them): its own locking keeps metadata consistent. False: a
+   * caller issuing requests concurrently (the NBD server) runs one mutating request at a time.
+   */
+  concurrentWrites: boolean;
 }
 
 /** One `-o name=value` option a driver accepts, as qemu-img's QemuOptsList entries are. */

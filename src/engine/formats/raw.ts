@@ -249,6 +249,7 @@ export const rawDriver = {
     compression: [],
     encryption: [],
     resize: 'grow-shrink',
+    concurrentWrites: true,
   },
   createOptions: rawCreateOptions,
   open: openRaw,

@@ -2,6 +2,7 @@
 // from this table (scripts/generate-docs.ts) and a test fails when it is stale.
 // Each format's driver record is the only export of its file or folder; add it here, once.
 
+import type { BlockDevice } from '../block-device.ts';
 import { UnsupportedError } from '../errors.ts';
 import type { FormatDriver } from './driver.ts';
 import { bochsDriver } from './bochs.ts';
@@ -60,4 +61,13 @@ export function probeDriver(head: Uint8Array, fileName: string): FormatDriver | 
     }
   }
   return best;
+}
+
+/**
+ * True when the driver that opened `device` declares `concurrentWrites`; devices no registered driver
+ * names (a concatenation, a test double) answer false, the safe side.
+ */
+export function takesConcurrentWrites(device: BlockDevice): boolean {
+  const driver = formatRegistry.find((candidate) => candidate.name === device.formatName);
+  return driver?.capabilities.concurrentWrites ?? false;
 }

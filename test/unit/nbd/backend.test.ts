@@ -10,6 +10,7 @@ import {
   PermissionError,
   UnsupportedError,
 } from '../../../src/engine/errors.ts';
+import { formatRegistry, takesConcurrentWrites } from '../../../src/engine/formats/registry.ts';
 import { chainStatus, NbdBackend, splitZeroRuns, toNbdError } from '../../../src/nbd/backend.ts';
 import { NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_ENOTSUP, NBD_EPERM } from '../../../src/nbd/wire.ts';
 import { createMemoryDevice } from './memory-device.ts';
@@ -92,5 +93,45 @@ describe('NBD backend', () => {
     const flush = backend.flush();
     await Promise.all([...writes, flush]);
     expect(events).toEqual(['write 0', 'write 4096', 'flush']);
+  });
+
+  for (const [formatName, expectedOverlap] of [
+    ['raw', 2],
+    ['qcow2', 2],
+    ['vdi', 1],
+    ['memory', 1],
+  ] as const) {
+    it(`runs writes to a ${formatName} device ${expectedOverlap > 1 ? 'together' : 'one at a time'}, as its driver declares`, async () => {
+      const { device } = createMemoryDevice(1024 * KIB);
+      let running = 0;
+      let mostRunning = 0;
+      const counted = Object.create(device, {
+        formatName: { value: formatName },
+        write: {
+          value: async (offsetBytes: number, data: Uint8Array) => {
+            mostRunning = Math.max(mostRunning, ++running);
+            await new Promise((resolve) => setTimeout(resolve, 20));
+            await device.write(offsetBytes, data);
+            running--;
+          },
+        },
+      }) as BlockDevice;
+      expect(takesConcurrentWrites(counted)).toBe(expectedOverlap > 1);
+      const backend = new NbdBackend({ name: '', device: counted });
+      await Promise.all([
+        backend.write(0, Buffer.alloc(512, 1), false),
+        backend.write(4096, Buffer.alloc(512, 2), false),
+        backend.write(8192, Buffer.alloc(512, 3), false),
+      ]);
+      expect(mostRunning).toBe(expectedOverlap === 1 ? 1 : 3);
+    });
+  }
+
+  it('has every registered driver declare whether it takes concurrent writes', () => {
+    for (const driver of formatRegistry) {
+      expect(typeof driver.capabilities.concurrentWrites, driver.name).toBe('boolean');
+      // A driver that cannot write has nothing to run concurrently.
+      if (!driver.capabilities.write) expect(driver.capabilities.concurrentWrites, driver.name).toBe(false);
+    }
   });
 });

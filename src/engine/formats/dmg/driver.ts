@@ -163,6 +163,7 @@ export const dmgDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: [],
   open: openDmg,

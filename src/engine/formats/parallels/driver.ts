@@ -313,6 +313,7 @@ export const parallelsDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: parallelsCreateOptions,
   open: openParallels,

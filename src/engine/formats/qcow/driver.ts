@@ -377,6 +377,7 @@ export const qcowDriver = {
     compression: ['zlib'],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: qcowCreateOptions,
   open: openQcow,

@@ -36,6 +36,7 @@ export const qcow2Driver: FormatDriver = {
     compression: ['zlib', 'zstd'],
     encryption: [],
     resize: 'grow-shrink',
+    concurrentWrites: true,
   },
   createOptions: QCOW2_CREATE_OPTIONS,
   open: openQcow2,

@@ -303,6 +303,7 @@ export const qedDriver = {
     compression: [],
     encryption: [],
     resize: 'grow',
+    concurrentWrites: false,
   },
   createOptions: qedCreateOptions,
   open: openQed,

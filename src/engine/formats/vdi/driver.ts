@@ -368,6 +368,7 @@ export const vdiDriver = {
     compression: [],
     encryption: [],
     resize: 'grow',
+    concurrentWrites: false,
   },
   createOptions: vdiCreateOptions,
   open: openVdi,

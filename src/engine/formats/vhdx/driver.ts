@@ -548,6 +548,7 @@ export const vhdxDriver = {
     compression: [],
     encryption: [],
     resize: 'none',
+    concurrentWrites: false,
   },
   createOptions: vhdxCreateOptions,
   open: openVhdx,

@@ -111,6 +111,7 @@ export const vmdkDriver = {
     compression: ['deflate'],
     encryption: [],
     resize: 'grow',
+    concurrentWrites: false,
   },
   createOptions: vmdkCreateOptions,
   open: openVmdk,

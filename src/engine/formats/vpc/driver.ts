@@ -482,6 +482,7 @@ export const vpcDriver = {
     compression: [],
     encryption: [],
     resize: 'grow',
+    concurrentWrites: false,
   },
   createOptions: vpcCreateOptions,
   open: openVpc,
