@@ -36,7 +36,8 @@ Serve a disk image over NBD (as qemu-nbd does).
   -e, --shared=NUM           allow NUM simultaneous clients (default 1); above 1 advertises multi-conn
   -t, --persistent           keep serving after the last client disconnects
   -s, --snapshot             writes go to a temporary qcow2 overlay, discarded on exit
-  -l, --load-snapshot=NAME   serve an internal snapshot (read-only)
+  -l, --load-snapshot=SNAP   serve an internal snapshot (read-only): ID_OR_NAME or
+                             snapshot.id=ID,snapshot.name=NAME
   -P, --partition=NUM        serve only partition NUM (MBR or GPT, numbered as Linux does)
       --discard=MODE         ignore (default) or unmap: pass TRIM on to the image
       --detect-zeroes=MODE   off (default), on or unmap: turn all-zero writes into zero writes
@@ -217,6 +218,34 @@ async function openSnapshotOverlay(
   }
 }
 
+/**
+ * -l as qemu-nbd takes it: `snapshot.id=ID,snapshot.name=NAME` (either key or both, which must then
+ * name the same snapshot) or a bare `ID_OR_NAME` (an ID match wins). Returns the read-only view;
+ * throws InvalidOptionError (VDISK_EINVAL) when the image has no snapshots or none matches.
+ */
+async function openSnapshot(image: BlockDevice, spec: string, path: string): Promise<BlockDevice> {
+  const refuse = (message: string): InvalidOptionError =>
+    new InvalidOptionError({ option: 'load-snapshot', value: spec, message: `${path}: ${message}` });
+  const snapshots = image.snapshots;
+  if (!snapshots) throw refuse(`${image.formatName} images have no internal snapshots`);
+  if (!spec.startsWith('snapshot.')) return snapshots.open(spec);
+  const wanted = new Map<string, string>();
+  for (const item of spec.split(',')) {
+    const equals = item.indexOf('=');
+    const key = equals < 0 ? item : item.slice(0, equals);
+    if ((key !== 'snapshot.id' && key !== 'snapshot.name') || wanted.has(key))
+      throw refuse(`invalid snapshot '${spec}' (expected snapshot.id=ID,snapshot.name=NAME or ID_OR_NAME)`);
+    wanted.set(key, item.slice(equals + 1));
+  }
+  const id = wanted.get('snapshot.id');
+  const name = wanted.get('snapshot.name');
+  const match = (await snapshots.list()).find(
+    (snapshot) => (id === undefined || snapshot.id === id) && (name === undefined || snapshot.name === name),
+  );
+  if (!match) throw refuse(`Could not find snapshot '${spec}'`);
+  return snapshots.open(match.id);
+}
+
 /** --fork: re-run this command in a detached child and return once it says it is listening. */
 function forkIntoBackground(argv: readonly string[], io: CliIo): Promise<number> {
   const script = process.argv[1];
@@ -305,15 +334,11 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
       readOnly: true,
       allowBackingEscape: backingPolicy.allowEscape,
     });
-    if (!snapshotOf.snapshots) {
-      await snapshotOf.close();
-      throw new InvalidOptionError({
-        option: 'load-snapshot',
-        value: snapshotName,
-        message: `${path}: the image has no internal snapshots`,
-      });
-    }
-    device = await snapshotOf.snapshots.open(snapshotName);
+    const opened = snapshotOf;
+    device = await openSnapshot(opened, snapshotName, path).catch(async (err: unknown) => {
+      await opened.close();
+      throw err;
+    });
   } else {
     device = await openImage(path, { format, readOnly, allowBackingEscape: backingPolicy.allowEscape });
   }
