@@ -85,6 +85,13 @@ export interface BlockDevice {
 
   /** Fills `buffer` with the bytes at `offsetBytes`; the range lies inside the device. */
   read(offsetBytes: number, buffer: Uint8Array): Promise<void>;
+  /**
+   * Optional fast path for servers: fills a prefix of `buffer` with the bytes at `offsetBytes` at once,
+   * as far as they are in the host page cache, never waiting for the disk. Returns the bytes filled
+   * (0..buffer.length); the caller reads the rest with `read`. A driver offers it only where guest
+   * bytes are host bytes without translation (raw).
+   */
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
   write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void>;
   writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void>;
   /** Hint: the range's contents are no longer needed (reads afterwards are zeros or old data). */

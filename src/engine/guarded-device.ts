@@ -31,6 +31,7 @@ export class GuardedDevice implements BlockDevice {
   readonly setBackingFile?: (name: string | undefined, format: string | undefined) => Promise<void>;
   readonly makeEmpty?: () => Promise<void>;
   readonly amend?: (options: Record<string, string>) => Promise<void>;
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
 
   constructor(inner: BlockDevice, guard: GuardOptions) {
     this.inner = inner;
@@ -63,6 +64,13 @@ export class GuardedDevice implements BlockDevice {
       this.makeEmpty = async () => {
         this.checkWritable('make empty', Number.MAX_SAFE_INTEGER);
         await makeEmpty();
+      };
+    }
+    const readCached = inner.readCached;
+    if (readCached) {
+      this.readCached = (offsetBytes, buffer) => {
+        this.checkRange('read', offsetBytes, buffer.length);
+        return buffer.length === 0 ? 0 : readCached(offsetBytes, buffer);
       };
     }
     const amend = inner.amend?.bind(inner);

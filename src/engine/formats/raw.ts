@@ -96,6 +96,7 @@ class RawDevice implements BlockDevice {
   readonly preferredBlockSizeBytes = 512;
   readonly backing = undefined;
   readonly formatName = 'raw';
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
   private readonly file: HostFile;
   private readonly path: string;
   private currentSizeBytes: number;
@@ -105,6 +106,9 @@ class RawDevice implements BlockDevice {
     this.file = file;
     this.currentSizeBytes = sizeBytes;
     this.isReadOnly = isReadOnly;
+    // Guest bytes are host bytes: the file's cached-read fast path serves the device unchanged (a
+    // short count past EOF leaves the zero-padded tail to read()).
+    if (file.readCached) this.readCached = file.readCached.bind(file);
   }
 
   get sizeBytes(): number {

@@ -13,6 +13,12 @@ export interface HostFile {
   readonly isReadOnly: boolean;
   /** Reads up to `buffer.length` bytes at `offsetBytes`; returns the count read (short only at EOF). */
   read(offsetBytes: number, buffer: Uint8Array): Promise<number>;
+  /**
+   * Reads a prefix of [offsetBytes, offsetBytes + buffer.length) at once, as far as the host page cache
+   * holds it, never waiting for the disk; returns the bytes read (0: nothing without waiting, or the
+   * file is closed). Lets a server skip the thread-pool round trip for bytes already in memory.
+   */
+  readCached?(offsetBytes: number, buffer: Uint8Array): number;
   /** Writes all of `data` at `offsetBytes`, extending the file if needed. */
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   sizeBytes(): Promise<number>;
@@ -63,6 +69,7 @@ export class NodeHostFile implements HostFile {
   readonly handle: FileHandle;
   readonly seekData?: (offsetBytes: number) => Promise<number | null>;
   readonly seekHole?: (offsetBytes: number) => Promise<number>;
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
   readonly punchHole?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
   readonly zeroRange?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
   readonly allocate?: (offsetBytes: number, lengthBytes: number) => Promise<boolean>;
@@ -117,6 +124,9 @@ export class NodeHostFile implements HostFile {
         throw seekFailed(err, offsetBytes);
       }
     };
+    // The fd is looked up per call: a closed FileHandle reports -1, so a late call reads nothing.
+    this.readCached = (offsetBytes, buffer) =>
+      handle.fd >= 0 ? native.readNoWait(handle.fd, offsetBytes, buffer) : 0;
     if (isReadOnly) return;
     this.startWriteback = (offsetBytes, lengthBytes) => native.startWriteback(fd, offsetBytes, lengthBytes);
     this.punchHole = async (offsetBytes, lengthBytes) => native.punchHole(fd, offsetBytes, lengthBytes);

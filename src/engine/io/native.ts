@@ -14,6 +14,8 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 /** sync_file_range(2) flag: start writeback of the range's dirty pages without waiting for it. */
 const SYNC_FILE_RANGE_WRITE = 2;
+/** preadv2(2) flag: return EAGAIN instead of waiting for the disk (<linux/fs.h> RWF_NOWAIT). */
+const RWF_NOWAIT = 0x08;
 /** errno values (asm-generic/errno-base.h). */
 const ENXIO = 6;
 
@@ -34,6 +36,12 @@ export interface NativeFileOps {
    * nothing durable (sync does) and never reorders anything the kernel's flusher could not.
    */
   startWriteback(fd: number, offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /**
+   * Reads into `buffer` what the page cache holds from `offsetBytes` on, without waiting for the disk
+   * (preadv2 with RWF_NOWAIT); returns the bytes read: short at EOF or where the cached run ends, 0
+   * when nothing is cached there or on any error (the caller's ordinary read then reports it).
+   */
+  readNoWait(fd: number, offsetBytes: number, buffer: Uint8Array): number;
 }
 
 /** Thrown when lseek fails for a reason other than "no more data" (the caller falls back). */
@@ -69,6 +77,16 @@ function load(): NativeFileOps | undefined {
   const syncFileRange = libc.func(
     'int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)',
   );
+  // preadv2 is glibc 2.26+; without it cached reads just take the ordinary (thread-pool) path.
+  let preadv2:
+    | ((fd: number, iov: unknown[], count: number, offset: number, flags: number) => number | bigint)
+    | undefined;
+  try {
+    const iovec = koffi.struct({ iov_base: 'void *', iov_len: 'size_t' });
+    preadv2 = libc.func('preadv2', 'int64_t', ['int', koffi.pointer(iovec), 'int', 'int64_t', 'int']);
+  } catch {
+    preadv2 = undefined;
+  }
   const seek = (fd: number, offsetBytes: number, whence: number, name: string): number | null => {
     const result = Number(lseek(fd, offsetBytes, whence));
     if (result >= 0) return result;
@@ -94,6 +112,14 @@ function load(): NativeFileOps | undefined {
           (err: unknown, result: number) => resolve(!err && result === 0),
         );
       }),
+    readNoWait: (fd, offsetBytes, buffer) => {
+      if (!preadv2 || buffer.length === 0) return 0;
+      const count = Number(
+        preadv2(fd, [{ iov_base: buffer, iov_len: buffer.length }], 1, offsetBytes, RWF_NOWAIT),
+      );
+      // -1 (EAGAIN: not cached, or any error) reads as nothing.
+      return Math.max(count, 0);
+    },
   };
 }
 
