@@ -19,6 +19,7 @@ class PartitionWindow implements BlockDevice {
   readonly preferredBlockSizeBytes: number;
   readonly backing = undefined;
   readonly formatName: string;
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
   private readonly inner: BlockDevice;
   private readonly startBytes: number;
 
@@ -29,6 +30,8 @@ class PartitionWindow implements BlockDevice {
     this.isReadOnly = inner.isReadOnly;
     this.preferredBlockSizeBytes = inner.preferredBlockSizeBytes;
     this.formatName = inner.formatName;
+    const readCached = inner.readCached;
+    if (readCached) this.readCached = (offsetBytes, buffer) => readCached(startBytes + offsetBytes, buffer);
   }
 
   read(offsetBytes: number, buffer: Uint8Array): Promise<void> {

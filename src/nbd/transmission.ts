@@ -1,7 +1,8 @@
 // The transmission phase (proto.md "Transmission", "Request types", "Structured reply chunk message"):
 // decode requests from the stream, run several at once on the backend, send simple or structured
-// replies (header and payload corked into one writev). Memory is bounded: reading stops while too
-// many requests or bytes are in flight or the socket's send buffer is above its high-water mark.
+// replies (header and payload corked into one writev). READs whose bytes sit in the host page cache
+// are answered synchronously as they are decoded. Memory is bounded: decoding stops while too many
+// requests or bytes are in flight or too many reply bytes wait in the socket.
 
 import type { Duplex } from 'node:stream';
 import {
@@ -12,6 +13,7 @@ import {
   MAX_STATUS_DESCRIPTORS,
   type NbdBackend,
   NbdCommandError,
+  splitZeroRuns,
   toNbdError,
 } from './backend.ts';
 import { giveBuffer, takeBuffer } from './buffer-pool.ts';
@@ -60,8 +62,19 @@ export interface TransmissionLimits {
   maxInFlightBytes: number;
 }
 
-/** Reply bytes queued in the socket beyond which no new request is started (until 'drain'). */
-const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
+/**
+ * Reply bytes queued in the socket beyond which no new request is started, and the level it must
+ * fall back to before they start again. Waiting for an empty queue ('drain') instead would leave the
+ * client nothing to read while the next requests are read from the image.
+ */
+const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
+const RESUME_QUEUED_REPLY_BYTES = 2 * 1024 * 1024;
+/**
+ * Corked reply bytes that are written at once rather than at the end of the event-loop turn: small
+ * replies still share one writev, while a turn answering many cached reads starts feeding the socket
+ * after the first instead of after the last.
+ */
+const UNCORK_BYTES = 256 * 1024;
 
 export const DEFAULT_LIMITS: TransmissionLimits = {
   maxInFlightRequests: 64,
@@ -113,6 +126,7 @@ export class TransmissionSession {
   private readonly budget: ByteBudget | undefined;
   private readonly onBudgetRoom = (): void => this.pump();
   private corked = false;
+  private corkedBytes = 0;
   private readonly uncork = (): void => {
     this.corked = false;
     if (!this.socket.destroyed) this.socket.uncork();
@@ -290,7 +304,8 @@ export class TransmissionSession {
         void this.shutdown('client sent NBD_CMD_DISC');
         return;
       }
-      this.dispatch(request, undefined);
+      if (this.isPlainRead(request)) this.startRead(request);
+      else this.dispatch(request, undefined);
     }
     if (!this.stopped && this.socket.isPaused()) this.socket.resume();
   }
@@ -344,6 +359,50 @@ export class TransmissionSession {
         }
         this.pump();
       });
+  }
+
+  /**
+   * A READ that passes every check execute() makes (flags, range, length), so it can be answered
+   * here; anything else goes through execute(), which answers the error.
+   */
+  private isPlainRead(request: Request): boolean {
+    return (
+      request.type === NBD_CMD_READ &&
+      (request.flags & ~NBD_CMD_FLAG_DF) === 0 &&
+      (this.structured || request.flags === 0) &&
+      !request.offsetOverflow &&
+      request.lengthBytes > 0 &&
+      request.lengthBytes <= MAX_PAYLOAD_BYTES &&
+      request.offsetBytes + request.lengthBytes <= this.backend.sizeBytes
+    );
+  }
+
+  /**
+   * A valid READ: answered at once when the host page cache holds its bytes (no promise, no thread-pool
+   * round trip: this is most of a streaming read's cost otherwise); the rest is read asynchronously.
+   */
+  private startRead(request: Request): void {
+    this.log.debug(
+      { type: request.type, offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes },
+      'Request',
+    );
+    const buffer = takeBuffer(request.lengthBytes);
+    const release = (): void => giveBuffer(buffer);
+    const filledBytes = this.backend.readNow(request.offsetBytes, buffer);
+    if (filledBytes === buffer.length) {
+      this.sendReadReply(request, buffer, release);
+      return;
+    }
+    this.track(request, request.lengthBytes, async () => {
+      try {
+        await this.backend.read(request.offsetBytes + filledBytes, buffer.subarray(filledBytes));
+      } catch (err) {
+        release();
+        await this.sendError(request, toNbdError(err));
+        return;
+      }
+      this.sendReadReply(request, buffer, release);
+    });
   }
 
   /** Validates flags and range, then runs one command and sends its reply. */
@@ -403,38 +462,43 @@ export class TransmissionSession {
     this.send([encodeSimpleReply(0, cookie)]);
   }
 
-  /**
-   * READ into a pooled buffer, returned to the pool once the socket has written it. Structured:
-   * OFFSET_DATA / OFFSET_HOLE chunks, the last flagged DONE; simple: header then the bytes.
-   */
+  /** READ into a pooled buffer, returned to the pool once the socket has written it. */
   private async sendRead(request: Request): Promise<void> {
     const buffer = takeBuffer(request.lengthBytes);
-    let replies: Buffer[];
     try {
-      if (this.structured) {
-        const dontFragment = (request.flags & NBD_CMD_FLAG_DF) !== 0;
-        const segments = await this.backend.readSegments(request.offsetBytes, buffer, dontFragment);
-        replies = [];
-        segments.forEach((segment, index) => {
-          const flags = index === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
-          if (segment.kind === 'hole') {
-            replies.push(encodeOffsetHole(flags, request.cookie, segment.offsetBytes, segment.lengthBytes));
-          } else {
-            replies.push(
-              encodeOffsetDataHeader(flags, request.cookie, segment.offsetBytes, segment.data.length),
-              segment.data,
-            );
-          }
-        });
-      } else {
-        await this.backend.read(request.offsetBytes, buffer);
-        replies = [encodeSimpleReply(0, request.cookie), buffer];
-      }
+      await this.backend.read(request.offsetBytes, buffer);
     } catch (err) {
       giveBuffer(buffer);
       throw err;
     }
-    this.send(replies, () => giveBuffer(buffer));
+    this.sendReadReply(request, buffer, () => giveBuffer(buffer));
+  }
+
+  /**
+   * The reply to a READ whose bytes are in `data`. Structured: OFFSET_DATA / OFFSET_HOLE chunks (zero
+   * runs become holes unless DF), the last flagged DONE; simple: header then the bytes. `written`
+   * runs once the socket is done with `data`.
+   */
+  private sendReadReply(request: Request, data: Buffer, written: () => void): void {
+    if (!this.structured) {
+      this.send([encodeSimpleReply(0, request.cookie), data], written);
+      return;
+    }
+    const dontFragment = (request.flags & NBD_CMD_FLAG_DF) !== 0;
+    const segments = splitZeroRuns(request.offsetBytes, data, dontFragment);
+    const replies: Buffer[] = [];
+    segments.forEach((segment, index) => {
+      const flags = index === segments.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      if (segment.kind === 'hole') {
+        replies.push(encodeOffsetHole(flags, request.cookie, segment.offsetBytes, segment.lengthBytes));
+      } else {
+        replies.push(
+          encodeOffsetDataHeader(flags, request.cookie, segment.offsetBytes, segment.data.length),
+          segment.data,
+        );
+      }
+    });
+    this.send(replies, written);
   }
 
   /** BLOCK_STATUS: one chunk per selected context; REQ_ONE answers with a single descriptor. */
@@ -488,18 +552,32 @@ export class TransmissionSession {
     // Replies finishing in the same event-loop turn leave in one writev: corked until setImmediate.
     if (!this.corked) {
       this.corked = true;
+      this.corkedBytes = 0;
       this.socket.cork();
       setImmediate(this.uncork);
     }
-    let ok = true;
+    const last = buffers.length - 1;
     buffers.forEach((buffer, index) => {
-      ok =
-        index === buffers.length - 1 && written
-          ? this.socket.write(buffer, () => written())
-          : this.socket.write(buffer);
+      this.corkedBytes += buffer.length;
+      if (index === last)
+        this.socket.write(buffer, () => {
+          written?.();
+          this.replyWritten();
+        });
+      else this.socket.write(buffer);
     });
-    // Replies may queue up to a bound before reading stops: stopping at the first full socket buffer
-    // would leave the pipeline empty while the kernel drains it.
-    if (!ok && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) this.waitingForDrain = true;
+    if (this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) this.waitingForDrain = true;
+    if (this.corkedBytes >= UNCORK_BYTES) {
+      this.corkedBytes = 0;
+      this.socket.uncork();
+      this.socket.cork();
+    }
+  }
+
+  private replyWritten(): void {
+    if (this.waitingForDrain && this.socket.writableLength <= RESUME_QUEUED_REPLY_BYTES) {
+      this.waitingForDrain = false;
+      this.pump();
+    }
   }
 }

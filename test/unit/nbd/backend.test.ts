@@ -134,4 +134,34 @@ describe('NBD backend', () => {
       if (!driver.capabilities.write) expect(driver.capabilities.concurrentWrites, driver.name).toBe(false);
     }
   });
+
+  it('answers reads from the page cache at once only while no write holds or awaits the device', async () => {
+    const { device } = createMemoryDevice(1024 * KIB, { cachedReads: 'all' });
+    let finishWrite: () => void = () => undefined;
+    const slow = Object.create(device, {
+      formatName: { value: 'vdi' },
+      write: {
+        value: async (offsetBytes: number, data: Uint8Array) => {
+          await new Promise<void>((resolve) => {
+            finishWrite = resolve;
+          });
+          await device.write(offsetBytes, data);
+        },
+      },
+    }) as BlockDevice;
+    const backend = new NbdBackend({ name: '', device: slow });
+    const buffer = Buffer.alloc(64 * KIB, 0xff);
+    expect(backend.readNow(0, buffer)).toBe(buffer.length);
+    expect(buffer.every((byte) => byte === 0)).toBe(true);
+    const write = backend.write(0, Buffer.alloc(512, 9), false);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    // vdi writes are exclusive: a read now could see half a write, so it waits its turn in read().
+    expect(backend.readNow(0, buffer)).toBe(0);
+    finishWrite();
+    await write;
+    expect(backend.readNow(0, buffer)).toBe(buffer.length);
+    expect(buffer[0]).toBe(9);
+    // Past the end: nothing at once (read() answers the error).
+    expect(backend.readNow(1000 * KIB, buffer)).toBe(0);
+  });
 });

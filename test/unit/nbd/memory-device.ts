@@ -10,6 +10,8 @@ const CLUSTER_BYTES = 64 * 1024;
 /** Counts of each call, so tests can check what reached the device. */
 export interface MemoryDeviceStats {
   reads: number;
+  /** readCached calls (the synchronous page-cache path), counted apart from reads. */
+  cachedReads: number;
   flushes: number;
   discards: number;
   writes: number;
@@ -24,7 +26,16 @@ class MemoryDevice implements BlockDevice {
   readonly formatName = 'memory';
   /** Cluster index -> bytes; absent = unallocated; null = allocated zero cluster. */
   readonly clusters = new Map<number, Uint8Array | null>();
-  readonly stats: MemoryDeviceStats = { reads: 0, flushes: 0, discards: 0, writes: 0, zeroWrites: 0 };
+  readonly stats: MemoryDeviceStats = {
+    reads: 0,
+    cachedReads: 0,
+    flushes: 0,
+    discards: 0,
+    writes: 0,
+    zeroWrites: 0,
+  };
+  /** Present with createMemoryDevice's `cachedReads`: a stand-in for raw's page-cache fast path. */
+  readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
 
   constructor(sizeBytes: number, isReadOnly: boolean, backing: BlockDevice | undefined) {
     this.sizeBytes = sizeBytes;
@@ -148,11 +159,32 @@ export interface TestDevice {
   memory: MemoryDevice;
 }
 
-/** A guarded in-memory device of `sizeBytes`; `backing` makes it an overlay. */
+/**
+ * A guarded in-memory device of `sizeBytes`; `backing` makes it an overlay. `cachedReads` gives it a
+ * synchronous readCached (as raw has) that fills every byte ('all') or only the first half, rounded
+ * down to 512 bytes ('half'), so the caller must read the rest (no backing device allowed).
+ */
 export function createMemoryDevice(
   sizeBytes: number,
-  options: { readOnly?: boolean; backing?: BlockDevice } = {},
+  options: { readOnly?: boolean; backing?: BlockDevice; cachedReads?: 'all' | 'half' } = {},
 ): TestDevice {
   const memory = new MemoryDevice(sizeBytes, options.readOnly ?? false, options.backing);
+  const mode = options.cachedReads;
+  if (mode && !options.backing) {
+    memory.readCached = (offsetBytes, buffer) => {
+      memory.stats.cachedReads++;
+      const filledBytes = mode === 'all' ? buffer.length : Math.floor(buffer.length / 1024) * 512;
+      for (let done = 0; done < filledBytes; ) {
+        const at = offsetBytes + done;
+        const within = at % CLUSTER_BYTES;
+        const step = Math.min(CLUSTER_BYTES - within, filledBytes - done);
+        const stored = memory.clusters.get(Math.floor(at / CLUSTER_BYTES));
+        if (stored) buffer.set(stored.subarray(within, within + step), done);
+        else buffer.fill(0, done, done + step);
+        done += step;
+      }
+      return filledBytes;
+    };
+  }
   return { device: new GuardedDevice(memory, { file: 'memory' }), memory };
 }

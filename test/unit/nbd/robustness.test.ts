@@ -29,14 +29,19 @@ describe('NBD server robustness (raw sockets)', () => {
   let folder: string;
   let server: NbdServerHandle;
   let disk: TestDevice;
+  let cached: TestDevice;
   let socketPath: string;
 
   beforeAll(async () => {
     folder = await mkdtemp(join(tmpdir(), 'vdisk-nbd-raw-'));
     socketPath = join(folder, 'nbd.sock');
     disk = createMemoryDevice(64 * MIB);
+    cached = createMemoryDevice(64 * MIB, { cachedReads: 'all' });
     server = await startNbdServer({
-      exports: [{ name: '', device: disk.device }],
+      exports: [
+        { name: '', device: disk.device },
+        { name: 'cached', device: cached.device },
+      ],
       socketPath,
       handshakeTimeoutMs: 1000,
     });
@@ -204,6 +209,34 @@ describe('NBD server robustness (raw sockets)', () => {
       expect((await readSimpleReply(client)).error).toBe(0);
       await client.read(MIB);
     }
+    client.close();
+  });
+
+  it('stops reading requests while a client does not read replies it could be sent at once', async () => {
+    // Reads answered synchronously from the page cache hold no request slot: only the queued-reply
+    // bound stops them (issue 5).
+    for (let mib = 0; mib < 60; mib++) await cached.device.write(mib * MIB, Buffer.alloc(MIB, mib + 1));
+    const client = await RawClient.connect(socketPath);
+    await handshake(client, 'cached');
+    client.socket.pause();
+    const readsBefore = cached.memory.stats.cachedReads;
+    const count = 200;
+    const parts: Buffer[] = [];
+    for (let index = 0; index < count; index++)
+      parts.push(request(NBD_CMD_READ, (index % 60) * MIB, MIB, BigInt(index)));
+    client.send(Buffer.concat(parts));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const readsWhileStalled = cached.memory.stats.cachedReads - readsBefore;
+    expect(readsWhileStalled).toBeGreaterThan(0);
+    // About 4 MiB of queued replies plus what the socket buffers hold, far from all 200 MiB.
+    expect(readsWhileStalled).toBeLessThan(count / 4);
+    client.socket.resume();
+    for (let index = 0; index < count; index++) {
+      expect(await readSimpleReply(client)).toEqual({ error: 0, cookie: BigInt(index) });
+      const data = await client.read(MIB);
+      expect(data[0] === (index % 60) + 1 && data[MIB - 1] === (index % 60) + 1).toBe(true);
+    }
+    expect(cached.memory.stats.reads).toBe(0);
     client.close();
   });
 
