@@ -16,6 +16,7 @@ import {
   type TransmissionLimits,
 } from './transmission.ts';
 import { StreamClosedError } from './byte-reader.ts';
+import { enlargeSendBuffer } from './send-buffer.ts';
 
 export type { NbdExport } from './backend.ts';
 
@@ -147,6 +148,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
 
   const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     sockets.add(socket);
+    if (options.socketPath !== undefined) enlargeSendBuffer(socket);
     socket.once('close', () => {
       sockets.delete(socket);
       const waitingIndex = waiting.indexOf(socket);
