@@ -1,7 +1,10 @@
 // NBD throughput benchmark: nbdcopy reads (1 and 4 connections) of a raw and a qcow2 export and
 // nbdcopy writes into a qcow2 export, served in the same run by `vdisk serve`, qemu-nbd and
-// `nbdkit file` (raw only: Debian 12's nbdkit has no qcow2 decoder). Reports MiB/s, the ratio to
-// qemu-nbd and the server's peak RSS. Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3]`.
+// `nbdkit file` (raw only: Debian 12's nbdkit has no qcow2 decoder). The guest is bench/make-guest.ts's
+// (half seeded random data, half zeros: written zeros and holes). Servers take turns within each
+// round, so a busy spell on a shared machine hits all of them; the best of the rounds counts.
+// Reports MiB/s, the ratio to qemu-nbd and the server's peak RSS.
+// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3]`.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -9,6 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatRegistry } from '../src/engine/formats/registry.ts';
+import { makeGuest } from './make-guest.ts';
 
 const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
@@ -25,7 +29,7 @@ export interface NbdBenchRow {
 
 export interface NbdBenchOptions {
   sizeMib?: number;
-  /** Runs per case; the fastest counts (a shared machine's noise only ever slows a run down). */
+  /** Rounds per case (default 3); the fastest counts (a shared machine's noise only ever slows a run down). */
   repeat?: number;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
@@ -88,15 +92,34 @@ async function stopServer(child: ChildProcess): Promise<void> {
 
 let socketCounter = 0;
 
-/** The fastest of `repeat` runs, with the highest peak RSS seen. */
-async function measureBest(
+/**
+ * Each server's fastest of `repeat` runs (and the highest peak RSS seen), the servers taking turns in
+ * every round. A server that fails is left out with a log line.
+ */
+async function measureRounds(
+  servers: readonly NbdBenchRow['server'][],
   repeat: number,
-  ...args: Parameters<typeof measure>
-): Promise<{ seconds: number; rssMib: number }> {
-  let best = { seconds: Number.POSITIVE_INFINITY, rssMib: 0 };
-  for (let run = 0; run < repeat; run++) {
-    const result = await measure(...args);
-    best = { seconds: Math.min(best.seconds, result.seconds), rssMib: Math.max(best.rssMib, result.rssMib) };
+  log: (line: string) => void,
+  runOnce: (server: NbdBenchRow['server']) => Promise<{ seconds: number; rssMib: number }>,
+): Promise<Map<NbdBenchRow['server'], { seconds: number; rssMib: number }>> {
+  const best = new Map<NbdBenchRow['server'], { seconds: number; rssMib: number }>();
+  const failed = new Set<NbdBenchRow['server']>();
+  for (let round = 0; round < repeat; round++) {
+    for (const server of servers) {
+      if (failed.has(server)) continue;
+      try {
+        const result = await runOnce(server);
+        const previous = best.get(server) ?? { seconds: Number.POSITIVE_INFINITY, rssMib: 0 };
+        best.set(server, {
+          seconds: Math.min(previous.seconds, result.seconds),
+          rssMib: Math.max(previous.rssMib, result.rssMib),
+        });
+      } catch (err) {
+        failed.add(server);
+        best.delete(server);
+        log(`${server}: failed (${err instanceof Error ? err.message : String(err)})`);
+      }
+    }
   }
   return best;
 }
@@ -131,8 +154,9 @@ async function measure(
 
 /** Runs the whole matrix; skips servers or formats this machine lacks. */
 export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBenchRow[]> {
-  const sizeMib = options.sizeMib ?? 1024;
-  const repeat = Math.max(1, options.repeat ?? 1);
+  // make-guest lays the guest out in 4 MiB strides.
+  const sizeMib = Math.ceil((options.sizeMib ?? 1024) / 4) * 4;
+  const repeat = Math.max(1, options.repeat ?? 3);
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   for (const tool of ['qemu-img', 'qemu-io', 'nbdcopy', 'qemu-nbd']) {
     if (!hasTool(tool)) throw new Error(`bench/nbd.ts needs ${tool}`);
@@ -147,9 +171,7 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
   try {
     const raw = join(folder, 'disk.raw');
     const qcow2 = join(folder, 'disk.qcow2');
-    // Fully written (no holes), so every byte crosses the wire.
-    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', raw, `${sizeMib}M`]);
-    execFileSync('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a 0 ${sizeMib}M`, raw], { stdio: 'ignore' });
+    await makeGuest(raw, sizeMib);
     execFileSync('qemu-img', ['convert', '-O', 'qcow2', '-f', 'raw', raw, qcow2]);
     const qcow2Readable = formatRegistry.some((driver) => driver.name === 'qcow2');
 
@@ -174,42 +196,33 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       );
     };
 
+    const readers = servers.filter((name) => name !== 'nbdkit');
     for (const connections of [1, 4]) {
-      for (const server of servers) {
-        const result = await measureBest(repeat, server, 'raw', raw, folder, connections, 'read', '');
+      const rawResults = await measureRounds(servers, repeat, log, (server) =>
+        measure(server, 'raw', raw, folder, connections, 'read', ''),
+      );
+      for (const [server, result] of rawResults)
         add('read raw', server, connections, result.seconds, result.rssMib);
-      }
-      for (const server of servers.filter((name) => name !== 'nbdkit')) {
-        if (server === 'vdisk' && !qcow2Readable) continue;
-        try {
-          const result = await measureBest(repeat, server, 'qcow2', qcow2, folder, connections, 'read', '');
-          add('read qcow2', server, connections, result.seconds, result.rssMib);
-        } catch (err) {
-          log(`read qcow2 ${server}: failed (${err instanceof Error ? err.message : String(err)})`);
-        }
-      }
+      const qcow2Servers = readers.filter((server) => server !== 'vdisk' || qcow2Readable);
+      const qcow2Results = await measureRounds(qcow2Servers, repeat, log, (server) =>
+        measure(server, 'qcow2', qcow2, folder, connections, 'read', ''),
+      );
+      for (const [server, result] of qcow2Results)
+        add('read qcow2', server, connections, result.seconds, result.rssMib);
     }
-    for (const server of servers.filter((name) => name !== 'nbdkit')) {
+    const writeResults = await measureRounds(readers, repeat, log, async (server) => {
       const target = join(folder, `target-${server}.qcow2`);
       try {
-        let best = { seconds: Number.POSITIVE_INFINITY, rssMib: 0 };
-        for (let run = 0; run < repeat; run++) {
-          // A fresh image each run: rewriting allocated clusters would measure something else.
-          execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', target, `${sizeMib}M`]);
-          const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw);
-          execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, target]);
-          best = {
-            seconds: Math.min(best.seconds, result.seconds),
-            rssMib: Math.max(best.rssMib, result.rssMib),
-          };
-        }
-        add('write qcow2', server, 1, best.seconds, best.rssMib);
-      } catch (err) {
-        log(`write qcow2 ${server}: failed (${err instanceof Error ? err.message : String(err)})`);
+        // A fresh image each run: rewriting allocated clusters would measure something else.
+        execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', target, `${sizeMib}M`]);
+        const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw);
+        execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, target]);
+        return result;
       } finally {
         await rm(target, { force: true });
       }
-    }
+    });
+    for (const [server, result] of writeResults) add('write qcow2', server, 1, result.seconds, result.rssMib);
   } finally {
     await rm(folder, { recursive: true, force: true });
   }
