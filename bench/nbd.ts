@@ -25,6 +25,18 @@ export interface NbdBenchRow {
   /** Throughput relative to qemu-nbd on the same workload and connection count. */
   ratioToQemuNbd: number | undefined;
   peakRssMib: number;
+  /**
+   * The server's CPU time (user + system, all threads) for the copy, fewest of the rounds: on a shared
+   * machine this moves far less than MiB/s does.
+   */
+  serverCpuMs: number;
+}
+
+/** One copy's measurements. */
+interface Sample {
+  seconds: number;
+  rssMib: number;
+  cpuMs: number;
 }
 
 export interface NbdBenchOptions {
@@ -49,6 +61,22 @@ function peakRssMib(pid: number | undefined): number {
   try {
     const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return match ? Math.round(Number(match[1]) / 1024) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+let clockTicksPerSecond: number | undefined;
+
+/** User + system CPU time of a process so far (/proc/PID/stat utime and stime), in ms; 0 when unknown. */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    clockTicksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' })) || 100;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name start at field 3; utime and stime are 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
   } catch {
     return 0;
   }
@@ -100,19 +128,24 @@ async function measureRounds(
   servers: readonly NbdBenchRow['server'][],
   repeat: number,
   log: (line: string) => void,
-  runOnce: (server: NbdBenchRow['server']) => Promise<{ seconds: number; rssMib: number }>,
-): Promise<Map<NbdBenchRow['server'], { seconds: number; rssMib: number }>> {
-  const best = new Map<NbdBenchRow['server'], { seconds: number; rssMib: number }>();
+  runOnce: (server: NbdBenchRow['server']) => Promise<Sample>,
+): Promise<Map<NbdBenchRow['server'], Sample>> {
+  const best = new Map<NbdBenchRow['server'], Sample>();
   const failed = new Set<NbdBenchRow['server']>();
   for (let round = 0; round < repeat; round++) {
     for (const server of servers) {
       if (failed.has(server)) continue;
       try {
         const result = await runOnce(server);
-        const previous = best.get(server) ?? { seconds: Number.POSITIVE_INFINITY, rssMib: 0 };
+        const previous = best.get(server) ?? {
+          seconds: Number.POSITIVE_INFINITY,
+          rssMib: 0,
+          cpuMs: Number.POSITIVE_INFINITY,
+        };
         best.set(server, {
           seconds: Math.min(previous.seconds, result.seconds),
           rssMib: Math.max(previous.rssMib, result.rssMib),
+          cpuMs: Math.min(previous.cpuMs, result.cpuMs),
         });
       } catch (err) {
         failed.add(server);
@@ -124,7 +157,7 @@ async function measureRounds(
   return best;
 }
 
-/** One nbdcopy under one server; returns seconds and the server's peak RSS. */
+/** One nbdcopy under one server; returns seconds, the server's peak RSS and its CPU time for the copy. */
 async function measure(
   server: NbdBenchRow['server'],
   format: string,
@@ -133,7 +166,7 @@ async function measure(
   connections: number,
   direction: 'read' | 'write',
   source: string,
-): Promise<{ seconds: number; rssMib: number }> {
+): Promise<Sample> {
   const socket = join(folder, `${server}-${++socketCounter}.sock`);
   const child = startServer(server, format, image, socket, direction === 'read');
   try {
@@ -143,10 +176,11 @@ async function measure(
       direction === 'read'
         ? [`--connections=${connections}`, uri, 'null:']
         : [`--connections=${connections}`, '--flush', source, uri];
+    const cpuBefore = cpuMs(child.pid);
     const started = performance.now();
     execFileSync('nbdcopy', args, { stdio: 'ignore' });
     const seconds = (performance.now() - started) / 1000;
-    return { seconds, rssMib: peakRssMib(child.pid) };
+    return { seconds, rssMib: peakRssMib(child.pid), cpuMs: Math.round(cpuMs(child.pid) - cpuBefore) };
   } finally {
     await stopServer(child);
   }
@@ -179,20 +213,20 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       workload: string,
       server: NbdBenchRow['server'],
       connections: number,
-      seconds: number,
-      rssMib: number,
+      sample: Sample,
     ): void => {
       const row: NbdBenchRow = {
         workload,
         server,
         connections,
-        mibPerSecond: Math.round(sizeMib / seconds),
+        mibPerSecond: Math.round(sizeMib / sample.seconds),
         ratioToQemuNbd: undefined,
-        peakRssMib: rssMib,
+        peakRssMib: sample.rssMib,
+        serverCpuMs: sample.cpuMs,
       };
       rows.push(row);
       log(
-        `${workload.padEnd(12)} ${server.padEnd(9)} x${connections}  ${String(row.mibPerSecond).padStart(6)} MiB/s  rss ${rssMib} MiB`,
+        `${workload.padEnd(12)} ${server.padEnd(9)} x${connections}  ${String(row.mibPerSecond).padStart(6)} MiB/s  cpu ${sample.cpuMs} ms  rss ${sample.rssMib} MiB`,
       );
     };
 
@@ -201,14 +235,12 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       const rawResults = await measureRounds(servers, repeat, log, (server) =>
         measure(server, 'raw', raw, folder, connections, 'read', ''),
       );
-      for (const [server, result] of rawResults)
-        add('read raw', server, connections, result.seconds, result.rssMib);
+      for (const [server, result] of rawResults) add('read raw', server, connections, result);
       const qcow2Servers = readers.filter((server) => server !== 'vdisk' || qcow2Readable);
       const qcow2Results = await measureRounds(qcow2Servers, repeat, log, (server) =>
         measure(server, 'qcow2', qcow2, folder, connections, 'read', ''),
       );
-      for (const [server, result] of qcow2Results)
-        add('read qcow2', server, connections, result.seconds, result.rssMib);
+      for (const [server, result] of qcow2Results) add('read qcow2', server, connections, result);
     }
     const writeResults = await measureRounds(readers, repeat, log, async (server) => {
       const target = join(folder, `target-${server}.qcow2`);
@@ -222,7 +254,7 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
         await rm(target, { force: true });
       }
     });
-    for (const [server, result] of writeResults) add('write qcow2', server, 1, result.seconds, result.rssMib);
+    for (const [server, result] of writeResults) add('write qcow2', server, 1, result);
   } finally {
     await rm(folder, { recursive: true, force: true });
   }
@@ -243,12 +275,12 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
 /** The rows as a Markdown table. */
 export function formatNbdBench(rows: readonly NbdBenchRow[]): string {
   const lines = [
-    '| workload | server | conns | MiB/s | vs qemu-nbd | peak RSS MiB |',
-    '|---|---|---|---|---|---|',
+    '| workload | server | conns | MiB/s | vs qemu-nbd | server CPU ms | peak RSS MiB |',
+    '|---|---|---|---|---|---|---|',
   ];
   for (const row of rows) {
     lines.push(
-      `| ${row.workload} | ${row.server} | ${row.connections} | ${row.mibPerSecond} | ${row.ratioToQemuNbd ?? '-'} | ${row.peakRssMib} |`,
+      `| ${row.workload} | ${row.server} | ${row.connections} | ${row.mibPerSecond} | ${row.ratioToQemuNbd ?? '-'} | ${row.serverCpuMs} | ${row.peakRssMib} |`,
     );
   }
   return `${lines.join('\n')}\n`;
