@@ -1,6 +1,7 @@
 // NBD commands onto a (guarded) BlockDevice, as nbdkit's server/backend.c does for plugins: one
-// export's capabilities answered once, I/O serialised where the device needs it (reads share, writes
-// are exclusive), detect-zeroes, chain-wide block status for `base:allocation` and
+// export's capabilities answered once, I/O serialised where the device needs it (reads share; writes
+// are exclusive unless the driver declares concurrentWrites), cached reads answered synchronously,
+// detect-zeroes, chain-wide block status for `base:allocation` and
 // `qemu:allocation-depth`, and engine errors mapped to NBD error values (proto.md "Error values").
 
 import type { BlockDevice } from '../engine/block-device.ts';
