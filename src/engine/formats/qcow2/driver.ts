@@ -7,6 +7,7 @@ import type { FormatDriver, OpenContext } from '../driver.ts';
 import { checkQcow2, rebuildRefcounts } from './check.ts';
 import { createQcow2 } from './create.ts';
 import { Qcow2Device } from './device.ts';
+import { openQcow2Encryption } from './encryption.ts';
 import { probeQcow2 } from './header.ts';
 import { loadImage } from './load.ts';
 import { measureQcow2 } from './measure.ts';
@@ -15,12 +16,13 @@ import { QCOW2_CREATE_OPTIONS } from './options.ts';
 /** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {
   const image = await loadImage(context, rebuildRefcounts);
+  const encryption = await openQcow2Encryption(image.header, context.file, context.path, context.options);
   let backing: BlockDevice | undefined;
   const name = image.header.backingFileName;
   if (name !== undefined && name !== '' && context.openBacking) {
     backing = await context.openBacking(name, image.header.backingFormat);
   }
-  return new Qcow2Device(image, backing);
+  return new Qcow2Device(image, backing, { encryption });
 }
 
 export const qcow2Driver: FormatDriver = {
@@ -34,7 +36,7 @@ export const qcow2Driver: FormatDriver = {
     internalSnapshots: true,
     check: true,
     compression: ['zlib', 'zstd'],
-    encryption: [],
+    encryption: ['luks', 'aes'],
     resize: 'grow-shrink',
     concurrentWrites: true,
   },
