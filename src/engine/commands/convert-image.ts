@@ -133,7 +133,7 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
     return await convertDevice(from, target, {
       ...request,
       targetHasBacking: request.backingFile !== undefined,
-      targetIsZeroed: request.skipCreate ? (request.targetIsZero ?? false) : true,
+      targetIsZeroed: request.skipCreate ? (request.targetIsZero ?? false) : target.hasZeroInit !== false,
     });
   } finally {
     await target?.close();
