@@ -320,6 +320,7 @@ export class Qcow2Device implements BlockDevice {
     if (this.image.header.incompatibleFeatures & INCOMPAT_CORRUPT) {
       throw this.image.corrupt('the image is marked corrupt; writes are refused (run check -r all)');
     }
+    this.encryption?.assertWritable();
   }
 
   async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {

@@ -9,14 +9,16 @@ import { createQcow2 } from './create.ts';
 import { Qcow2Device } from './device.ts';
 import { openQcow2Encryption } from './encryption.ts';
 import { probeQcow2 } from './header.ts';
-import { loadImage } from './load.ts';
+import { loadImage, readHeader } from './load.ts';
 import { measureQcow2 } from './measure.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
 
 /** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {
+  // Unlock first: a wrong passphrase must fail before a writable open touches the header (autoclear, dirty).
+  const { header } = await readHeader(context.file, context.path);
+  const encryption = await openQcow2Encryption(header, context.file, context.path, context.options);
   const image = await loadImage(context, rebuildRefcounts);
-  const encryption = await openQcow2Encryption(image.header, context.file, context.path, context.options);
   let backing: BlockDevice | undefined;
   const name = image.header.backingFileName;
   if (name !== undefined && name !== '' && context.openBacking) {

@@ -32,6 +32,8 @@ export interface Qcow2Encryption {
   decrypt(data: Uint8Array, hostOffsetBytes: number, guestOffsetBytes: number): Buffer;
   /** Ciphertext to store at `hostOffsetBytes` for guest `guestOffsetBytes`; `data` is untouched. */
   encrypt(data: Uint8Array, hostOffsetBytes: number, guestOffsetBytes: number): Buffer;
+  /** Throws before any allocation when writes cannot be enciphered (no key, or legacy AES). */
+  assertWritable(): void;
 }
 
 /** The LUKS header area the crypto extension names (offset, length), or undefined. */
@@ -81,6 +83,11 @@ class SectorEncryption implements Qcow2Encryption {
   }
 
   encrypt(data: Uint8Array, hostOffsetBytes: number, guestOffsetBytes: number): Buffer {
+    this.assertWritable();
+    return (this.cipher as SectorCipher).encrypt(data, this.sector(hostOffsetBytes, guestOffsetBytes));
+  }
+
+  assertWritable(): void {
     if (!this.cipher) throw missingKey(this.path);
     if (!this.useHostOffset)
       throw new UnsupportedError({
@@ -88,7 +95,6 @@ class SectorEncryption implements Qcow2Encryption {
         feature: 'writing legacy AES encryption',
         message: `${this.path}: writing legacy AES-encrypted qcow2 images is not supported (convert to encrypt.format=luks)`,
       });
-    return this.cipher.encrypt(data, this.sector(hostOffsetBytes, guestOffsetBytes));
   }
 }
 
