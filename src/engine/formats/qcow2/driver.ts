@@ -7,7 +7,7 @@ import type { FormatDriver, OpenContext } from '../driver.ts';
 import { checkQcow2, rebuildRefcounts } from './check.ts';
 import { createQcow2 } from './create.ts';
 import { Qcow2Device } from './device.ts';
-import { openQcow2Encryption } from './encryption.ts';
+import { openQcow2Encryption, QCOW2_ENCRYPT_CREATE_OPTIONS } from './encryption.ts';
 import { probeQcow2 } from './header.ts';
 import { loadImage, readHeader } from './load.ts';
 import { measureQcow2 } from './measure.ts';
@@ -42,7 +42,7 @@ export const qcow2Driver: FormatDriver = {
     resize: 'grow-shrink',
     concurrentWrites: true,
   },
-  createOptions: QCOW2_CREATE_OPTIONS,
+  createOptions: [...QCOW2_CREATE_OPTIONS, ...QCOW2_ENCRYPT_CREATE_OPTIONS],
   open: openQcow2,
   create: createQcow2,
   measure: measureQcow2,

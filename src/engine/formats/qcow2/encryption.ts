@@ -16,6 +16,7 @@ import {
 import { CRYPT_SECTOR_BYTES, type SectorCipher } from '../../crypto/sector-cipher.ts';
 import { lookupSecret } from '../../crypto/secrets.ts';
 import type { HostFile } from '../../io/host-file.ts';
+import type { CreateOptionSpec } from '../driver.ts';
 import { EXT_CRYPTO_HEADER, EXT_FEATURE_TABLE, type Qcow2Header, serializeHeader } from './header.ts';
 import { loadImage } from './load.ts';
 
@@ -155,13 +156,58 @@ export async function openQcow2Encryption(
   return new SectorEncryption(info, cipher, true, path);
 }
 
-/** Names of the `-o` options qcow2 create takes for encryption (`encrypt.*`, and qemu's old `encryption`). */
-export const QCOW2_ENCRYPT_OPTION_NAMES: readonly string[] = [
-  'encryption',
-  'encrypt.format',
-  KEY_SECRET,
-  ...Object.keys(LUKS_CREATE_DEFAULTS).map((name) => `encrypt.${name}`),
+/** The `-o` options qcow2 create takes for encryption, with qemu's names and help. */
+export const QCOW2_ENCRYPT_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
+  {
+    name: 'encrypt.cipher-alg',
+    type: 'string',
+    default: LUKS_CREATE_DEFAULTS['cipher-alg'],
+    help: 'Name of encryption cipher algorithm',
+  },
+  {
+    name: 'encrypt.cipher-mode',
+    type: 'string',
+    default: LUKS_CREATE_DEFAULTS['cipher-mode'],
+    help: 'Name of encryption cipher mode',
+  },
+  {
+    name: 'encrypt.format',
+    type: 'enum',
+    values: ['luks'],
+    help: "Encrypt the image, format choices: 'luks' ('aes' can only be read)",
+  },
+  {
+    name: 'encrypt.hash-alg',
+    type: 'string',
+    default: LUKS_CREATE_DEFAULTS['hash-alg'],
+    help: 'Name of encryption hash algorithm',
+  },
+  {
+    name: 'encrypt.iter-time',
+    type: 'number',
+    default: 2000,
+    help: 'Time to spend in PBKDF in milliseconds',
+  },
+  {
+    name: 'encrypt.ivgen-alg',
+    type: 'string',
+    default: LUKS_CREATE_DEFAULTS['ivgen-alg'],
+    help: 'Name of IV generator algorithm',
+  },
+  {
+    name: 'encrypt.ivgen-hash-alg',
+    type: 'string',
+    default: LUKS_CREATE_DEFAULTS['ivgen-hash-alg'],
+    help: 'Name of IV generator hash algorithm',
+  },
+  { name: KEY_SECRET, type: 'string', help: 'ID of secret providing the LUKS passphrase' },
+  {
+    name: 'encryption',
+    type: 'bool',
+    help: "Encrypt the image with format 'aes' (deprecated; refused: aes can only be read)",
+  },
 ];
+const QCOW2_ENCRYPT_OPTION_NAMES = QCOW2_ENCRYPT_CREATE_OPTIONS.map((spec) => spec.name);
 
 /**
  * Takes the encrypt.* options out of `options` (mutating it) and returns them, or undefined when the
