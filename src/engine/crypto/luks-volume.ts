@@ -172,6 +172,22 @@ function iterationsFor(hash: string, durationMs: number): number {
   return Math.min(LUKS_MAX_ITERATIONS, Math.max(MIN_ITERATIONS, Math.floor(perMs * durationMs)));
 }
 
+/** Where qemu's layout puts keyslot material and the payload for a `keyBytes` key (in 512-byte sectors). */
+export function luksLayout(keyBytes: number): {
+  firstSlotSector: number;
+  slotSectors: number;
+  payloadOffsetSectors: number;
+} {
+  const alignSectors = LUKS_KEY_MATERIAL_ALIGN_BYTES / LUKS_SECTOR_BYTES;
+  const slotSectors = Math.ceil(keyMaterialSectors(keyBytes, LUKS_STRIPES) / alignSectors) * alignSectors;
+  const firstSlotSector = Math.ceil(LUKS_PHDR_BYTES / LUKS_KEY_MATERIAL_ALIGN_BYTES) * alignSectors;
+  return {
+    firstSlotSector,
+    slotSectors,
+    payloadOffsetSectors: firstSlotSector + LUKS_SLOT_COUNT * slotSectors,
+  };
+}
+
 export interface NewLuksVolume {
   header: LuksHeader;
   /** The phdr followed by the key material, payloadOffsetSectors * 512 bytes (zeros where no slot is). */
@@ -201,10 +217,7 @@ export async function createLuksVolume(
     mkDigestIterations,
     LUKS_DIGEST_BYTES,
   );
-  const alignSectors = LUKS_KEY_MATERIAL_ALIGN_BYTES / LUKS_SECTOR_BYTES;
-  const slotSectors =
-    Math.ceil(keyMaterialSectors(spec.keyBytes, LUKS_STRIPES) / alignSectors) * alignSectors;
-  const firstSlotSector = Math.ceil(LUKS_PHDR_BYTES / LUKS_KEY_MATERIAL_ALIGN_BYTES) * alignSectors;
+  const { firstSlotSector, slotSectors, payloadOffsetSectors } = luksLayout(spec.keyBytes);
   const slotSalt = randomBytes(LUKS_SALT_BYTES);
   const header: LuksHeader = {
     cipherName: spec.cipherName,
@@ -213,7 +226,7 @@ export async function createLuksVolume(
         ? 'ecb'
         : `${spec.mode}-${spec.ivGenerator === 'essiv' ? `essiv:${spec.ivHash}` : spec.ivGenerator}`,
     hashSpec: settings.hashAlg,
-    payloadOffsetSectors: firstSlotSector + LUKS_SLOT_COUNT * slotSectors,
+    payloadOffsetSectors,
     keyBytes: spec.keyBytes,
     mkDigest,
     mkDigestSalt,

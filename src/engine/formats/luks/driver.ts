@@ -5,7 +5,9 @@
 import type { BlockDevice } from '../../block-device.ts';
 import { hasLuksMagic, LUKS_PHDR_BYTES, parseLuksHeader } from '../../crypto/luks-header.ts';
 import {
+  cipherSpecOf,
   createLuksVolume,
+  luksLayout,
   LUKS_CREATE_DEFAULTS,
   parseLuksCreateSettings,
   unlockLuks,
@@ -13,7 +15,14 @@ import {
 import { CRYPT_SECTOR_BYTES } from '../../crypto/sector-cipher.ts';
 import { lookupSecret } from '../../crypto/secrets.ts';
 import { InvalidOptionError } from '../../errors.ts';
-import type { CreateContext, CreateOptionSpec, FormatDriver, OpenContext } from '../driver.ts';
+import type {
+  CreateContext,
+  CreateOptionSpec,
+  FormatDriver,
+  MeasureInput,
+  MeasureResult,
+  OpenContext,
+} from '../driver.ts';
 import { LuksDevice } from './device.ts';
 
 const KEY_SECRET = 'key-secret';
@@ -105,6 +114,20 @@ async function createLuks(context: CreateContext): Promise<void> {
   await context.file.sync();
 }
 
+/** qemu-img measure -O luks: the header area plus the whole payload, whatever the source holds. */
+async function measureLuks(input: MeasureInput): Promise<MeasureResult> {
+  const settings = parseLuksCreateSettings(
+    Object.fromEntries(
+      Object.entries(input.options).filter(([name]) => name !== 'size' && name !== KEY_SECRET),
+    ),
+    '',
+  );
+  const headerBytes = luksLayout(cipherSpecOf(settings).keyBytes).payloadOffsetSectors * CRYPT_SECTOR_BYTES;
+  const sizeBytes = input.source ? input.source.sizeBytes : input.sizeBytes;
+  const totalBytes = headerBytes + Math.ceil(sizeBytes / CRYPT_SECTOR_BYTES) * CRYPT_SECTOR_BYTES;
+  return { requiredBytes: totalBytes, fullyAllocatedBytes: totalBytes };
+}
+
 export const luksDriver: FormatDriver = {
   name: 'luks',
   description: 'LUKS1 encrypted volume (qemu\'s "luks" driver): header, key material, enciphered payload',
@@ -122,4 +145,5 @@ export const luksDriver: FormatDriver = {
   createOptions: LUKS_CREATE_OPTIONS,
   open: openLuks,
   create: createLuks,
+  measure: measureLuks,
 };

@@ -7,7 +7,9 @@ import { InvalidOptionError, ImageFormatError, UnsupportedError } from '../../er
 import { legacyAesCipher } from '../../crypto/legacy-aes.ts';
 import { LUKS_PHDR_BYTES, parseLuksHeader } from '../../crypto/luks-header.ts';
 import {
+  cipherSpecOf,
   createLuksVolume,
+  luksLayout,
   LUKS_CREATE_DEFAULTS,
   luksInfo,
   parseLuksCreateSettings,
@@ -238,6 +240,23 @@ export function takeEncryptOptions(options: Record<string, string>): Record<stri
   return taken;
 }
 
+/** Bytes of clusters the LUKS header of `encryptOptions` takes in an image (qemu-img measure adds them). */
+export function luksHeaderClusterBytes(
+  encryptOptions: Record<string, string>,
+  clusterSizeBytes: number,
+): number {
+  const settings = parseLuksCreateSettings(luksOptionsOf(encryptOptions), 'encrypt.');
+  const areaBytes = luksLayout(cipherSpecOf(settings).keyBytes).payloadOffsetSectors * CRYPT_SECTOR_BYTES;
+  return Math.ceil(areaBytes / clusterSizeBytes) * clusterSizeBytes;
+}
+
+function luksOptionsOf(encryptOptions: Record<string, string>): Record<string, string> {
+  const luksOptions: Record<string, string> = {};
+  for (const [name, value] of Object.entries(encryptOptions))
+    if (name.startsWith('encrypt.')) luksOptions[name.slice('encrypt.'.length)] = value;
+  return luksOptions;
+}
+
 /**
  * Adds a LUKS header to a freshly written, unencrypted, empty image: allocates its clusters after the L1
  * table (as qemu does), writes it, then points the header at it with crypt_method 2. Throws
@@ -254,10 +273,7 @@ export async function setUpQcow2Luks(
       message: `Parameter '${KEY_SECRET}' is required for cipher`,
     });
   const secret = lookupSecret(secretId, KEY_SECRET);
-  const luksOptions: Record<string, string> = {};
-  for (const [name, value] of Object.entries(encryptOptions))
-    if (name.startsWith('encrypt.')) luksOptions[name.slice('encrypt.'.length)] = value;
-  const settings = parseLuksCreateSettings(luksOptions, 'encrypt.');
+  const settings = parseLuksCreateSettings(luksOptionsOf(encryptOptions), 'encrypt.');
   const volume = await createLuksVolume(settings, secret);
   const { file, path } = context;
   const image = await loadImage({ file, path, readOnly: false }, async () => undefined);
