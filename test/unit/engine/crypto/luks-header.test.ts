@@ -2,6 +2,7 @@
 // the fields qemu-img info printed for it, survives a serialize round trip, and hostile fields give
 // VDISK_EFORMAT at their offset before anything is sized from them.
 
+import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   LUKS_MAX_ITERATIONS,
@@ -101,6 +102,23 @@ describe('SectorCipher', () => {
       expect(cipher.decrypt(stored, 1000)).toEqual(plain);
       const sameSectorTwice = stored.subarray(0, 512).equals(stored.subarray(512));
       expect(sameSectorTwice).toBe(mode === 'ecb');
+    });
+  }
+
+  for (const [mode, keyBytes] of [
+    ['xts-plain64', 64],
+    ['xts-plain64', 32],
+    ['xts-plain', 64],
+    ['cbc-essiv:sha256', 16],
+    ['cbc-plain64', 32],
+  ] as const) {
+    it(`bulk ${mode} (${keyBytes}-byte key) equals one node:crypto cipher per sector`, () => {
+      const key = randomBytes(keyBytes);
+      const cipher = new SectorCipher(parseCipherSpec('aes', mode, keyBytes), key);
+      const data = randomBytes(37 * CRYPT_SECTOR_BYTES);
+      const firstSector = 2 ** 40 + 5;
+      expect(cipher.encrypt(data, firstSector)).toEqual(cipher.runPerSector(true, data, firstSector));
+      expect(cipher.decrypt(data, firstSector)).toEqual(cipher.runPerSector(false, data, firstSector));
     });
   }
 });
