@@ -80,7 +80,7 @@ export const backingPolicy = { allowEscape: false };
  */
 export function openForCli(
   path: string,
-  options: { format?: string; readOnly?: boolean; noBacking?: boolean },
+  options: { format?: string; readOnly?: boolean; noBacking?: boolean; metadataOnly?: boolean },
 ): Promise<BlockDevice> {
   if (imageOptsPolicy.enabled) {
     const parsed = parseImageOpts(path);

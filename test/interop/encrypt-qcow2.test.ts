@@ -3,6 +3,7 @@
 // qemu-made image that qemu then reads, info JSON equal to qemu's, a wrong passphrase refused with
 // nothing written, and hostile LUKS header fields refused quickly.
 
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -152,9 +153,18 @@ describe.skipIf(!hasQemu)('qcow2 encrypt.format=luks made by qemu-img', () => {
     expect(await sha256File(path)).toBe(before);
   });
 
-  it('reads metadata without a key but refuses data without one', async () => {
+  it('opens for info without a key (as qemu-img info), refuses other opens and data without one', async () => {
     const path = qemuImage('nokey.qcow2');
-    const device = await openImage(path, { readOnly: true });
+    const target = join(dir, 'nokey.raw');
+    const cli = await runVdisk(['convert', '-O', 'raw', path, target]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toContain("Parameter 'encrypt.key-secret' is required for cipher");
+    expect(existsSync(target)).toBe(false);
+    await expect(openImage(path, { readOnly: true })).rejects.toMatchObject({
+      code: 'VDISK_EINVAL',
+      option: 'encrypt.key-secret',
+    });
+    const device = await openImage(path, { readOnly: true, metadataOnly: true });
     try {
       expect((await device.info()).encrypted).toBe(true);
       await expect(device.read(0, new Uint8Array(512))).rejects.toMatchObject({

@@ -142,6 +142,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     format: lastValue(parsed, 'format'),
     readOnly: true,
     noBacking: !backingChain,
+    metadataOnly: true,
   });
   try {
     const chain = await imageInfoChain(device, path, backingChain);

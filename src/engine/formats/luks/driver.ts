@@ -73,6 +73,11 @@ async function openLuks(context: OpenContext): Promise<BlockDevice> {
   await file.read(0, head);
   const header = parseLuksHeader(head, path, 0, fileSizeBytes);
   const secretId = context.options[KEY_SECRET];
+  if (secretId === undefined && !context.metadataOnly)
+    throw new InvalidOptionError({
+      option: KEY_SECRET,
+      message: `${path}: Parameter '${KEY_SECRET}' is required for cipher`,
+    });
   let cipher: Awaited<ReturnType<typeof unlockLuks>>['cipher'] | undefined;
   if (secretId !== undefined) {
     const readRegion = async (offsetBytes: number, lengthBytes: number): Promise<Buffer> => {

@@ -351,6 +351,11 @@ async function openQcow(context: OpenContext): Promise<BlockDevice> {
         message: `${context.path}: AES-encrypted qcow images can only be opened read-only`,
       });
     const secretId = context.options['encrypt.key-secret'];
+    if (secretId === undefined && !context.metadataOnly)
+      throw new InvalidOptionError({
+        option: 'encrypt.key-secret',
+        message: `${context.path}: Parameter 'encrypt.key-secret' is required for cipher`,
+      });
     aes = {
       cipher:
         secretId === undefined ? undefined : legacyAesCipher(lookupSecret(secretId, 'encrypt.key-secret')),

@@ -17,7 +17,13 @@ import { QCOW2_CREATE_OPTIONS } from './options.ts';
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {
   // Unlock first: a wrong passphrase must fail before a writable open touches the header (autoclear, dirty).
   const { header } = await readHeader(context.file, context.path);
-  const encryption = await openQcow2Encryption(header, context.file, context.path, context.options);
+  const encryption = await openQcow2Encryption(
+    header,
+    context.file,
+    context.path,
+    context.options,
+    context.metadataOnly,
+  );
   const image = await loadImage(context, rebuildRefcounts);
   let backing: BlockDevice | undefined;
   const name = image.header.backingFileName;

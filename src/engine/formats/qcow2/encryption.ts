@@ -103,7 +103,7 @@ class SectorEncryption implements Qcow2Encryption {
 
 /**
  * The encryption of a just-loaded image, or undefined for crypt_method 0. `options` are the open's
- * driver options (`encrypt.key-secret`). Throws ImageFormatError for a bad crypto extension or LUKS
+ * driver options (`encrypt.key-secret`; without it only a `metadataOnly` open succeeds). Throws ImageFormatError for a bad crypto extension or LUKS
  * header, PermissionError for a wrong passphrase, UnsupportedError for an unknown crypt_method.
  */
 export async function openQcow2Encryption(
@@ -111,9 +111,11 @@ export async function openQcow2Encryption(
   file: HostFile,
   path: string,
   options: Record<string, string>,
+  metadataOnly = false,
 ): Promise<Qcow2Encryption | undefined> {
   if (header.cryptMethod === CRYPT_NONE) return undefined;
   const secretId = options[KEY_SECRET];
+  if (secretId === undefined && !metadataOnly) throw missingKey(path);
   const secret = secretId === undefined ? undefined : lookupSecret(secretId, KEY_SECRET);
   if (header.cryptMethod === CRYPT_AES) {
     return new SectorEncryption({ format: 'aes' }, secret && legacyAesCipher(secret), false, path);

@@ -182,8 +182,7 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise
         const clusterIndex = mapping.hostOffsetBytes / clusterSizeBytes;
         if (image.refcounts.adjustCached(clusterIndex, delta) === undefined)
           await image.refcounts.adjust(clusterIndex, delta);
-      }
-      else if (mapping.kind === 'compressed') {
+      } else if (mapping.kind === 'compressed') {
         const first = Math.floor(mapping.hostOffsetBytes / clusterSizeBytes);
         const last = Math.floor(
           (mapping.hostOffsetBytes + mapping.compressedSizeBytes - 1) / clusterSizeBytes,
@@ -214,7 +213,8 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
       const clusterIndex = mapping.hostOffsetBytes / clusterSizeBytes;
-      const refcount = image.refcounts.peekRefcount(clusterIndex) ?? (await image.refcounts.get(clusterIndex));
+      const refcount =
+        image.refcounts.peekRefcount(clusterIndex) ?? (await image.refcounts.get(clusterIndex));
       const exclusive = refcount === 1;
       if (exclusive === mapping.copied) continue;
       image.entryCopied(mapping.hostOffsetBytes, exclusive, mapping.kind === 'zero-alloc')(table, l2Index);
