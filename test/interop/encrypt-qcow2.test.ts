@@ -21,6 +21,7 @@ import {
 } from '../helpers/format-harness.ts';
 import { imageOpts, qemuRun, secretObject } from '../helpers/qemu-crypto.ts';
 import { runVdisk } from '../helpers/run-vdisk.ts';
+import { runOk, startVdiskServe } from './serve-helpers.ts';
 
 const hasQemu = haveTools(['qemu-img', 'qemu-io'], 'qcow2 encryption interop tests');
 const PASSPHRASE = 'correct horse';
@@ -326,3 +327,31 @@ describe.skipIf(!hasQemu)('qcow2 LUKS headers with hostile fields', () => {
     expect(await sha256File(qemuRaw(path))).toBe(await sha256File(raw));
   });
 });
+
+describe.skipIf(!hasQemu || !haveTools(['nbdcopy'], 'encrypted serve test', 'libnbd-bin'))(
+  'vdisk serve --image-opts',
+  () => {
+    it('serves the plaintext of a qemu-made encrypted image to nbdcopy, writes included', async () => {
+      const path = qemuImage('served.qcow2');
+      const socket = join(dir, 'served.sock');
+      const server = await startVdiskServe([
+        ...secretObject(PASSPHRASE),
+        '--image-opts',
+        imageOpts(path, 'qcow2'),
+        '-t',
+        '-k',
+        socket,
+      ]);
+      const patch = join(dir, 'patch.raw');
+      try {
+        await runOk('nbdcopy', [server.uri, join(dir, 'served.raw')]);
+        expect(await sha256File(join(dir, 'served.raw'))).toBe(await sha256File(qemuRaw(path)));
+        await writeFile(patch, Buffer.alloc(SIZE_BYTES, 0x6b));
+        await runOk('nbdcopy', [patch, server.uri]);
+      } finally {
+        await server.stop();
+      }
+      expect(await sha256File(qemuRaw(path))).toBe(await sha256File(patch));
+    });
+  },
+);
