@@ -2,7 +2,7 @@
 // cbc or ecb mode) and an IV generator (plain, plain64, essiv:<hash>) fed with the 512-byte sector
 // number, each sector enciphered on its own. Names follow LUKS1's cipher-name / cipher-mode strings.
 
-import { createCipheriv, createDecipheriv, createHash } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto';
 import { endianness } from 'node:os';
 import { UnsupportedError } from '../errors.ts';
 
@@ -81,22 +81,29 @@ export function parseCipherSpec(cipherName: string, cipherMode: string, keyBytes
 /** The bulk paths view buffers as 32-bit words in the byte order the cipher blocks use. */
 const IS_LITTLE_ENDIAN = endianness() === 'LE';
 
-/** AES-ECB over whole blocks into a fresh, word-aligned buffer. */
-function ecb(encrypt: boolean, algorithm: string, key: Uint8Array, data: Uint8Array): Buffer {
+/**
+ * AES-ECB over whole blocks into a word-aligned buffer. `key` is a KeyObject made once: preparing a raw
+ * key on every call cost more than enciphering 64 KiB.
+ */
+function ecb(encrypt: boolean, algorithm: string, key: KeyObject | Uint8Array, data: Uint8Array): Buffer {
   const cipher = encrypt ? createCipheriv(algorithm, key, null) : createDecipheriv(algorithm, key, null);
   cipher.setAutoPadding(false);
-  const out = Buffer.alloc(data.length);
   const head = cipher.update(data);
+  // ECB without padding on whole blocks leaves nothing for final(); still call it to end the context.
+  const tail = cipher.final();
+  if (tail.length === 0 && head.byteOffset % 4 === 0 && head.length === data.length) return head;
+  const out = Buffer.allocUnsafeSlow(data.length);
   head.copy(out, 0);
-  cipher.final().copy(out, head.length);
+  tail.copy(out, head.length);
   return out;
 }
 
-/** target ^= mask, as 32-bit words (`target` is a fresh Buffer.alloc, so word aligned). */
+/** target ^= mask, as 32-bit words (`target` is word aligned). */
 function xorWords(target: Buffer, maskWords: Uint32Array): void {
   const words = new Uint32Array(target.buffer, target.byteOffset, target.length / 4);
-  for (let index = 0; index < words.length; index++)
-    words[index] = (words[index] ?? 0) ^ (maskWords[index] ?? 0);
+  const count = words.length;
+  for (let index = 0; index < count; index++)
+    words[index] = (words[index] as number) ^ (maskWords[index] as number);
 }
 
 /** Encrypts and decrypts whole 512-byte sectors of one volume key. */
@@ -106,6 +113,8 @@ export class SectorCipher {
   private readonly algorithm: string;
   private readonly essivKey: Buffer | undefined;
   private readonly essivAlgorithm: string | undefined;
+  /** XTS halves as KeyObjects for the bulk path (data key, tweak key). */
+  private readonly xtsKeys: { data: KeyObject; tweak: KeyObject } | undefined;
 
   constructor(spec: CipherSpec, key: Uint8Array) {
     if (key.length !== spec.keyBytes)
@@ -116,6 +125,13 @@ export class SectorCipher {
     this.key = Buffer.from(key);
     const aesBits = ((spec.mode === 'xts' ? spec.keyBytes / 2 : spec.keyBytes) * 8).toString();
     this.algorithm = `aes-${aesBits}-${spec.mode}`;
+    if (spec.mode === 'xts') {
+      const half = spec.keyBytes / 2;
+      this.xtsKeys = {
+        data: createSecretKey(this.key.subarray(0, half)),
+        tweak: createSecretKey(this.key.subarray(half)),
+      };
+    }
     if (spec.ivGenerator === 'essiv' && spec.ivHash) {
       this.essivKey = createHash(nodeHashName(spec.ivHash) ?? spec.ivHash)
         .update(this.key)
@@ -166,20 +182,29 @@ export class SectorCipher {
     const halfBytes = this.spec.keyBytes / 2;
     const ecbAlgorithm = `aes-${halfBytes * 8}-ecb`;
     const sectorCount = data.length / CRYPT_SECTOR_BYTES;
-    const tweaks = ecb(true, ecbAlgorithm, this.key.subarray(halfBytes), this.ivs(firstSector, sectorCount));
+    const keys = this.xtsKeys as { data: KeyObject; tweak: KeyObject };
+    const tweaks = ecb(true, ecbAlgorithm, keys.tweak, this.ivs(firstSector, sectorCount));
     const tweakWords = new Uint32Array(tweaks.buffer, tweaks.byteOffset, tweaks.length / 4);
-    const mask = Buffer.alloc(data.length);
+    // Every byte of mask and work is written below: no need to zero them first.
+    const mask = Buffer.allocUnsafeSlow(data.length);
     const maskWords = new Uint32Array(mask.buffer, mask.byteOffset, mask.length / 4);
+    const work = Buffer.allocUnsafeSlow(data.length);
+    work.set(data);
+    const workWords = new Uint32Array(work.buffer, work.byteOffset, work.length / 4);
     for (let sector = 0; sector < sectorCount; sector++) {
-      let w0 = tweakWords[sector * 4] ?? 0;
-      let w1 = tweakWords[sector * 4 + 1] ?? 0;
-      let w2 = tweakWords[sector * 4 + 2] ?? 0;
-      let w3 = tweakWords[sector * 4 + 3] ?? 0;
+      let w0 = tweakWords[sector * 4] as number;
+      let w1 = tweakWords[sector * 4 + 1] as number;
+      let w2 = tweakWords[sector * 4 + 2] as number;
+      let w3 = tweakWords[sector * 4 + 3] as number;
       for (let block = 0, at = sector * 128; block < 32; block++, at += 4) {
         maskWords[at] = w0;
         maskWords[at + 1] = w1;
         maskWords[at + 2] = w2;
         maskWords[at + 3] = w3;
+        workWords[at] = (workWords[at] as number) ^ w0;
+        workWords[at + 1] = (workWords[at + 1] as number) ^ w1;
+        workWords[at + 2] = (workWords[at + 2] as number) ^ w2;
+        workWords[at + 3] = (workWords[at + 3] as number) ^ w3;
         // Multiply by x: a 128-bit little-endian shift left, reduced by x^128 = x^7 + x^2 + x + 1.
         const carry = w3 >>> 31;
         w3 = ((w3 << 1) | (w2 >>> 31)) >>> 0;
@@ -188,10 +213,7 @@ export class SectorCipher {
         w0 = ((w0 << 1) ^ (carry * 0x87)) >>> 0;
       }
     }
-    const work = Buffer.alloc(data.length);
-    work.set(data);
-    xorWords(work, maskWords);
-    const out = ecb(encrypt, ecbAlgorithm, this.key.subarray(0, halfBytes), work);
+    const out = ecb(encrypt, ecbAlgorithm, keys.data, work);
     xorWords(out, maskWords);
     return out;
   }
