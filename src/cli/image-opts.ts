@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { defineSecret } from '../engine/crypto/secrets.ts';
 import { InvalidOptionError } from '../engine/errors.ts';
 import { parseOptionList } from './common.ts';
+import { qdictKeyOrder } from './qemu-json.ts';
 
 /** Set by runCli when argv has `--image-opts`: openForCli then reads operands as option lists. */
 export const imageOptsPolicy = { enabled: false };
@@ -31,6 +32,26 @@ export function parseImageOpts(text: string): ImageOpts {
   for (const [key, value] of Object.entries(options))
     if (key !== 'driver' && key !== 'file' && !key.startsWith('file.')) driverOptions[key] = value;
   return { path, format: options.driver, driverOptions };
+}
+
+/**
+ * The name qemu-img prints for an image opened with `--image-opts`: `json:` and the options as a QDict,
+ * `file` nested as {driver: file, filename}, keys in qemu's QDict order, values as strings.
+ */
+export function imageOptsFilename(opts: ImageOpts): string {
+  const dict = (entries: Record<string, unknown>): string =>
+    `{${qdictKeyOrder(Object.keys(entries))
+      .map((key) => {
+        const value = entries[key];
+        return `${JSON.stringify(key)}: ${typeof value === 'string' ? JSON.stringify(value) : dict(value as Record<string, unknown>)}`;
+      })
+      .join(', ')}}`;
+  const entries: Record<string, unknown> = {
+    ...opts.driverOptions,
+    file: { driver: 'file', filename: opts.path },
+  };
+  if (opts.format !== undefined) entries.driver = opts.format;
+  return `json:${dict(entries)}`;
 }
 
 /** The values of every `--object` in argv (both `--object X` and `--object=X`), in order. */

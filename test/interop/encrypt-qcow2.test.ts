@@ -117,6 +117,11 @@ describe.skipIf(!hasQemu)('qcow2 encrypt.format=luks made by qemu-img', () => {
     expect(ours.code).toBe(0);
     expect(JSON.parse(ours.stdout)).toEqual(JSON.parse(run('qemu-img', ['info', '--output=json', path])));
     expect(JSON.parse(ours.stdout).encrypted).toBe(true);
+    // With --image-opts qemu names the image json:{...}; the human dump too.
+    for (const output of ['--output=json', '--output=human']) {
+      const args = ['info', output, ...secretObject(PASSPHRASE), '--image-opts', imageOpts(path, 'qcow2')];
+      expect((await runVdisk(args)).stdout).toBe(run('qemu-img', args));
+    }
   });
 
   it('takes writes at odd offsets that qemu reads back, and qemu-img check stays clean', async () => {
