@@ -203,6 +203,14 @@ describe.skipIf(!hasQemu)('qcow2 encrypt.format=luks made by vdisk', () => {
     expect(JSON.parse(ours.stdout)).toEqual(JSON.parse(run('qemu-img', ['info', '--output=json', path])));
     const check = await runVdisk(['check', path]);
     expect(check.code).toBe(0);
+    const checkArgs = [
+      'check',
+      '--output=json',
+      ...secretObject(PASSPHRASE),
+      '--image-opts',
+      imageOpts(path, 'qcow2'),
+    ];
+    expect((await runVdisk(checkArgs)).stdout).toBe(run('qemu-img', checkArgs));
   });
 
   it('creates an empty image with the secret from a file, which qemu-io writes and vdisk reads', async () => {

@@ -98,6 +98,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const output = outputFormat(parsed);
   const [operand = ''] = requireOperands(parsed, 1, 1, 'filename');
   // Checking reads only metadata: with --image-opts the key options are not needed, only file and driver.
+  // (qemu-img check --output=json names the image by the operand as given, option list and all.)
   const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
   const path = imageOpts?.path ?? operand;
   const repairText = lastValue(parsed, 'repair');
@@ -131,7 +132,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     const again = await checkImage(path, { format: result.format });
     report = { ...again.report, leaksFixed: report.leaksFixed, corruptionsFixed: report.corruptionsFixed };
   }
-  if (output === 'json') io.stdout(`${qemuJson(checkJson(path, result.format, report))}\n`);
+  if (output === 'json') io.stdout(`${qemuJson(checkJson(operand, result.format, report))}\n`);
   else if (!quiet) io.stdout(checkHuman(report));
   return checkExitCode(report);
 }
