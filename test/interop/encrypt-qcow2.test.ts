@@ -261,6 +261,8 @@ describe.skipIf(!hasQemu)('qcow2 encrypt.format=luks made by vdisk', () => {
       join(dir, 'compressed.qcow2'),
     ]);
     expect(result.code).toBe(1);
+    expect(result.stderr).toContain('Compression and encryption not supported at the same time');
+    expect(existsSync(join(dir, 'compressed.qcow2'))).toBe(false);
     expect(
       runStatus('qemu-img', [
         'convert',

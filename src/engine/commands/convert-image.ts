@@ -67,6 +67,15 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
   if (concatenating && request.sourceSnapshot !== undefined) {
     throw new InvalidOptionError({ option: 'l', message: 'No support for concatenating multiple snapshot' });
   }
+  const options = request.options ?? {};
+  if (request.compressed && (options['encrypt.format'] !== undefined || options.encryption === 'on')) {
+    // As qemu-img, before anything is made: an encrypted image never stores a cluster compressed.
+    throw new UnsupportedError({
+      format: targetFormat,
+      feature: 'compression with encryption',
+      message: 'Compression and encryption not supported at the same time',
+    });
+  }
   const allowBackingEscape = request.allowBackingEscape ?? false;
   let source: BlockDevice | undefined;
   let snapshot: BlockDevice | undefined;
