@@ -2,7 +2,7 @@
 // its info JSON matched, a vdisk-made volume (CLI create and convert) read by qemu, vdisk writes at odd
 // offsets read back by qemu, probing by magic, and a wrong passphrase refused.
 
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clearSecrets, defineSecret } from '../../src/engine/crypto/secrets.ts';
@@ -159,6 +159,35 @@ describe.skipIf(!hasQemu)('luks volumes made by vdisk', () => {
     ]);
     expect(result).toMatchObject({ code: 0, stderr: '' });
     expect(await sha256File(qemuRaw(path))).toBe(await sha256File(raw));
+  });
+});
+
+describe.skipIf(!hasQemu)('vdisk resize -f luks', () => {
+  it('grows and shrinks the payload as qemu-img resize does, keeping the data', async () => {
+    const ours = join(dir, 'resize-v.luks');
+    const theirs = join(dir, 'resize-q.luks');
+    for (const path of [ours, theirs])
+      qemuRun('qemu-img', [
+        'convert',
+        ...secretObject(PASSPHRASE),
+        '-O',
+        'luks',
+        '-o',
+        'key-secret=sec0,iter-time=10',
+        raw,
+        path,
+      ]);
+    const grow = ['resize', ...secretObject(PASSPHRASE), '--image-opts'];
+    expect((await runVdisk([...grow, imageOpts(ours, 'luks'), '+1M'])).code).toBe(0);
+    qemuRun('qemu-img', [...grow, imageOpts(theirs, 'luks'), '+1M']);
+    expect((await stat(ours)).size).toBe((await stat(theirs)).size);
+    expect((await runVdisk([...grow, imageOpts(ours, 'luks'), '2M'])).code).toBe(1);
+    expect(
+      (await runVdisk([...grow.slice(0, 1), '--shrink', ...grow.slice(1), imageOpts(ours, 'luks'), '2M']))
+        .code,
+    ).toBe(0);
+    const kept = (await readFile(qemuRaw(ours))).subarray(0, 2 * 1024 * 1024);
+    expect(kept).toEqual((await readFile(raw)).subarray(0, 2 * 1024 * 1024));
   });
 });
 

@@ -6,7 +6,7 @@ import type { BlockDevice, Extent, ImageInfo, WriteOptions } from '../../block-d
 import { luksInfo } from '../../crypto/luks-volume.ts';
 import type { LuksHeader } from '../../crypto/luks-header.ts';
 import { CRYPT_SECTOR_BYTES, type SectorCipher } from '../../crypto/sector-cipher.ts';
-import { InvalidOptionError, PermissionError } from '../../errors.ts';
+import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { Mutex } from '../qcow2/mutex.ts';
 
@@ -14,7 +14,7 @@ import { Mutex } from '../qcow2/mutex.ts';
 const CHUNK_BYTES = 1024 * 1024;
 
 export class LuksDevice implements BlockDevice {
-  readonly sizeBytes: number;
+  sizeBytes: number;
   readonly isReadOnly: boolean;
   readonly preferredBlockSizeBytes = CRYPT_SECTOR_BYTES;
   readonly backing = undefined;
@@ -125,6 +125,31 @@ export class LuksDevice implements BlockDevice {
   /** A hint only: enciphered sectors cannot be dropped without changing what they read as. */
   async discard(): Promise<void> {
     this.checkWritable();
+  }
+
+  /**
+   * Grows or (with `shrink`) shrinks the payload, as qemu's luks truncate: new sectors decipher to noise
+   * until written. Sizes are whole sectors; preallocation other than off is refused.
+   */
+  async resize(sizeBytes: number, options: { shrink: boolean; preallocation?: string }): Promise<void> {
+    this.checkWritable();
+    if (options.preallocation && options.preallocation !== 'off')
+      throw new UnsupportedError({
+        format: 'luks',
+        feature: `resize with preallocation=${options.preallocation}`,
+      });
+    const rounded = Math.ceil(sizeBytes / CRYPT_SECTOR_BYTES) * CRYPT_SECTOR_BYTES;
+    if (rounded < this.sizeBytes && !options.shrink)
+      throw new InvalidOptionError({
+        option: 'size',
+        value: sizeBytes,
+        message: `${this.path}: use --shrink to shrink the image`,
+      });
+    await this.lock.run(async () => {
+      await this.file.truncate(this.payloadOffsetBytes + rounded);
+      await this.file.sync();
+      this.sizeBytes = rounded;
+    });
   }
 
   async flush(): Promise<void> {

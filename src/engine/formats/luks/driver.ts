@@ -145,7 +145,7 @@ export const luksDriver: FormatDriver = {
     check: false,
     compression: [],
     encryption: ['luks'],
-    resize: 'none',
+    resize: 'grow-shrink',
   },
   createOptions: LUKS_CREATE_OPTIONS,
   open: openLuks,
