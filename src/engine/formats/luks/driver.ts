@@ -146,6 +146,8 @@ export const luksDriver: FormatDriver = {
     compression: [],
     encryption: ['luks'],
     resize: 'grow-shrink',
+    // Writes (and the read-modify-write of partial sectors) hold the device's lock; reads are positional.
+    concurrentWrites: true,
   },
   createOptions: LUKS_CREATE_OPTIONS,
   open: openLuks,
