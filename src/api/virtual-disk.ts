@@ -31,7 +31,8 @@ const httpSource = z
       .max(2048)
       .regex(/^https?:\/\/\S+$/)
       .meta({
-        description: 'http(s) URL of a raw, qcow2 or other image; gzip, xz and zstd bodies are decompressed while streaming',
+        description:
+          'http(s) URL of a raw, qcow2 or other image; gzip, xz and zstd bodies are decompressed while streaming',
       }),
     sha256: z
       .string()

@@ -6,6 +6,7 @@ import type { BlockDevice } from '../engine/block-device.ts';
 import { openImage } from '../engine/open.ts';
 import type { CliIo } from './command.ts';
 import { CliUsageError, type ParsedArgs } from './getopt.ts';
+import { imageOptsPolicy, parseImageOpts } from './image-opts.ts';
 
 /** Parses `a=b,c=d` (repeated -o values are joined with commas first); `,,` is a literal comma. */
 export function parseOptionList(values: readonly string[]): Record<string, string> {
@@ -73,10 +74,22 @@ export function requireOperands(
  */
 export const backingPolicy = { allowEscape: false };
 
-/** Opens an image for a command, following backing files under this invocation's policy. */
+/**
+ * Opens an image for a command, following backing files under this invocation's policy. With
+ * `--image-opts` the operand is an option list (`driver=qcow2,file.filename=x,encrypt.key-secret=ID`).
+ */
 export function openForCli(
   path: string,
-  options: { format?: string; readOnly?: boolean; noBacking?: boolean },
+  options: { format?: string; readOnly?: boolean; noBacking?: boolean; metadataOnly?: boolean },
 ): Promise<BlockDevice> {
+  if (imageOptsPolicy.enabled) {
+    const parsed = parseImageOpts(path);
+    return openImage(parsed.path, {
+      ...options,
+      format: parsed.format ?? options.format,
+      driverOptions: parsed.driverOptions,
+      allowBackingEscape: backingPolicy.allowEscape,
+    });
+  }
   return openImage(path, { ...options, allowBackingEscape: backingPolicy.allowEscape });
 }

@@ -101,7 +101,10 @@ export function hasFlag(parsed: ParsedArgs, key: string): boolean {
   return parsed.options.has(key);
 }
 
-/** Options shared by every command: `-h/--help`, `-q`, `--object` (accepted, unused), `-U` (no locks here). */
+/**
+ * Options shared by every command: `-h/--help`, `-q`, `--object` (secrets are defined by runCli through
+ * image-opts.ts), `-U` (no locks here), `--image-opts` (operands are option lists, see openForCli).
+ */
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { short: 'h', long: 'help', takesValue: false },
   { short: 'q', takesValue: false, key: 'quiet' },

@@ -5,6 +5,7 @@ import { isVdiskError } from '../engine/errors.ts';
 import type { CliIo } from './command.ts';
 import { loadAllCommands, loadCommand } from './commands/index.ts';
 import { backingPolicy } from './common.ts';
+import { defineCliSecrets, imageOptsPolicy } from './image-opts.ts';
 
 /** Global flag: backing files may resolve outside their image's folder (see common.ts backingPolicy). */
 const ALLOW_BACKING_ESCAPE = '--allow-backing-escape';
@@ -46,7 +47,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.stderr(`vdisk: Command not found: ${name}\n`);
     return 1;
   }
+  imageOptsPolicy.enabled = rest.includes('--image-opts');
   try {
+    defineCliSecrets(rest);
     return await command.run(rest, io);
   } catch (err) {
     if (isVdiskError(err) || (err instanceof Error && err.name === 'CliUsageError')) {

@@ -107,6 +107,11 @@ export interface BlockDevice {
 
   // Optional abilities: absent means the format can't (the generic layer raises UnsupportedError).
 
+  /**
+   * False when a freshly created image does not read as zeros (qemu's bdrv_has_zero_init: a luks payload
+   * deciphers to noise), so convert must write the source's zeros too. Absent means it does.
+   */
+  readonly hasZeroInit?: boolean;
   /** Size of a compressed write unit (the cluster size); present iff writeCompressed is. */
   readonly compressedWriteUnitBytes?: number;
   /** Writes one whole, aligned unit compressed (qemu's bdrv_pwrite_compressed); the last may be short. */

@@ -85,6 +85,9 @@ export class GuardedDevice implements BlockDevice {
   get compressedWriteUnitBytes(): number | undefined {
     return this.inner.compressedWriteUnitBytes;
   }
+  get hasZeroInit(): boolean | undefined {
+    return this.inner.hasZeroInit;
+  }
   get snapshots(): SnapshotOperations | undefined {
     return this.inner.snapshots;
   }

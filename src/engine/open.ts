@@ -24,6 +24,11 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Allow backing files outside the top image's folder (off: a backing file may not escape its volume). */
   allowBackingEscape?: boolean;
+  /**
+   * The caller reads metadata only (qemu's BDRV_O_NO_IO, as `info` opens): encrypted images open without
+   * their key, and data reads then fail. Otherwise a missing key fails the open.
+   */
+  metadataOnly?: boolean;
   /** Driver options (`--image-opts` style), passed to every layer's driver. */
   driverOptions?: Record<string, string>;
   /** Substitute for NodeHostFile.open (tests inject failing or crash-simulating files). */
@@ -128,7 +133,14 @@ async function openLayer(
             format,
           );
         };
-    const context: OpenContext = { path, file, readOnly, openBacking, options: options.driverOptions ?? {} };
+    const context: OpenContext = {
+      path,
+      file,
+      readOnly,
+      openBacking,
+      options: options.driverOptions ?? {},
+      metadataOnly: options.metadataOnly ?? false,
+    };
     const device = await driver.open(context);
     const sectorZeroGuard = probedRaw
       ? (sector: Uint8Array): string | undefined => {

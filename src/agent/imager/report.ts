@@ -27,7 +27,12 @@ export async function describeImage(
   format: string | undefined,
   reportedPath: string,
 ): Promise<ImageReport> {
-  const device = await openImage(hostImagePath, { format, readOnly: true, allowBackingEscape: false });
+  const device = await openImage(hostImagePath, {
+    format,
+    readOnly: true,
+    allowBackingEscape: false,
+    metadataOnly: true,
+  });
   try {
     const info = await device.info();
     const snapshots = device.snapshots

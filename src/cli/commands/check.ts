@@ -6,6 +6,7 @@ import { checkImage } from '../../engine/commands/check.ts';
 import { isVdiskError } from '../../engine/errors.ts';
 import type { CheckIssue, CheckReport, RepairMode } from '../../engine/formats/driver.ts';
 import { formatFixed } from '../c-format.ts';
+import { parseImageOpts } from '../image-opts.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { outputFormat, printHelpIfAsked, requireOperands } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
@@ -95,13 +96,17 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   ]);
   if (printHelpIfAsked(parsed, io, HELP)) return 0;
   const output = outputFormat(parsed);
-  const [path = ''] = requireOperands(parsed, 1, 1, 'filename');
+  const [operand = ''] = requireOperands(parsed, 1, 1, 'filename');
+  // Checking reads only metadata: with --image-opts the key options are not needed, only file and driver.
+  // (qemu-img check --output=json names the image by the operand as given, option list and all.)
+  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
+  const path = imageOpts?.path ?? operand;
   const repairText = lastValue(parsed, 'repair');
   if (repairText !== undefined && repairText !== 'leaks' && repairText !== 'all')
     throw new CliUsageError(`Invalid option for -r: ${repairText}`);
   const repair: RepairMode = repairText ?? 'none';
   const quiet = hasFlag(parsed, 'quiet');
-  const format = lastValue(parsed, 'format');
+  const format = imageOpts?.format ?? lastValue(parsed, 'format');
   let result: Awaited<ReturnType<typeof checkImage>>;
   try {
     result = await checkImage(path, { format, repair });
@@ -127,7 +132,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     const again = await checkImage(path, { format: result.format });
     report = { ...again.report, leaksFixed: report.leaksFixed, corruptionsFixed: report.corruptionsFixed };
   }
-  if (output === 'json') io.stdout(`${qemuJson(checkJson(path, result.format, report))}\n`);
+  if (output === 'json') io.stdout(`${qemuJson(checkJson(operand, result.format, report))}\n`);
   else if (!quiet) io.stdout(checkHuman(report));
   return checkExitCode(report);
 }

@@ -12,6 +12,7 @@ import { parseSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, parseOptionList, printHelpIfAsked } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
+import { parseImageOpts } from '../image-opts.ts';
 import { progressPrinter } from '../progress.ts';
 import { createOptionsHelp } from './create.ts';
 
@@ -78,8 +79,15 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   }
   if (parsed.operands.length < 2) throw new CliUsageError('Expecting image file name');
   // Several sources are concatenated, as qemu-img does; the last operand is the target.
-  const sourcePaths = parsed.operands.slice(0, -1);
-  const targetPath = parsed.operands.at(-1) ?? '';
+  // --image-opts makes every source an option list, --target-image-opts the target (qemu-img's rules).
+  const sourceOpts = hasFlag(parsed, 'image-opts')
+    ? parsed.operands.slice(0, -1).map(parseImageOpts)
+    : undefined;
+  const targetOpts = hasFlag(parsed, 'target-image-opts')
+    ? parseImageOpts(parsed.operands.at(-1) ?? '')
+    : undefined;
+  const sourcePaths = sourceOpts ? sourceOpts.map((opts) => opts.path) : parsed.operands.slice(0, -1);
+  const targetPath = targetOpts?.path ?? parsed.operands.at(-1) ?? '';
   const [sourcePath = '', ...moreSourcePaths] = sourcePaths;
   const requestsText = lastValue(parsed, 'requests');
   const parallelRequests = requestsText === undefined ? DEFAULT_PARALLEL_REQUESTS : Number(requestsText);
@@ -104,10 +112,12 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   await convertImage({
     sourcePath,
     moreSourcePaths,
-    sourceFormat: lastValue(parsed, 'format'),
+    sourceFormat: sourceOpts?.[0]?.format ?? lastValue(parsed, 'format'),
+    sourceDriverOptions: sourceOpts?.[0]?.driverOptions,
+    targetDriverOptions: targetOpts?.driverOptions,
     sourceSnapshot: lastValue(parsed, 'snapshot'),
     targetPath,
-    targetFormat,
+    targetFormat: targetOpts?.format ?? targetFormat,
     options,
     backingFile,
     backingFormat: lastValue(parsed, 'backing-format'),

@@ -7,6 +7,7 @@ import { formatHumanSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { openForCli, outputFormat, printHelpIfAsked, requireOperands } from '../common.ts';
 import { COMMON_OPTIONS, getopt, hasFlag, lastValue } from '../getopt.ts';
+import { imageOptsFilename, parseImageOpts } from '../image-opts.ts';
 import { qdictKeyOrder, qemuJson } from '../qemu-json.ts';
 
 const HELP = `usage: vdisk info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename
@@ -142,9 +143,13 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     format: lastValue(parsed, 'format'),
     readOnly: true,
     noBacking: !backingChain,
+    metadataOnly: true,
   });
   try {
-    const chain = await imageInfoChain(device, path, backingChain);
+    const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(path) : undefined;
+    const chain = await imageInfoChain(device, imageOpts?.path ?? path, backingChain);
+    const top = chain[0];
+    if (imageOpts && top) top.filename = imageOptsFilename(imageOpts);
     if (output === 'json') {
       const objects = chain.map(infoJson);
       io.stdout(`${qemuJson(backingChain ? objects : objects[0])}\n`);

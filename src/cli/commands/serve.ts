@@ -17,6 +17,7 @@ import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../
 import type { NbdLogger } from '../../nbd/transmission.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy } from '../common.ts';
+import { parseImageOpts } from '../image-opts.ts';
 import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
 
 const SYNOPSIS =
@@ -45,6 +46,8 @@ Serve a disk image over NBD (as qemu-nbd does).
       --fork                 return once the server listens, leaving it running in the background
       --object tls-creds-x509,id=ID,dir=DIR[,verify-peer=on]   (ca-cert.pem, server-cert.pem, server-key.pem)
       --object tls-creds-psk,id=ID,dir=DIR                     (keys.psk: identity:hexkey per line)
+      --object secret,id=ID,data=TEXT|file=PATH[,format=base64]  (a passphrase for an encrypted image)
+      --image-opts           the operand is driver=FMT,file.filename=PATH,encrypt.key-secret=ID
       --tls-creds=ID             require TLS with those credentials
       --handshake-limit=SECONDS  drop clients that don't finish the handshake in time (default 10)
 `;
@@ -69,6 +72,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'pid-file', takesValue: true },
   { long: 'fork', takesValue: false },
   { long: 'object', takesValue: true },
+  { long: 'image-opts', takesValue: false },
   { long: 'tls-creds', takesValue: true },
   { long: 'handshake-limit', takesValue: true },
   { long: 'cache', takesValue: true },
@@ -288,9 +292,13 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
     io.stdout(HELP);
     return 0;
   }
-  const [path, ...extra] = parsed.operands;
-  if (!path || extra.length > 0)
+  const [operand, ...extra] = parsed.operands;
+  if (!operand || extra.length > 0)
     throw new CliUsageError('Expecting exactly one image file name (try --help)');
+  // qemu-nbd --image-opts: driver=FMT,file.filename=PATH,encrypt.key-secret=ID (secrets from --object).
+  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
+  const path = imageOpts?.path ?? operand;
+  const driverOptions = imageOpts?.driverOptions;
   const socketPath = lastValue(parsed, 'socket');
   if (socketPath !== undefined && (hasFlag(parsed, 'port') || hasFlag(parsed, 'bind'))) {
     throw new CliUsageError('-k cannot be combined with -b or -p');
@@ -320,7 +328,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
   const tls = credsId === undefined ? undefined : await loadTls(parsed.options.get('object') ?? [], credsId);
   if (hasFlag(parsed, 'fork') && !process.env[FORK_CHILD_ENV]) return forkIntoBackground(argv, io);
 
-  const format = lastValue(parsed, 'format');
+  const format = imageOpts?.format ?? lastValue(parsed, 'format');
   const readOnly = hasFlag(parsed, 'read-only');
   const snapshotName = lastValue(parsed, 'load-snapshot');
   let device: BlockDevice;
@@ -333,6 +341,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
       format,
       readOnly: true,
       allowBackingEscape: backingPolicy.allowEscape,
+      driverOptions,
     });
     const opened = snapshotOf;
     device = await openSnapshot(opened, snapshotName, path).catch(async (err: unknown) => {
@@ -340,7 +349,12 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
       throw err;
     });
   } else {
-    device = await openImage(path, { format, readOnly, allowBackingEscape: backingPolicy.allowEscape });
+    device = await openImage(path, {
+      format,
+      readOnly,
+      allowBackingEscape: backingPolicy.allowEscape,
+      driverOptions,
+    });
   }
 
   const partition = lastValue(parsed, 'partition');

@@ -4,7 +4,8 @@
 import { type SnapshotAction, snapshotImage } from '../../engine/commands/snapshot.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, printHelpIfAsked } from '../common.ts';
-import { COMMON_OPTIONS, CliUsageError, getopt, lastValue } from '../getopt.ts';
+import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
+import { parseImageOpts } from '../image-opts.ts';
 import { snapshotRow } from './info.ts';
 
 const HELP = `usage: vdisk snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
@@ -36,13 +37,14 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   // qemu-img refuses a second action even when it repeats the first.
   if (actions.length > 1) throw new CliUsageError("Cannot mix '-l', '-a', '-c', '-d'");
   if (parsed.operands.length !== 1) throw new CliUsageError('Expecting one image file name');
-  const [path = ''] = parsed.operands;
+  const [operand = ''] = parsed.operands;
+  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
   const action = actions[0];
   // Without an action qemu-img opens nothing and succeeds; so does vdisk.
   if (!action) return 0;
   const table = await snapshotImage({
-    path,
-    format: lastValue(parsed, 'format'),
+    path: imageOpts?.path ?? operand,
+    format: imageOpts?.format ?? lastValue(parsed, 'format'),
     action,
     allowBackingEscape: backingPolicy.allowEscape,
   });

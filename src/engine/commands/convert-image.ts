@@ -27,6 +27,10 @@ export interface ConvertImageRequest
   targetFormat?: string;
   /** `-o` options for the target, in qemu spelling. */
   options?: Record<string, string>;
+  /** Driver options for opening every source (`--image-opts`: encrypt.key-secret, ...). */
+  sourceDriverOptions?: Record<string, string>;
+  /** Driver options for opening the target (`--target-image-opts`); `-o *key-secret` options are added. */
+  targetDriverOptions?: Record<string, string>;
   /** `-B` / `-F`: the target gets this backing file, and only what the source's top layer holds is copied. */
   backingFile?: string;
   backingFormat?: string;
@@ -63,13 +67,27 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
   if (concatenating && request.sourceSnapshot !== undefined) {
     throw new InvalidOptionError({ option: 'l', message: 'No support for concatenating multiple snapshot' });
   }
+  const options = request.options ?? {};
+  if (request.compressed && (options['encrypt.format'] !== undefined || options.encryption === 'on')) {
+    // As qemu-img, before anything is made: an encrypted image never stores a cluster compressed.
+    throw new UnsupportedError({
+      format: targetFormat,
+      feature: 'compression with encryption',
+      message: 'Compression and encryption not supported at the same time',
+    });
+  }
   const allowBackingEscape = request.allowBackingEscape ?? false;
   let source: BlockDevice | undefined;
   let snapshot: BlockDevice | undefined;
   let target: BlockDevice | undefined;
   try {
     const openSource = (path: string): Promise<BlockDevice> =>
-      openImage(path, { format: request.sourceFormat, readOnly: true, allowBackingEscape });
+      openImage(path, {
+        format: request.sourceFormat,
+        readOnly: true,
+        allowBackingEscape,
+        driverOptions: request.sourceDriverOptions,
+      });
     if (concatenating) {
       const opened: BlockDevice[] = [];
       try {
@@ -104,9 +122,14 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
         allowBackingEscape,
       });
     }
+    // As qemu-img's img_add_key_secrets: the key a -o option gave the new image also opens it.
+    const targetDriverOptions = { ...request.targetDriverOptions };
+    for (const [name, value] of Object.entries(request.options ?? {}))
+      if (name.endsWith('key-secret')) targetDriverOptions[name] = value;
     target = await openImage(request.targetPath, {
       format: targetFormat,
       allowBackingEscape,
+      driverOptions: targetDriverOptions,
       // The copy streams into the target: start writeback as it goes, so the closing flush (which
       // makes the result durable) waits only for the tail instead of the whole image.
       openFile: (path, readOnly) =>
@@ -119,7 +142,7 @@ export async function convertImage(request: ConvertImageRequest): Promise<Conver
     return await convertDevice(from, target, {
       ...request,
       targetHasBacking: request.backingFile !== undefined,
-      targetIsZeroed: request.skipCreate ? (request.targetIsZero ?? false) : true,
+      targetIsZeroed: request.skipCreate ? (request.targetIsZero ?? false) : target.hasZeroInit !== false,
     });
   } finally {
     await target?.close();

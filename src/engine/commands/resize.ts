@@ -10,6 +10,8 @@ export interface ResizeImageRequest {
   path: string;
   /** `-f`; probed when absent. */
   format?: string;
+  /** `--image-opts` driver options (encrypt.key-secret, ...). */
+  driverOptions?: Record<string, string>;
   /** The new size: absolute (`relative` 0) or a change (+1 grow, -1 shrink) of `bytes`. */
   change: { relative: -1 | 0 | 1; bytes: number };
   /** `--shrink`: the user accepts losing data past the new end. */
@@ -26,6 +28,7 @@ export async function resizeImage(
   const device: BlockDevice = await openImage(request.path, {
     format: request.format,
     allowBackingEscape: request.allowBackingEscape ?? false,
+    driverOptions: request.driverOptions,
   });
   try {
     const oldSizeBytes = device.sizeBytes;

@@ -32,6 +32,8 @@ export async function snapshotImage(request: SnapshotImageRequest): Promise<Snap
   const device: BlockDevice = await openImage(request.path, {
     format: request.format,
     readOnly: action.kind === 'list',
+    // Snapshot tables and L1 copies are metadata: an encrypted image needs no key here.
+    metadataOnly: true,
     // Snapshots are per file: qemu-img opens the image without its backing chain for -l (BDRV_O_NO_BACKING).
     noBacking: true,
     allowBackingEscape: request.allowBackingEscape ?? false,

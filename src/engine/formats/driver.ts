@@ -43,6 +43,8 @@ export interface OpenContext {
   openBacking: OpenBackingFn | undefined;
   /** Format options from --image-opts / -o style settings (e.g. key-secret); driver-specific. */
   options: Record<string, string>;
+  /** Metadata only (qemu's BDRV_O_NO_IO): an encrypted image opens without its key (see OpenImageOptions). */
+  metadataOnly?: boolean;
 }
 
 export interface CreateContext {

@@ -10,6 +10,7 @@ import { cloopDriver } from './cloop.ts';
 import { qcow2Driver } from './qcow2/driver.ts';
 import { cowDriver } from './cow.ts';
 import { dmgDriver } from './dmg/driver.ts';
+import { luksDriver } from './luks/driver.ts';
 import { parallelsDriver } from './parallels/driver.ts';
 import { qcowDriver } from './qcow/driver.ts';
 import { qedDriver } from './qed/driver.ts';
@@ -29,6 +30,7 @@ export const formatRegistry: readonly FormatDriver[] = [
   vhdxDriver,
   dmgDriver,
   cowDriver,
+  luksDriver,
   vmdkDriver,
   vdiDriver,
   vpcDriver,

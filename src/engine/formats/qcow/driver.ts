@@ -4,7 +4,10 @@
 
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
-import { CorruptImageError, ImageFormatError, InvalidOptionError } from '../../errors.ts';
+import { legacyAesCipher } from '../../crypto/legacy-aes.ts';
+import { CRYPT_SECTOR_BYTES, type SectorCipher } from '../../crypto/sector-cipher.ts';
+import { lookupSecret } from '../../crypto/secrets.ts';
+import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import { cString, readExact, setU64be, viewOf } from '../common/binary.ts';
 import { decodedRange, MappedDevice, type RangeMapping, reportBackingName } from '../common/mapped-device.ts';
 import type { CreateContext, CreateOptionSpec, FormatDriver, OpenContext } from '../driver.ts';
@@ -12,6 +15,7 @@ import {
   encodeQcowHeader,
   isQcowHead,
   parseQcowHeader,
+  QCOW_CRYPT_AES,
   QCOW_HEADER_BYTES,
   QCOW_OFLAG_COMPRESSED,
   type QcowHeader,
@@ -34,6 +38,8 @@ class QcowDevice extends MappedDevice {
   private readonly backingName: string | undefined;
   private fileEndBytes: number;
   private cachedCluster: { hostOffsetBytes: number; plain: Uint8Array } | undefined;
+  /** Legacy AES (crypt_method 1): data clusters decipher with the IV of their guest sector. */
+  private readonly aes: { cipher: SectorCipher | undefined } | undefined;
 
   constructor(
     context: OpenContext,
@@ -42,6 +48,7 @@ class QcowDevice extends MappedDevice {
     fileSizeBytes: number,
     backing: BlockDevice | undefined,
     backingName: string | undefined,
+    aes: { cipher: SectorCipher | undefined } | undefined,
   ) {
     super({
       formatName: 'qcow',
@@ -57,6 +64,24 @@ class QcowDevice extends MappedDevice {
     this.l2Entries = 2 ** header.l2Bits;
     this.fileEndBytes = fileSizeBytes;
     this.backingName = backingName;
+    this.aes = aes;
+  }
+
+  /** The plaintext of the AES-encrypted data cluster `clusterIndex` stored at `hostOffsetBytes`. */
+  private async decryptCluster(clusterIndex: number, hostOffsetBytes: number): Promise<Uint8Array> {
+    if (this.cachedCluster?.hostOffsetBytes === hostOffsetBytes) return this.cachedCluster.plain;
+    const cipher = this.aes?.cipher;
+    if (!cipher)
+      throw new InvalidOptionError({
+        option: 'encrypt.key-secret',
+        message: `${this.path}: Parameter 'encrypt.key-secret' is required for cipher`,
+      });
+    const stored = new Uint8Array(this.clusterBytes);
+    const count = await this.file.read(hostOffsetBytes, stored);
+    stored.fill(0, count);
+    const plain = cipher.decrypt(stored, (clusterIndex * this.clusterBytes) / CRYPT_SECTOR_BYTES);
+    this.cachedCluster = { hostOffsetBytes, plain };
+    return plain;
   }
 
   private entry(table: Uint8Array, index: number): bigint {
@@ -186,6 +211,10 @@ class QcowDevice extends MappedDevice {
     }
     const found = await this.lookup(clusterIndex);
     if (found.kind === 'unallocated') return { kind: 'unallocated', lengthBytes };
+    if (found.kind === 'data' && this.aes)
+      return decodedRange(lengthBytes, inCluster, () =>
+        this.decryptCluster(clusterIndex, found.hostOffsetBytes),
+      );
     if (found.kind === 'data')
       return { kind: 'data', lengthBytes, hostOffsetBytes: found.hostOffsetBytes + inCluster };
     return decodedRange(lengthBytes, inCluster, () =>
@@ -279,6 +308,7 @@ class QcowDevice extends MappedDevice {
       clusterSizeBytes: this.clusterBytes,
       dirty: false,
     };
+    if (this.aes) info.encrypted = true;
     reportBackingName(info, this.backingName);
     return info;
   }
@@ -311,7 +341,27 @@ async function openQcow(context: OpenContext): Promise<BlockDevice> {
     backingName = cString(name, 0, name.length);
     if (context.openBacking) backing = await context.openBacking(backingName, undefined);
   }
-  return new QcowDevice(context, header, l1, fileSizeBytes, backing, backingName);
+  let aes: { cipher: SectorCipher | undefined } | undefined;
+  if (header.cryptMethod === QCOW_CRYPT_AES) {
+    // qemu can still write these; vdisk only reads them (convert them to qcow2 with encrypt.format=luks).
+    if (!context.readOnly)
+      throw new UnsupportedError({
+        format: 'qcow',
+        feature: 'writing aes encryption',
+        message: `${context.path}: AES-encrypted qcow images can only be opened read-only`,
+      });
+    const secretId = context.options['encrypt.key-secret'];
+    if (secretId === undefined && !context.metadataOnly)
+      throw new InvalidOptionError({
+        option: 'encrypt.key-secret',
+        message: `${context.path}: Parameter 'encrypt.key-secret' is required for cipher`,
+      });
+    aes = {
+      cipher:
+        secretId === undefined ? undefined : legacyAesCipher(lookupSecret(secretId, 'encrypt.key-secret')),
+    };
+  }
+  return new QcowDevice(context, header, l1, fileSizeBytes, backing, backingName, aes);
 }
 
 async function createQcow(context: CreateContext): Promise<void> {
@@ -375,7 +425,7 @@ export const qcowDriver = {
     internalSnapshots: false,
     check: false,
     compression: ['zlib'],
-    encryption: [],
+    encryption: ['aes'],
     resize: 'none',
     concurrentWrites: false,
   },

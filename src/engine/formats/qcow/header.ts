@@ -35,7 +35,7 @@ export function qcowL1Entries(header: Pick<QcowHeader, 'sizeBytes' | 'clusterBit
   return Math.ceil(header.sizeBytes / 2 ** (header.clusterBits + header.l2Bits));
 }
 
-/** Parses and validates a header; throws ImageFormatError / UnsupportedError (encryption). */
+/** Parses and validates a header; throws ImageFormatError. AES (crypt_method 1) is the driver's to open. */
 export function parseQcowHeader(bytes: Uint8Array, file: string): QcowHeader {
   if (bytes.length < QCOW_HEADER_BYTES || viewOf(bytes).getUint32(0, false) !== QCOW_MAGIC) {
     throw new ImageFormatError({ file, offsetBytes: 0, message: 'Image not in qcow format' });
@@ -82,12 +82,6 @@ export function parseQcowHeader(bytes: Uint8Array, file: string): QcowHeader {
       file,
       offsetBytes: 36,
       message: 'invalid encryption method in qcow header',
-    });
-  if (header.cryptMethod === QCOW_CRYPT_AES)
-    throw new UnsupportedError({
-      format: 'qcow',
-      feature: 'aes encryption',
-      message: `${file}: AES-encrypted qcow images are not supported`,
     });
   if (qcowL1Entries(header) > 0x7fffffff / 8)
     throw new ImageFormatError({ file, offsetBytes: 24, message: 'Image is too big' });

@@ -4,6 +4,7 @@
 
 import type { CheckIssue, CheckReport, OpenContext, RepairMode } from '../driver.ts';
 import { decodeL2, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
+import { cryptoHeaderRange } from './encryption.ts';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, HEADER_FIELD } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
@@ -238,6 +239,8 @@ export async function walkImage(image: Qcow2Image): Promise<Walk> {
     compressedClusters: 0,
   };
   reference(walk, clusterSizeBytes, 0, clusterSizeBytes);
+  const cryptoHeader = cryptoHeaderRange(image.header);
+  if (cryptoHeader) reference(walk, clusterSizeBytes, cryptoHeader.offsetBytes, cryptoHeader.lengthBytes);
   await walkL1(image, walk, image.l1, image.header.l1TableOffsetBytes, true);
   const { offsetBytes: tableOffsetBytes, clusterCount } = image.refcounts.tableLocation;
   reference(walk, clusterSizeBytes, tableOffsetBytes, clusterCount * clusterSizeBytes);

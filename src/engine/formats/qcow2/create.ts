@@ -3,7 +3,7 @@
 // so a fresh image is byte-identical to `qemu-img create`'s. Spec: qcow2.txt "Header", "Host cluster management".
 
 import type { BlockDevice } from '../../block-device.ts';
-import { InvalidOptionError } from '../../errors.ts';
+import { InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { CreateContext } from '../driver.ts';
 import { COMPRESSION_ZLIB } from './compress.ts';
 import {
@@ -20,6 +20,7 @@ import {
   type Qcow2Header,
   serializeHeader,
 } from './header.ts';
+import { setUpQcow2Luks, takeEncryptOptions } from './encryption.ts';
 import { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
 import { type Qcow2CreateSettings, parseCreateSettings } from './options.ts';
@@ -85,8 +86,16 @@ export async function createQcow2(context: CreateContext): Promise<void> {
       value: sizeBytes,
       message: 'Image size must be a non-negative integer',
     });
+  const encryptOptions = takeEncryptOptions(options);
   const settings = parseCreateSettings(sizeBytes, options, backingFile, backingFormat);
+  if (encryptOptions && settings.preallocation !== 'off')
+    throw new UnsupportedError({
+      format: 'qcow2',
+      feature: 'preallocation with encryption',
+      message: `preallocation=${settings.preallocation} with encryption is not supported`,
+    });
   await writeQcow2(context, settings);
+  if (encryptOptions) await setUpQcow2Luks(context, encryptOptions);
 }
 
 /** Writes a new image with `settings` into `context.file` (truncated first). */

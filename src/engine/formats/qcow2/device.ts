@@ -16,6 +16,7 @@ import { setQcow2BackingFile } from './backing.ts';
 import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { makeQcow2Empty } from './empty.ts';
+import type { Qcow2Encryption } from './encryption.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
@@ -63,15 +64,24 @@ export class Qcow2Device implements BlockDevice {
     this.lock.run(() => amendQcow2(this.image, options));
   /** A snapshot view shares its parent's file and backing: closing it closes neither. */
   private readonly isView: boolean;
+  /** The data cipher of an encrypted image (encryption.ts): data clusters pass through it, metadata not. */
+  private readonly encryption: Qcow2Encryption | undefined;
 
-  constructor(image: Qcow2Image, backing: BlockDevice | undefined, options: { isView?: boolean } = {}) {
+  constructor(
+    image: Qcow2Image,
+    backing: BlockDevice | undefined,
+    options: { isView?: boolean; encryption?: Qcow2Encryption } = {},
+  ) {
     this.image = image;
     this.backing = backing;
     this.isView = options.isView ?? false;
+    this.encryption = options.encryption;
     this.sizeBytes = image.header.virtualSizeBytes;
     this.isReadOnly = image.readOnly;
-    this.compressedWriteUnitBytes = image.readOnly ? undefined : image.clusterSizeBytes;
-    if (image.readOnly) this.writeCompressed = undefined;
+    // qemu refuses compressed writes to encrypted images too (a compressed cluster is never enciphered).
+    const canCompress = !image.readOnly && !this.encryption;
+    this.compressedWriteUnitBytes = canCompress ? image.clusterSizeBytes : undefined;
+    if (!canCompress) this.writeCompressed = undefined;
     this.snapshots = this.isView
       ? undefined
       : snapshotOperations({
@@ -92,7 +102,7 @@ export class Qcow2Device implements BlockDevice {
               refcountTable: Buffer.alloc(image.clusterSizeBytes),
               readOnly: true,
             });
-            return new Qcow2Device(view, backing, { isView: true });
+            return new Qcow2Device(view, backing, { isView: true, encryption: this.encryption });
           },
         });
   }
@@ -192,14 +202,34 @@ export class Qcow2Device implements BlockDevice {
     return data;
   }
 
-  private async readPiece(piece: Piece, buffer: Uint8Array): Promise<void> {
+  /** Reads data clusters' bytes at `hostOffsetBytes` (guest `guestOffsetBytes`), deciphered when encrypted. */
+  private async readData(
+    hostOffsetBytes: number,
+    guestOffsetBytes: number,
+    target: Uint8Array,
+  ): Promise<void> {
+    const count = await this.image.file.read(hostOffsetBytes, target);
+    target.fill(0, count);
+    if (this.encryption) target.set(this.encryption.decrypt(target, hostOffsetBytes, guestOffsetBytes));
+  }
+
+  /** Writes data clusters' bytes at `hostOffsetBytes` (guest `guestOffsetBytes`), enciphered when encrypted. */
+  private async writeData(
+    hostOffsetBytes: number,
+    guestOffsetBytes: number,
+    data: Uint8Array,
+  ): Promise<void> {
+    const stored = this.encryption ? this.encryption.encrypt(data, hostOffsetBytes, guestOffsetBytes) : data;
+    await this.image.file.write(hostOffsetBytes, stored);
+  }
+
+  /** `guestOffsetBytes` is where `buffer` starts in the guest (pieces are relative to it). */
+  private async readPiece(piece: Piece, buffer: Uint8Array, guestOffsetBytes: number): Promise<void> {
     const target = buffer.subarray(piece.bufferOffset, piece.bufferOffset + piece.lengthBytes);
     switch (piece.kind) {
-      case 'host': {
-        const count = await this.image.file.read(piece.hostOffsetBytes, target);
-        target.fill(0, count);
+      case 'host':
+        await this.readData(piece.hostOffsetBytes, guestOffsetBytes + piece.bufferOffset, target);
         return;
-      }
       case 'zero':
         target.fill(0);
         return;
@@ -214,19 +244,30 @@ export class Qcow2Device implements BlockDevice {
   }
 
   async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
+    const aligned = this.sectorAligned(offsetBytes, buffer.length);
+    if (aligned) {
+      // Encrypted data deciphers in whole sectors: read the sectors around the range.
+      const whole = new Uint8Array(aligned.lengthBytes);
+      await this.read(aligned.offsetBytes, whole);
+      buffer.set(
+        whole.subarray(offsetBytes - aligned.offsetBytes, offsetBytes - aligned.offsetBytes + buffer.length),
+      );
+      return;
+    }
     const pieces = await this.lock.run(() => this.mapRead(offsetBytes, buffer.length));
     const compressed = pieces.filter((piece) => piece.kind === 'compressed');
     if (compressed.length <= 1) {
-      for (const piece of pieces) await this.readPiece(piece, buffer);
+      for (const piece of pieces) await this.readPiece(piece, buffer, offsetBytes);
       return;
     }
     // Compressed clusters inflate on the thread pool: keep a few in flight instead of one at a time.
-    for (const piece of pieces) if (piece.kind !== 'compressed') await this.readPiece(piece, buffer);
+    for (const piece of pieces)
+      if (piece.kind !== 'compressed') await this.readPiece(piece, buffer, offsetBytes);
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < compressed.length) {
         const piece = compressed[next++] as Piece;
-        await this.readPiece(piece, buffer);
+        await this.readPiece(piece, buffer, offsetBytes);
       }
     };
     await Promise.all(Array.from({ length: Math.min(DECOMPRESS_CONCURRENCY, compressed.length) }, worker));
@@ -248,12 +289,12 @@ export class Qcow2Device implements BlockDevice {
       // Extended L2: assemble the cluster from its subclusters (data, zeros, backing) as a read would.
       const start = guestCluster * this.clusterSizeBytes;
       const lengthBytes = Math.min(this.clusterSizeBytes, this.sizeBytes - start);
-      for (const piece of await this.mapRead(start, lengthBytes)) await this.readPiece(piece, content);
+      for (const piece of await this.mapRead(start, lengthBytes)) await this.readPiece(piece, content, start);
       return content;
     }
     switch (mapping.kind) {
       case 'normal': {
-        await this.image.file.read(mapping.hostOffsetBytes, content);
+        await this.readData(mapping.hostOffsetBytes, guestCluster * this.clusterSizeBytes, content);
         break;
       }
       case 'compressed':
@@ -279,15 +320,44 @@ export class Qcow2Device implements BlockDevice {
     if (this.image.header.incompatibleFeatures & INCOMPAT_CORRUPT) {
       throw this.image.corrupt('the image is marked corrupt; writes are refused (run check -r all)');
     }
+    this.encryption?.assertWritable();
   }
 
   async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     this.checkWritable();
     await this.lock.run(async () => {
-      let done = 0;
-      while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
+      await this.writeBytes(offsetBytes, data);
       if (options?.fua) await this.image.flush();
     });
+  }
+
+  /**
+   * The whole 512-byte sectors around [offsetBytes, +lengthBytes) when the image is encrypted and the
+   * range is not made of whole sectors; undefined otherwise. qcow2 guest sizes are whole sectors.
+   */
+  private sectorAligned(
+    offsetBytes: number,
+    lengthBytes: number,
+  ): { offsetBytes: number; lengthBytes: number } | undefined {
+    if (!this.encryption || (offsetBytes % 512 === 0 && lengthBytes % 512 === 0)) return undefined;
+    const start = Math.floor(offsetBytes / 512) * 512;
+    const end = Math.min(Math.ceil((offsetBytes + lengthBytes) / 512) * 512, this.sizeBytes);
+    return { offsetBytes: start, lengthBytes: end - start };
+  }
+
+  /** Writes `data` at `offsetBytes` under the lock; partial sectors of an encrypted image are read first. */
+  private async writeBytes(offsetBytes: number, data: Uint8Array): Promise<void> {
+    const aligned = this.sectorAligned(offsetBytes, data.length);
+    if (aligned) {
+      const whole = new Uint8Array(aligned.lengthBytes);
+      for (const piece of await this.mapRead(aligned.offsetBytes, aligned.lengthBytes))
+        await this.readPiece(piece, whole, aligned.offsetBytes);
+      whole.set(data, offsetBytes - aligned.offsetBytes);
+      await this.writeBytes(aligned.offsetBytes, whole);
+      return;
+    }
+    let done = 0;
+    while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
   }
 
   /** Writes a prefix of `data` at `offsetBytes` that one host run covers; returns the bytes written. */
@@ -317,7 +387,7 @@ export class Qcow2Device implements BlockDevice {
       }
       this.checkHostOffset(first.hostOffsetBytes, l2OffsetBytes, l2Index);
       const lengthBytes = Math.min(data.length, clusterCount * clusterSizeBytes - headBytes);
-      await this.image.file.write(first.hostOffsetBytes + headBytes, data.subarray(0, lengthBytes));
+      await this.writeData(first.hostOffsetBytes + headBytes, offsetBytes, data.subarray(0, lengthBytes));
       this.lastDecompressed = undefined;
       return lengthBytes;
     }
@@ -338,20 +408,28 @@ export class Qcow2Device implements BlockDevice {
       const content = await this.clusterContent(firstCluster, first);
       const pieceBytes = Math.min(lengthBytes, clusterSizeBytes - headBytes);
       content.set(data.subarray(0, pieceBytes), headBytes);
-      await this.image.file.write(hostOffsetBytes, content);
+      await this.writeData(hostOffsetBytes, firstCluster * clusterSizeBytes, content);
       written = pieceBytes;
     }
     const lastIsPartial = tailBytes !== 0 && written < lengthBytes;
     const bodyEnd = lastIsPartial ? lengthBytes - tailBytes : lengthBytes;
     if (bodyEnd > written) {
-      await this.image.file.write(hostOffsetBytes + headBytes + written, data.subarray(written, bodyEnd));
+      await this.writeData(
+        hostOffsetBytes + headBytes + written,
+        offsetBytes + written,
+        data.subarray(written, bodyEnd),
+      );
       written = bodyEnd;
     }
     if (lastIsPartial) {
       const lastOld = olds[clusterCount - 1] as L2Mapping;
       const content = await this.clusterContent(firstCluster + clusterCount - 1, lastOld);
       content.set(data.subarray(written, lengthBytes), 0);
-      await this.image.file.write(hostOffsetBytes + (clusterCount - 1) * clusterSizeBytes, content);
+      await this.writeData(
+        hostOffsetBytes + (clusterCount - 1) * clusterSizeBytes,
+        (firstCluster + clusterCount - 1) * clusterSizeBytes,
+        content,
+      );
     }
     for (let index = 0; index < clusterCount; index++) {
       await this.image.setL2Entry(
@@ -419,9 +497,7 @@ export class Qcow2Device implements BlockDevice {
                 feature: 'fast zero',
                 message: `${this.image.path}: zeroing part of a cluster needs a write`,
               });
-            const zeros = new Uint8Array(pieceEnd - position);
-            let done = 0;
-            while (done < zeros.length) done += await this.writeRun(position + done, zeros.subarray(done));
+            await this.writeBytes(position, new Uint8Array(pieceEnd - position));
           }
         }
         position = pieceEnd;
@@ -574,11 +650,26 @@ export class Qcow2Device implements BlockDevice {
   // ---- status ----
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
-    return this.lock.run(() => collectExtents(this.image, this.backing?.sizeBytes, offsetBytes, lengthBytes));
+    const extents = await this.lock.run(() =>
+      collectExtents(this.image, this.backing?.sizeBytes, offsetBytes, lengthBytes),
+    );
+    // Enciphered clusters are not plain bytes of the file: qemu-img map shows no offset for them.
+    if (this.encryption) {
+      for (const extent of extents) {
+        delete extent.hostOffsetBytes;
+        delete extent.hostFile;
+      }
+    }
+    return extents;
   }
 
-  info(): Promise<ImageInfo> {
-    return describeImage(this.image);
+  async info(): Promise<ImageInfo> {
+    const info = await describeImage(this.image);
+    if (this.encryption) {
+      info.encrypted = true;
+      if (info.formatSpecific) info.formatSpecific.data.encrypt = this.encryption.info;
+    }
+    return info;
   }
 
   async close(): Promise<void> {

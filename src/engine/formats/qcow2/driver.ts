@@ -7,20 +7,30 @@ import type { FormatDriver, OpenContext } from '../driver.ts';
 import { checkQcow2, rebuildRefcounts } from './check.ts';
 import { createQcow2 } from './create.ts';
 import { Qcow2Device } from './device.ts';
+import { openQcow2Encryption, QCOW2_ENCRYPT_CREATE_OPTIONS } from './encryption.ts';
 import { probeQcow2 } from './header.ts';
-import { loadImage } from './load.ts';
+import { loadImage, readHeader } from './load.ts';
 import { measureQcow2 } from './measure.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
 
 /** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {
+  // Unlock first: a wrong passphrase must fail before a writable open touches the header (autoclear, dirty).
+  const { header } = await readHeader(context.file, context.path);
+  const encryption = await openQcow2Encryption(
+    header,
+    context.file,
+    context.path,
+    context.options,
+    context.metadataOnly,
+  );
   const image = await loadImage(context, rebuildRefcounts);
   let backing: BlockDevice | undefined;
   const name = image.header.backingFileName;
   if (name !== undefined && name !== '' && context.openBacking) {
     backing = await context.openBacking(name, image.header.backingFormat);
   }
-  return new Qcow2Device(image, backing);
+  return new Qcow2Device(image, backing, { encryption });
 }
 
 export const qcow2Driver: FormatDriver = {
@@ -34,11 +44,11 @@ export const qcow2Driver: FormatDriver = {
     internalSnapshots: true,
     check: true,
     compression: ['zlib', 'zstd'],
-    encryption: [],
+    encryption: ['luks', 'aes'],
     resize: 'grow-shrink',
     concurrentWrites: true,
   },
-  createOptions: QCOW2_CREATE_OPTIONS,
+  createOptions: [...QCOW2_CREATE_OPTIONS, ...QCOW2_ENCRYPT_CREATE_OPTIONS],
   open: openQcow2,
   create: createQcow2,
   measure: measureQcow2,

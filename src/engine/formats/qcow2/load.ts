@@ -57,11 +57,12 @@ export function checkFeatures(header: Qcow2Header, path: string): void {
       feature: 'data_file',
       message: `${path}: external data files are not supported`,
     });
-  if (header.cryptMethod !== 0)
+  // 1 (legacy AES) and 2 (LUKS) are opened by encryption.ts.
+  if (header.cryptMethod > 2)
     throw new UnsupportedError({
       format: 'qcow2',
       feature: 'encryption',
-      message: `${path}: encrypted qcow2 images (crypt_method ${header.cryptMethod}) are not supported`,
+      message: `${path}: unknown qcow2 crypt_method ${header.cryptMethod}`,
     });
   const hasCompressionBit = (header.incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n;
   if (!hasCompressionBit && header.compressionType !== 0) {

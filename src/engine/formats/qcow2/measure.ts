@@ -5,6 +5,7 @@
 import type { BlockDevice } from '../../block-device.ts';
 import { InvalidOptionError } from '../../errors.ts';
 import type { MeasureInput, MeasureResult } from '../driver.ts';
+import { luksHeaderClusterBytes, takeEncryptOptions } from './encryption.ts';
 import { parseCreateSettings } from './options.ts';
 import { QCOW2_MAX_L1_BYTES } from './header.ts';
 
@@ -89,8 +90,10 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   delete options.size;
   delete options.backing_file;
   delete options.backing_fmt;
+  const encryptOptions = takeEncryptOptions(options);
   const settings = parseCreateSettings(0, options);
   const clusterSizeBytes = 2 ** settings.clusterBits;
+  const luksBytes = encryptOptions ? luksHeaderClusterBytes(encryptOptions, clusterSizeBytes) : 0;
   const virtualSizeBytes = roundUp(input.source ? input.source.sizeBytes : input.sizeBytes, clusterSizeBytes);
   const l2EntryBytes = settings.extendedL2 ? 16 : 8;
   const l2Tables = Math.ceil(virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / l2EntryBytes));
@@ -119,7 +122,9 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   }
   if (settings.preallocation === 'full' || settings.preallocation === 'falloc')
     requiredDataBytes = virtualSizeBytes;
-  const fully = fullyAllocatedBytes(virtualSizeBytes, clusterSizeBytes, settings.refcountOrder, l2EntryBytes);
+  // As qemu: the LUKS header's clusters come on top of the metadata qcow2_calc_prealloc_size counts.
+  const fully =
+    luksBytes + fullyAllocatedBytes(virtualSizeBytes, clusterSizeBytes, settings.refcountOrder, l2EntryBytes);
   const result: MeasureResult = {
     requiredBytes: fully - virtualSizeBytes + requiredDataBytes,
     fullyAllocatedBytes: fully,
