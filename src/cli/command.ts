@@ -2,11 +2,17 @@
 // takes argv (after the subcommand) and returns the process exit code. Output goes through `io` so
 // tests capture it without spawning a process.
 
+import type { Writable } from 'node:stream';
+
 export interface CliIo {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   /** True when stderr is a terminal (progress bars redraw in place only then). */
   isTty: boolean;
+  /** Binary stdin for `convert ... -` (image data); process.stdin when absent. */
+  stdinStream?: AsyncIterable<Uint8Array>;
+  /** Binary stdout for `convert ... -` (image data); process.stdout when absent. */
+  stdoutStream?: Writable;
 }
 
 export interface CliCommand {

@@ -2,12 +2,14 @@
 // --target-is-zero), its -p progress line and its option errors; the copying is convert-image.ts.
 
 import { convertImage } from '../../engine/commands/convert-image.ts';
+import { convertFromStream, convertToStream } from '../../engine/commands/convert-stream.ts';
 import {
   DEFAULT_MIN_SPARSE_BYTES,
   DEFAULT_PARALLEL_REQUESTS,
   MAX_PARALLEL_REQUESTS,
 } from '../../engine/commands/convert.ts';
 import { findDriver } from '../../engine/formats/registry.ts';
+import { ByteSink, ByteSource } from '../../engine/io/byte-stream.ts';
 import { parseSize } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, parseOptionList, printHelpIfAsked } from '../common.ts';
@@ -21,7 +23,10 @@ const HELP = `usage: vdisk convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-O output_
                      [-m num_requests] [--target-is-zero] filename [filename2 [...]] output_filename
 
 Copies the guest contents of filename (several are concatenated) into a new image of output_fmt
-(raw when absent).
+(raw when absent). An output_filename of - writes a qcow2 or raw image to stdout (a pipe is fine:
+the layout is computed first, then the file is written in order); a filename of - reads a qcow2 or
+raw image from stdin (parts that arrive before the metadata naming them are kept in a hidden spill
+file beside output_filename, removed at the end). Name a file called - as ./-.
   -c                 compress the target's clusters (qcow2)
   -p                 show progress
   -n                 the target exists: do not create it
@@ -109,6 +114,45 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     throw new CliUsageError(`Invalid cache option: ${targetCache}`);
   const quiet = hasFlag(parsed, 'quiet');
   const progress = progressPrinter(io, hasFlag(parsed, 'progress') && !quiet);
+  if (targetPath === '-' || sourcePaths.includes('-')) {
+    const streamOnly: Array<[boolean, string]> = [
+      [skipCreate, '-n'],
+      [backingFile !== undefined, '-B'],
+      [hasFlag(parsed, 'compress'), '-c'],
+      [targetPath === '-' && sourcePaths.includes('-'), 'both input and output on a stream'],
+      [sourcePaths.includes('-') && sourcePaths.length > 1, 'stdin with other sources'],
+      [sourcePaths.includes('-') && lastValue(parsed, 'snapshot') !== undefined, '-l'],
+    ];
+    for (const [refused, what] of streamOnly)
+      if (refused) throw new CliUsageError(`${what} cannot be used when converting to or from a stream (-)`);
+    if (targetPath === '-') {
+      const sink = new ByteSink(io.stdoutStream ?? process.stdout, 'stdout');
+      await convertToStream({
+        sourcePath,
+        moreSourcePaths,
+        sourceFormat: lastValue(parsed, 'format'),
+        sourceSnapshot: lastValue(parsed, 'snapshot'),
+        targetFormat,
+        options,
+        minSparseBytes,
+        sink,
+        onProgress: (done, total) => progress.update(done, total),
+        allowBackingEscape: backingPolicy.allowEscape,
+      });
+      await sink.finish(io.stdoutStream !== undefined);
+    } else {
+      await convertFromStream({
+        input: new ByteSource(io.stdinStream ?? process.stdin, 'stdin'),
+        sourceFormat: lastValue(parsed, 'format'),
+        targetPath,
+        targetFormat,
+        options,
+        targetCache,
+      });
+    }
+    progress.end();
+    return 0;
+  }
   await convertImage({
     sourcePath,
     moreSourcePaths,

@@ -3,6 +3,7 @@
 // Capabilities are data so docs/formats.md and the CLI's help are generated from the registry.
 
 import type { BlockDevice } from '../block-device.ts';
+import type { ByteSink, ByteSource } from '../io/byte-stream.ts';
 import type { HostFile } from '../io/host-file.ts';
 
 export interface FormatCapabilities {
@@ -102,6 +103,44 @@ export interface MeasureInput {
 
 export type RepairMode = 'none' | 'leaks' | 'all';
 
+/** What a streaming writer is asked for (`vdisk convert -O fmt in -`). */
+export interface StreamWriteRequest {
+  /** Parsed `-o` options for the image written, keys in qemu spelling. */
+  options: Record<string, string>;
+  /** `-S`: 0 keeps every allocated cluster; otherwise all-zero clusters are left out. */
+  minSparseBytes: number;
+  /** Called with (doneBytes, totalBytes) as guest data is emitted. */
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface StreamWriteResult {
+  /** Bytes written to the sink (the image file's length). */
+  imageBytes: number;
+  /** Guest bytes stored as data (zero and unallocated ranges excluded). */
+  dataBytes: number;
+}
+
+export interface StreamCopyOptions {
+  /** A file the reader may create (and must delete) for parts that arrive before the metadata naming them. */
+  spillPath: string;
+  onProgress?: (doneBytes: number) => void;
+}
+
+export interface StreamCopyResult {
+  /** Guest size of the streamed image (the target is resized to it when the format could not say upfront). */
+  sizeBytes: number;
+  /** Bytes that had to go through the spill file (0 when the stream was in metadata-first order). */
+  spilledBytes: number;
+}
+
+/** An image of some format arriving on a forward-only stream (stdin), its header already read. */
+export interface StreamedImage {
+  /** Guest size when the stream's header says; undefined for raw (known only at the end of the stream). */
+  sizeBytes: number | undefined;
+  /** Writes the guest contents into `target`, a fresh device that reads as zeros (grown if needed). */
+  copyInto(target: BlockDevice, options: StreamCopyOptions): Promise<StreamCopyResult>;
+}
+
 export interface FormatDriver {
   /** qemu's name for the format (`qcow2`, `vpc`, `vmdk`, ...). */
   name: string;
@@ -116,4 +155,8 @@ export interface FormatDriver {
   measure?(input: MeasureInput): Promise<MeasureResult>;
   /** Checks (and with `repair` mends) the metadata of a file of this format. */
   check?(context: OpenContext, repair: RepairMode): Promise<CheckReport>;
+  /** Writes an image of this format holding `source` to a forward-only sink (a pipe), in file order. */
+  writeStream?(source: BlockDevice, sink: ByteSink, request: StreamWriteRequest): Promise<StreamWriteResult>;
+  /** Starts reading an image of this format from a forward-only stream (reads its header). */
+  readStream?(input: ByteSource): Promise<StreamedImage>;
 }

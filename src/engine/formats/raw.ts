@@ -14,6 +14,7 @@ import type {
   MeasureResult,
   OpenContext,
 } from './driver.ts';
+import { openRawStream, writeRawStream } from './raw-stream.ts';
 
 /** Largest zero write issued at once when the file system can't punch or zero a range. */
 const ZERO_CHUNK_BYTES = 1024 * 1024;
@@ -259,4 +260,6 @@ export const rawDriver = {
   open: openRaw,
   create: createRaw,
   measure: measureRaw,
+  writeStream: writeRawStream,
+  readStream: openRawStream,
 } satisfies FormatDriver;

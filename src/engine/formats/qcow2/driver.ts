@@ -12,6 +12,8 @@ import { probeQcow2 } from './header.ts';
 import { loadImage, readHeader } from './load.ts';
 import { measureQcow2 } from './measure.ts';
 import { QCOW2_CREATE_OPTIONS } from './options.ts';
+import { openQcow2Stream } from './stream-reader.ts';
+import { writeQcow2Stream } from './stream-writer.ts';
 
 /** Opens a qcow2 image and its backing file (read-only, through context.openBacking). */
 async function openQcow2(context: OpenContext): Promise<BlockDevice> {
@@ -53,4 +55,6 @@ export const qcow2Driver: FormatDriver = {
   create: createQcow2,
   measure: measureQcow2,
   check: checkQcow2,
+  writeStream: writeQcow2Stream,
+  readStream: openQcow2Stream,
 };
