@@ -58,7 +58,11 @@ export class Qcow2Device implements BlockDevice {
   readonly setBackingFile = (name: string | undefined, format: string | undefined): Promise<void> =>
     this.lock.run(() => setQcow2BackingFile(this.image, name, format));
   /** Unmaps every cluster of the active tables (empty.ts), as qemu-img commit leaves the top image. */
-  readonly makeEmpty = (): Promise<void> => this.lock.run(() => makeQcow2Empty(this.image));
+  readonly makeEmpty = (): Promise<void> =>
+    this.lock.run(async () => {
+      await this.image.bitmaps?.markAllDirty();
+      await makeQcow2Empty(this.image);
+    });
   /** qemu-img amend -o (amend.ts): compat, lazy_refcounts, refcount_bits, size. */
   readonly amend = (options: Record<string, string>): Promise<void> =>
     this.lock.run(() => amendQcow2(this.image, options));
@@ -105,6 +109,17 @@ export class Qcow2Device implements BlockDevice {
             return new Qcow2Device(view, backing, { isView: true, encryption: this.encryption });
           },
         });
+    const operations = this.snapshots;
+    if (operations && image.bitmaps) {
+      // Reverting rewrites the whole guest view: enabled bitmaps are marked all dirty first (bitmaps.ts).
+      this.snapshots = {
+        ...operations,
+        apply: async (nameOrId) => {
+          await this.lock.run(async () => image.bitmaps?.markAllDirty());
+          await operations.apply(nameOrId);
+        },
+      };
+    }
   }
 
   private get clusterSizeBytes(): number {
@@ -326,6 +341,7 @@ export class Qcow2Device implements BlockDevice {
   async write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     this.checkWritable();
     await this.lock.run(async () => {
+      await this.image.bitmaps?.markDirty(offsetBytes, data.length);
       await this.writeBytes(offsetBytes, data);
       if (options?.fua) await this.image.flush();
     });
@@ -467,6 +483,7 @@ export class Qcow2Device implements BlockDevice {
   async writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void> {
     this.checkWritable();
     await this.lock.run(async () => {
+      await this.image.bitmaps?.markDirty(offsetBytes, lengthBytes);
       const clusterSizeBytes = this.clusterSizeBytes;
       const end = offsetBytes + lengthBytes;
       let position = offsetBytes;
@@ -547,6 +564,7 @@ export class Qcow2Device implements BlockDevice {
   async discard(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkWritable();
     await this.lock.run(async () => {
+      await this.image.bitmaps?.markDirty(offsetBytes, lengthBytes);
       const clusterSizeBytes = this.clusterSizeBytes;
       const firstCluster = Math.ceil(offsetBytes / clusterSizeBytes);
       const endOffset = offsetBytes + lengthBytes;
@@ -591,6 +609,7 @@ export class Qcow2Device implements BlockDevice {
     // Compress outside the lock so several clusters compress in parallel on the thread pool.
     const compressed = await compressCluster(padded, this.image.header.compressionType);
     await this.lock.run(async () => {
+      await this.image.bitmaps?.markDirty(offsetBytes, data.length);
       const guestCluster = Math.floor(offsetBytes / clusterSizeBytes);
       if (!compressed) {
         let done = 0;
@@ -623,6 +642,12 @@ export class Qcow2Device implements BlockDevice {
         feature: `resize with preallocation=${options.preallocation}`,
       });
     }
+    if (this.image.bitmaps?.count)
+      throw new UnsupportedError({
+        format: 'qcow2',
+        feature: 'resize with persistent bitmaps',
+        message: `${this.image.path}: cannot resize an image with persistent bitmaps (remove them with qemu-img bitmap --remove)`,
+      });
     await this.lock.run(async () => {
       // qemu keeps guest sizes in whole sectors.
       const rounded = Math.ceil(sizeBytes / 512) * 512;
@@ -677,7 +702,11 @@ export class Qcow2Device implements BlockDevice {
     this.closed = true;
     if (this.isView) return;
     try {
-      if (!this.isReadOnly) await this.lock.run(() => this.image.flush());
+      if (!this.isReadOnly)
+        await this.lock.run(async () => {
+          await this.image.flush();
+          await this.image.bitmaps?.store();
+        });
     } finally {
       await this.image.file.close();
       if (this.backing) await this.backing.close();

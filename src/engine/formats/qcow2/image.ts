@@ -3,6 +3,7 @@
 // Implements qcow2.txt "Cluster mapping" lookups and L2 allocation; device.ts builds guest I/O on it.
 
 import { CorruptImageError } from '../../errors.ts';
+import type { PersistentBitmaps } from './bitmaps.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import {
   ALL_SUBCLUSTERS,
@@ -61,6 +62,8 @@ export class Qcow2Image {
   readonly l2Cache: TableCache;
   readonly refcounts: RefcountManager;
   readonly readOnly: boolean;
+  /** Persistent dirty bitmaps (bitmaps.ts), set by loadImage when the image has valid ones. */
+  bitmaps: PersistentBitmaps | undefined;
   /** Host cluster runs whose reference was dropped in an L2/L1 entry not yet on disk. */
   private pendingFrees: Array<{ firstCluster: number; clusterCount: number }> = [];
   private l1DirtyFirst = Number.POSITIVE_INFINITY;

@@ -5,7 +5,9 @@
 import { CorruptImageError, ImageFormatError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import type { OpenContext } from '../driver.ts';
+import { PersistentBitmaps } from './bitmaps.ts';
 import {
+  AUTOCLEAR_BITMAPS,
   describeUnknownFeatures,
   HEADER_FIELD,
   INCOMPAT_COMPRESSION,
@@ -178,9 +180,18 @@ export async function loadImage(
   }
   const { l1, refcountTable } = await readTables(file, path, header, fileSizeBytes);
   const image = new Qcow2Image({ file, path, header, l1, refcountTable, readOnly });
+  let bitmapsBroken = false;
+  try {
+    image.bitmaps = await PersistentBitmaps.load(image, fileSizeBytes);
+  } catch (err) {
+    // check reports a broken bitmap directory as a corruption instead of refusing to open.
+    if (!options.allowCorrupt) throw err;
+    bitmapsBroken = true;
+  }
   if (!readOnly && header.version === 3) {
-    // Autoclear bits name extensions whose consistency vdisk does not maintain: clear them (bitmaps too).
-    const keep = 0n;
+    // Autoclear bits name extensions whose consistency a writer must maintain: vdisk keeps the bitmaps
+    // bit (bitmaps.ts updates them) and clears the others.
+    const keep = image.bitmaps || bitmapsBroken ? AUTOCLEAR_BITMAPS : 0n;
     if ((header.autoclearFeatures & ~keep) !== 0n) {
       header.autoclearFeatures &= keep;
       await image.writeHeaderField(HEADER_FIELD.autoclearFeatures, header.autoclearFeatures);

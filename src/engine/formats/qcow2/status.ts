@@ -4,6 +4,7 @@
 
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { Extent, ImageInfo } from '../../block-device.ts';
+import { bitmapFlagNames } from './bitmaps.ts';
 import { type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressionTypeName } from './compress.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
@@ -126,6 +127,12 @@ export async function describeImage(image: Qcow2Image): Promise<ImageInfo> {
   };
   if (header.version === 3)
     data['lazy-refcounts'] = (header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+  if (image.bitmaps)
+    data.bitmaps = image.bitmaps.entries.map((entry) => ({
+      flags: bitmapFlagNames(entry.flags),
+      name: entry.name,
+      granularity: 2 ** entry.granularityBits,
+    }));
   data['refcount-bits'] = 2 ** header.refcountOrder;
   if (header.version === 3) {
     data.corrupt = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
