@@ -3,10 +3,10 @@
 // image's folder refused unless allowed), and wrap the result in a GuardedDevice.
 
 import { realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import type { BlockDevice } from './block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from './errors.ts';
-import type { FormatDriver, OpenBackingFn, OpenContext } from './formats/driver.ts';
+import type { FormatDriver, OpenBackingFn, OpenContext, OpenDataFileFn } from './formats/driver.ts';
 import { findDriver, probeDriver } from './formats/registry.ts';
 import { GuardedDevice } from './guarded-device.ts';
 import { type HostFile, NodeHostFile } from './io/host-file.ts';
@@ -140,6 +140,11 @@ async function openLayer(
       openBacking,
       options: options.driverOptions ?? {},
       metadataOnly: options.metadataOnly ?? false,
+      openDataFile: openDataFileFor(path, {
+        readOnly,
+        allowEscape: options.allowBackingEscape ?? false,
+        openFile: options.openFile,
+      }),
     };
     const device = await driver.open(context);
     const sectorZeroGuard = probedRaw
@@ -175,6 +180,47 @@ export async function assertBackingInside(
       message: `backing file '${reference}' resolves to ${target}, outside the image's folder ${folder} (pass --allow-backing-escape to permit)`,
     });
   }
+}
+
+/**
+ * The opener for external data files of the image at `imagePath`: a relative name is resolved against
+ * the image's folder (qemu 7.2 resolves it against the current directory), and a name that resolves
+ * outside that folder is refused (PermissionError) unless `allowEscape`, as backing files are.
+ */
+export function openDataFileFor(
+  imagePath: string,
+  options: {
+    readOnly: boolean;
+    allowEscape: boolean;
+    openFile?: (path: string, readOnly: boolean) => Promise<HostFile>;
+  },
+): OpenDataFileFn {
+  return async (reference, { create }) => {
+    if (/^[a-z+]+:/.test(reference) && !reference.startsWith('file:')) {
+      throw new UnsupportedError({
+        format: 'qcow2',
+        feature: 'data file protocol',
+        message: `${imagePath}: data file '${reference}' uses a protocol vdisk does not open`,
+      });
+    }
+    const name = reference.replace(/^file:/, '');
+    const target = resolveBackingPath(name, imagePath);
+    if (!options.allowEscape) {
+      const folder = await realFolder(dirname(resolve(imagePath)));
+      const real = create
+        ? resolve(await realFolder(dirname(target)), basename(target))
+        : await realFolder(target);
+      if (!isInside(real, folder))
+        throw new PermissionError({
+          file: imagePath,
+          message: `data file '${reference}' resolves to ${real}, outside the image's folder ${folder} (pass --allow-backing-escape to permit)`,
+        });
+    }
+    if (create) return NodeHostFile.open(target, { readOnly: false, create: true, truncate: true });
+    return options.openFile
+      ? options.openFile(target, options.readOnly)
+      : NodeHostFile.open(target, { readOnly: options.readOnly });
+  };
 }
 
 /** Opens `path` as a guarded block device with its backing chain. Throws VdiskError subclasses. */

@@ -7,7 +7,7 @@ import { InvalidOptionError, UnsupportedError } from '../errors.ts';
 import type { OpenBackingFn } from '../formats/driver.ts';
 import { findDriver } from '../formats/registry.ts';
 import { NodeHostFile } from '../io/host-file.ts';
-import { assertBackingInside, openImage, resolveBackingPath } from '../open.ts';
+import { assertBackingInside, openDataFileFor, openImage, resolveBackingPath } from '../open.ts';
 import { parseSize } from '../size.ts';
 
 export interface CreateImageRequest {
@@ -88,6 +88,7 @@ export async function createImage(request: CreateImageRequest): Promise<{ sizeBy
       backingFile,
       backingFormat,
       openBacking: request.unsafe ? undefined : backingOpener(request.path, allowEscape),
+      openDataFile: openDataFileFor(request.path, { readOnly: false, allowEscape }),
     });
   } finally {
     await file.close();

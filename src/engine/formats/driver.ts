@@ -32,6 +32,12 @@ export interface CreateOptionSpec {
   default?: string | number | boolean;
 }
 
+/**
+ * Opens (or with `create`, creates empty) an external data file an image names: resolved against the
+ * image's folder, refused outside it unless escapes are allowed (open.ts openDataFileFor).
+ */
+export type OpenDataFileFn = (reference: string, options: { create?: boolean }) => Promise<HostFile>;
+
 /** Opens another image by name for a backing chain: resolution, escape checks and loops live in open.ts. */
 export type OpenBackingFn = (reference: string, format: string | undefined) => Promise<BlockDevice>;
 
@@ -46,6 +52,8 @@ export interface OpenContext {
   options: Record<string, string>;
   /** Metadata only (qemu's BDRV_O_NO_IO): an encrypted image opens without its key (see OpenImageOptions). */
   metadataOnly?: boolean;
+  /** Opens the image's external data file (qcow2 data_file); absent where the caller gives none. */
+  openDataFile?: OpenDataFileFn;
 }
 
 export interface CreateContext {
@@ -59,6 +67,8 @@ export interface CreateContext {
   backingFormat?: string;
   /** Opens the backing file to learn its size when `sizeBytes` was not given. */
   openBacking: OpenBackingFn | undefined;
+  /** Creates the external data file an option names (qcow2 data_file). */
+  openDataFile?: OpenDataFileFn;
 }
 
 /** One problem `check` found, as zod issues are: codes, not wording; the CLI renders qemu-img's text. */

@@ -94,6 +94,11 @@ async function walkL1(
           break;
         case 'normal':
         case 'zero-alloc':
+          // Clusters of an external data file are not counted in this file's refcounts.
+          if (image.hasDataFile) {
+            if (isActive) walk.allocatedClusters++;
+            break;
+          }
           if (isActive) {
             walk.allocatedClusters++;
             if (nextContiguousOffset !== 0 && mapping.hostOffsetBytes !== nextContiguousOffset)
@@ -385,7 +390,7 @@ async function checkCopiedFlags(
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
-      if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) continue;
+      if (mapping.hostOffsetBytes % clusterSizeBytes !== 0 || image.hasDataFile) continue;
       const hostCluster = mapping.hostOffsetBytes / clusterSizeBytes;
       const refcount = image.refcounts.peekRefcount(hostCluster) ?? (await image.refcounts.get(hostCluster));
       if ((refcount === 1) === mapping.copied) continue;

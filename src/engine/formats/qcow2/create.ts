@@ -20,6 +20,13 @@ import {
   type Qcow2Header,
   serializeHeader,
 } from './header.ts';
+import {
+  addDataFileToHeader,
+  createDataFile,
+  type DataFileSettings,
+  mapEveryCluster,
+  parseDataFileOptions,
+} from './data-file.ts';
 import { setUpQcow2Luks, takeEncryptOptions } from './encryption.ts';
 import { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
@@ -94,7 +101,24 @@ export async function createQcow2(context: CreateContext): Promise<void> {
       feature: 'preallocation with encryption',
       message: `preallocation=${settings.preallocation} with encryption is not supported`,
     });
-  await writeQcow2(context, settings);
+  const dataFile = parseDataFileOptions(options, settings.version, backingFile);
+  if (dataFile) {
+    if (encryptOptions)
+      throw new UnsupportedError({
+        format: 'qcow2',
+        feature: 'data_file with encryption',
+        message: 'vdisk does not create encrypted images with an external data file',
+      });
+    if (settings.preallocation !== 'off' || settings.extendedL2)
+      throw new InvalidOptionError({
+        option: settings.extendedL2 ? 'extended_l2' : 'preallocation',
+        value: settings.extendedL2 ? 'on' : settings.preallocation,
+        message:
+          'vdisk creates images with an external data file only with preallocation=off and extended_l2=off',
+      });
+    await createDataFile(context.openDataFile, dataFile, settings.sizeBytes, context.path);
+  }
+  await writeQcow2(context, settings, dataFile);
   if (encryptOptions) await setUpQcow2Luks(context, encryptOptions);
 }
 
@@ -102,10 +126,12 @@ export async function createQcow2(context: CreateContext): Promise<void> {
 export async function writeQcow2(
   context: Pick<CreateContext, 'file' | 'path'>,
   settings: Qcow2CreateSettings,
+  dataFile?: DataFileSettings,
 ): Promise<void> {
   const { file, path } = context;
   const clusterSizeBytes = 2 ** settings.clusterBits;
   const header = initialHeader(settings);
+  if (dataFile) addDataFileToHeader(header, dataFile);
   await file.truncate(0);
   // Cluster 0: header; 1: refcount table naming the block in 2; 2: refcount block with clusters 0-2 in use.
   await file.write(0, serializeHeader(header, path));
@@ -143,6 +169,8 @@ export async function writeQcow2(
   if (settings.preallocation !== 'off' && l1EntryCount > 0) {
     await preallocate(file, path, settings);
   }
+  if (dataFile?.raw && l1EntryCount > 0)
+    await mapEveryCluster(await loadImage({ file, path, readOnly: false }, async () => undefined));
   await file.sync();
 }
 

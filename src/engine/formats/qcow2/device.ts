@@ -15,6 +15,7 @@ import { amendQcow2 } from './amend.ts';
 import { setQcow2BackingFile } from './backing.ts';
 import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
+import { isDataFileRaw, zeroDataFileRange } from './data-file.ts';
 import { makeQcow2Empty } from './empty.ts';
 import type { Qcow2Encryption } from './encryption.ts';
 import { INCOMPAT_CORRUPT } from './header.ts';
@@ -82,8 +83,9 @@ export class Qcow2Device implements BlockDevice {
     this.encryption = options.encryption;
     this.sizeBytes = image.header.virtualSizeBytes;
     this.isReadOnly = image.readOnly;
-    // qemu refuses compressed writes to encrypted images too (a compressed cluster is never enciphered).
-    const canCompress = !image.readOnly && !this.encryption;
+    // qemu refuses compressed writes to encrypted images too (a compressed cluster is never enciphered),
+    // and to images with an external data file.
+    const canCompress = !image.readOnly && !this.encryption && !image.hasDataFile;
     this.compressedWriteUnitBytes = canCompress ? image.clusterSizeBytes : undefined;
     if (!canCompress) this.writeCompressed = undefined;
     this.snapshots = this.isView
@@ -110,7 +112,17 @@ export class Qcow2Device implements BlockDevice {
           },
         });
     const operations = this.snapshots;
-    if (operations && image.bitmaps) {
+    if (operations && image.hasDataFile) {
+      const refuse = (): Promise<never> =>
+        Promise.reject(
+          new UnsupportedError({
+            format: 'qcow2',
+            feature: 'snapshots with data_file',
+            message: `${image.path}: internal snapshots are not supported with an external data file`,
+          }),
+        );
+      this.snapshots = { ...operations, create: refuse, apply: refuse };
+    } else if (operations && image.bitmaps) {
       // Reverting rewrites the whole guest view: enabled bitmaps are marked all dirty first (bitmaps.ts).
       this.snapshots = {
         ...operations,
@@ -223,7 +235,7 @@ export class Qcow2Device implements BlockDevice {
     guestOffsetBytes: number,
     target: Uint8Array,
   ): Promise<void> {
-    const count = await this.image.file.read(hostOffsetBytes, target);
+    const count = await this.image.dataHostFile.read(hostOffsetBytes, target);
     target.fill(0, count);
     if (this.encryption) target.set(this.encryption.decrypt(target, hostOffsetBytes, guestOffsetBytes));
   }
@@ -235,7 +247,7 @@ export class Qcow2Device implements BlockDevice {
     data: Uint8Array,
   ): Promise<void> {
     const stored = this.encryption ? this.encryption.encrypt(data, hostOffsetBytes, guestOffsetBytes) : data;
-    await this.image.file.write(hostOffsetBytes, stored);
+    await this.image.dataHostFile.write(hostOffsetBytes, stored);
   }
 
   /** `guestOffsetBytes` is where `buffer` starts in the guest (pieces are relative to it). */
@@ -417,7 +429,7 @@ export class Qcow2Device implements BlockDevice {
     const clusterCount = olds.length;
     const lengthBytes = Math.min(data.length, clusterCount * clusterSizeBytes - headBytes);
     const tailBytes = (headBytes + lengthBytes) % clusterSizeBytes;
-    const hostCluster = await this.image.refcounts.allocateClusters(clusterCount);
+    const hostCluster = await this.image.allocateDataClusters(firstCluster, clusterCount);
     const hostOffsetBytes = hostCluster * clusterSizeBytes;
     let written = 0;
     if (headBytes !== 0 || (clusterCount === 1 && tailBytes !== 0)) {
@@ -460,7 +472,7 @@ export class Qcow2Device implements BlockDevice {
   }
 
   private checkHostOffset(hostOffsetBytes: number, l2OffsetBytes: number, l2Index: number): void {
-    if (hostOffsetBytes < this.clusterSizeBytes) {
+    if (hostOffsetBytes < this.clusterSizeBytes && !this.image.hasDataFile) {
       throw this.image.corrupt(
         `data cluster at ${hostOffsetBytes} overlaps the header`,
         l2OffsetBytes + l2Index * 8,
@@ -484,6 +496,9 @@ export class Qcow2Device implements BlockDevice {
     this.checkWritable();
     await this.lock.run(async () => {
       await this.image.bitmaps?.markDirty(offsetBytes, lengthBytes);
+      // A raw data file must read as the guest does on its own.
+      if (this.image.dataFile && isDataFileRaw(this.image.header))
+        await zeroDataFileRange(this.image.dataFile, offsetBytes, lengthBytes);
       const clusterSizeBytes = this.clusterSizeBytes;
       const end = offsetBytes + lengthBytes;
       let position = offsetBytes;
@@ -567,6 +582,18 @@ export class Qcow2Device implements BlockDevice {
       await this.image.bitmaps?.markDirty(offsetBytes, lengthBytes);
       const clusterSizeBytes = this.clusterSizeBytes;
       const firstCluster = Math.ceil(offsetBytes / clusterSizeBytes);
+      if (this.image.dataFile && isDataFileRaw(this.image.header)) {
+        // Discarded clusters read as zeros, so the raw data file must too (as qemu punches it).
+        const zeroEnd = Math.min(
+          this.sizeBytes,
+          Math.floor((offsetBytes + lengthBytes) / clusterSizeBytes) * clusterSizeBytes,
+        );
+        await zeroDataFileRange(
+          this.image.dataFile,
+          firstCluster * clusterSizeBytes,
+          zeroEnd - firstCluster * clusterSizeBytes,
+        );
+      }
       const endOffset = offsetBytes + lengthBytes;
       // The partial last cluster of the image counts as whole when the range reaches the virtual end.
       const endCluster =
@@ -585,7 +612,9 @@ export class Qcow2Device implements BlockDevice {
         // With a backing file the discarded range must not expose the backing's bytes: v3 marks it zero.
         const l2OffsetBytes = await this.image.writableL2(guestCluster);
         const l2Index = guestCluster % this.image.l2EntryCount;
-        const makeZero = this.image.header.version >= 3 && this.backing !== undefined;
+        // An external data file keeps its bytes, so (as qemu) the entry says zero rather than unallocated.
+        const makeZero =
+          this.image.header.version >= 3 && (this.backing !== undefined || this.image.hasDataFile);
         await this.image.setL2Entry(
           l2OffsetBytes,
           l2Index,
@@ -642,6 +671,12 @@ export class Qcow2Device implements BlockDevice {
         feature: `resize with preallocation=${options.preallocation}`,
       });
     }
+    if (this.image.hasDataFile)
+      throw new UnsupportedError({
+        format: 'qcow2',
+        feature: 'resize with data_file',
+        message: `${this.image.path}: resizing an image with an external data file is not supported`,
+      });
     if (this.image.bitmaps?.count)
       throw new UnsupportedError({
         format: 'qcow2',
@@ -709,6 +744,7 @@ export class Qcow2Device implements BlockDevice {
         });
     } finally {
       await this.image.file.close();
+      await this.image.dataFile?.close();
       if (this.backing) await this.backing.close();
     }
   }

@@ -6,6 +6,7 @@ import type { BlockDevice } from '../../block-device.ts';
 import type { FormatDriver, OpenContext } from '../driver.ts';
 import { checkQcow2, rebuildRefcounts } from './check.ts';
 import { createQcow2 } from './create.ts';
+import { attachDataFile } from './data-file.ts';
 import { Qcow2Device } from './device.ts';
 import { openQcow2Encryption, QCOW2_ENCRYPT_CREATE_OPTIONS } from './encryption.ts';
 import { probeQcow2 } from './header.ts';
@@ -28,9 +29,15 @@ async function openQcow2(context: OpenContext): Promise<BlockDevice> {
   );
   const image = await loadImage(context, rebuildRefcounts);
   let backing: BlockDevice | undefined;
-  const name = image.header.backingFileName;
-  if (name !== undefined && name !== '' && context.openBacking) {
-    backing = await context.openBacking(name, image.header.backingFormat);
+  try {
+    await attachDataFile(image, context.openDataFile);
+    const name = image.header.backingFileName;
+    if (name !== undefined && name !== '' && context.openBacking) {
+      backing = await context.openBacking(name, image.header.backingFormat);
+    }
+  } catch (err) {
+    await image.dataFile?.close().catch(() => undefined);
+    throw err;
   }
   return new Qcow2Device(image, backing, { encryption });
 }

@@ -16,7 +16,7 @@ import {
   writeEntry,
   writeExtendedEntry,
 } from './cluster-map.ts';
-import { HEADER_FIELD, INCOMPAT_EXTL2, type Qcow2Header } from './header.ts';
+import { HEADER_FIELD, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from './header.ts';
 import { RefcountManager } from './refcount.ts';
 import { TableCache } from './table-cache.ts';
 
@@ -64,6 +64,10 @@ export class Qcow2Image {
   readonly readOnly: boolean;
   /** Persistent dirty bitmaps (bitmaps.ts), set by loadImage when the image has valid ones. */
   bitmaps: PersistentBitmaps | undefined;
+  /** The external data file (data-file.ts), when the image has one and it was opened. */
+  dataFile: HostFile | undefined;
+  /** Data clusters live in an external data file at their guest offsets, without refcounts. */
+  readonly hasDataFile: boolean;
   /** Host cluster runs whose reference was dropped in an L2/L1 entry not yet on disk. */
   private pendingFrees: Array<{ firstCluster: number; clusterCount: number }> = [];
   private l1DirtyFirst = Number.POSITIVE_INFINITY;
@@ -79,6 +83,7 @@ export class Qcow2Image {
     this.l2EntryCount = this.clusterSizeBytes / (this.extendedL2 ? 16 : 8);
     this.l1 = parts.l1;
     this.readOnly = parts.readOnly;
+    this.hasDataFile = (parts.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.refcounts = new RefcountManager({
       file: parts.file,
       path: parts.path,
@@ -113,6 +118,20 @@ export class Qcow2Image {
         await this.file.sync();
       },
     });
+  }
+
+  /** The file guest data clusters are read from and written to. */
+  get dataHostFile(): HostFile {
+    return this.dataFile ?? this.file;
+  }
+
+  /**
+   * Host cluster index for `clusterCount` new data clusters from guest cluster `firstGuestCluster`:
+   * allocated in the image, or (external data file) the guest clusters themselves.
+   */
+  async allocateDataClusters(firstGuestCluster: number, clusterCount: number): Promise<number> {
+    if (this.hasDataFile) return firstGuestCluster;
+    return this.refcounts.allocateClusters(clusterCount);
   }
 
   /** Switches to a new, already written L1 table (grow). */
@@ -172,7 +191,10 @@ export class Qcow2Image {
    * cluster that is not cluster aligned, or any host offset past 2^53 (CorruptImageError, fatal).
    */
   decodeChecked(table: Buffer, l2Index: number, l2OffsetBytes: number): L2Mapping {
-    const mapping = decodeL2(table, l2Index, this.clusterBits, this.extendedL2);
+    let mapping = decodeL2(table, l2Index, this.clusterBits, this.extendedL2);
+    // Offset 0 is a real data cluster in an external data file; COPIED tells it from unallocated (qemu does the same).
+    if (this.hasDataFile && mapping.kind === 'unallocated' && mapping.copied)
+      mapping = { ...mapping, kind: 'normal' };
     const entryOffsetBytes = l2OffsetBytes + l2Index * (this.extendedL2 ? 16 : 8);
     if (
       (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') &&
@@ -278,6 +300,8 @@ export class Qcow2Image {
 
   /** Drops the reference `mapping` holds once the entry that named it is on disk (at the next flush). */
   releaseMapping(mapping: L2Mapping): void {
+    // Clusters in an external data file have no refcounts to drop.
+    if (this.hasDataFile && mapping.kind !== 'compressed') return;
     if (mapping.hostOffsetBytes % 512 !== 0 && mapping.kind !== 'compressed') return;
     if (mapping.kind === 'normal' || mapping.kind === 'zero-alloc') {
       this.deferFree(mapping.hostOffsetBytes / this.clusterSizeBytes, 1);
@@ -310,6 +334,8 @@ export class Qcow2Image {
    */
   async flush(): Promise<void> {
     if (this.readOnly) return;
+    // Guest data in an external data file is durable before any table that names it.
+    await this.dataFile?.sync();
     await this.refcounts.flush();
     await this.file.sync();
     if (this.l2Cache.hasDirty()) {

@@ -6,8 +6,10 @@ import { CorruptImageError, ImageFormatError, UnsupportedError } from '../../err
 import type { HostFile } from '../../io/host-file.ts';
 import type { OpenContext } from '../driver.ts';
 import { PersistentBitmaps } from './bitmaps.ts';
+import { checkDataFileHeader } from './data-file.ts';
 import {
   AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
   describeUnknownFeatures,
   HEADER_FIELD,
   INCOMPAT_COMPRESSION,
@@ -53,12 +55,7 @@ export function checkFeatures(header: Qcow2Header, path: string): void {
       message: `${path}: Unsupported qcow2 feature(s): incompatible ${unknown.join(', ')}`,
     });
   }
-  if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
-    throw new UnsupportedError({
-      format: 'qcow2',
-      feature: 'data_file',
-      message: `${path}: external data files are not supported`,
-    });
+  checkDataFileHeader(header, path);
   // 1 (legacy AES) and 2 (LUKS) are opened by encryption.ts.
   if (header.cryptMethod > 2)
     throw new UnsupportedError({
@@ -191,7 +188,9 @@ export async function loadImage(
   if (!readOnly && header.version === 3) {
     // Autoclear bits name extensions whose consistency a writer must maintain: vdisk keeps the bitmaps
     // bit (bitmaps.ts updates them) and clears the others.
-    const keep = image.bitmaps || bitmapsBroken ? AUTOCLEAR_BITMAPS : 0n;
+    const keep =
+      (image.bitmaps || bitmapsBroken ? AUTOCLEAR_BITMAPS : 0n) |
+      (image.hasDataFile ? AUTOCLEAR_DATA_FILE_RAW : 0n);
     if ((header.autoclearFeatures & ~keep) !== 0n) {
       header.autoclearFeatures &= keep;
       await image.writeHeaderField(HEADER_FIELD.autoclearFeatures, header.autoclearFeatures);

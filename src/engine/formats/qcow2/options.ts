@@ -20,6 +20,17 @@ export const QCOW2_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'backing_file', type: 'string', help: 'File name of a base image' },
   { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
   {
+    name: 'data_file',
+    type: 'string',
+    help: "File name of an external data file (relative names are resolved against the image's folder)",
+  },
+  {
+    name: 'data_file_raw',
+    type: 'bool',
+    default: false,
+    help: 'The external data file is a valid raw image (every cluster mapped at its guest offset)',
+  },
+  {
     name: 'cluster_size',
     type: 'size',
     default: 65536,

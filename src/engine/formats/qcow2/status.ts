@@ -7,6 +7,7 @@ import type { Extent, ImageInfo } from '../../block-device.ts';
 import { bitmapFlagNames } from './bitmaps.ts';
 import { type L2Mapping, splitSubclusters } from './cluster-map.ts';
 import { compressionTypeName } from './compress.ts';
+import { dataFileName, isDataFileRaw } from './data-file.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { readSnapshotTable, toSnapshotInfo } from './snapshot.ts';
@@ -31,7 +32,7 @@ function extentFor(
         zero: false,
         data: true,
         hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
-        hostFile: image.path,
+        hostFile: image.dataFile?.path ?? image.path,
       };
     case 'zero-alloc':
       // qemu-img map shows the preallocated host cluster of a zero cluster too.
@@ -42,7 +43,7 @@ function extentFor(
         zero: true,
         data: false,
         hostOffsetBytes: mapping.hostOffsetBytes + inClusterBytes,
-        hostFile: image.path,
+        hostFile: image.dataFile?.path ?? image.path,
       };
     case 'zero-plain':
       return { offsetBytes, lengthBytes, allocated: true, zero: true, data: false };
@@ -134,6 +135,10 @@ export async function describeImage(image: Qcow2Image): Promise<ImageInfo> {
       granularity: 2 ** entry.granularityBits,
     }));
   data['refcount-bits'] = 2 ** header.refcountOrder;
+  if (image.hasDataFile) {
+    data['data-file'] = dataFileName(header);
+    data['data-file-raw'] = isDataFileRaw(header);
+  }
   if (header.version === 3) {
     data.corrupt = (header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
     data['extended-l2'] = (header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;

@@ -15,6 +15,7 @@ import { decodeL2, l1Offset } from './cluster-map.ts';
 import { decompressCluster } from './compress.ts';
 import {
   HEADER_FIELD,
+  INCOMPAT_DATA_FILE,
   INCOMPAT_EXTL2,
   parseHeader,
   QCOW2_MAGIC,
@@ -58,6 +59,12 @@ export async function openQcow2Stream(input: ByteSource): Promise<StreamedImage>
       format: 'qcow2',
       feature: 'streamed backing file',
       message: `${name}: a qcow2 image read from a stream cannot have a backing file ('${header.backingFileName}')`,
+    });
+  if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
+    throw new UnsupportedError({
+      format: 'qcow2',
+      feature: 'streamed data_file',
+      message: `${name}: a qcow2 image read from a stream cannot have an external data file`,
     });
   if (header.incompatibleFeatures & INCOMPAT_EXTL2)
     throw new UnsupportedError({

@@ -83,7 +83,7 @@ export function planStreamLayout(
 
 /** Options the streaming writer cannot honour, with the reason given to the user. */
 function refuseOptions(options: Record<string, string>): void {
-  for (const key of ['backing_file', 'backing_fmt'] as const) {
+  for (const key of ['backing_file', 'backing_fmt', 'data_file', 'data_file_raw'] as const) {
     if (options[key] !== undefined)
       throw new UnsupportedError({
         format: 'qcow2',
