@@ -1,8 +1,9 @@
 // Import from http(s): stream the body once, hashing the bytes as downloaded (SHA-256, compared with
 // spec.source.http.sha256), decompressing gzip, xz and zstd bodies on the fly (decompress.ts). A raw
 // source is written straight into the target image as it arrives (1 MiB buffer, all-zero blocks skipped, so memory is
-// bounded and the PVC needs no room for a copy); other formats land in a sparse temp file on the PVC
-// and are converted by the engine. The target is published only after the checksum matched.
+// bounded and the PVC needs no room for a copy); a qcow2 source too, through the engine's streaming qcow2
+// reader (only what arrives before its metadata is kept, in the temp path); other formats land in a sparse
+// temp file on the PVC and are converted by the engine. The target is published only after the checksum matched.
 
 import { createHash } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
@@ -10,8 +11,9 @@ import { Readable } from 'node:stream';
 import type { BlockDevice } from '../../engine/block-device.ts';
 import { convertImage } from '../../engine/commands/convert-image.ts';
 import { createImage } from '../../engine/commands/create.ts';
-import { ImageIoError, InvalidOptionError } from '../../engine/errors.ts';
-import { probeDriver } from '../../engine/formats/registry.ts';
+import { ImageIoError, InvalidOptionError, UnsupportedError } from '../../engine/errors.ts';
+import { findDriver, probeDriver } from '../../engine/formats/registry.ts';
+import { ByteSource } from '../../engine/io/byte-stream.ts';
 import { NodeHostFile } from '../../engine/io/host-file.ts';
 import { openImage, PROBE_BYTES } from '../../engine/open.ts';
 import { decompressor, detectCodec } from './decompress.ts';
@@ -215,6 +217,51 @@ async function readHead(iterator: AsyncIterator<Buffer>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
+/**
+ * A qcow2 body is converted as it arrives (the engine's streaming qcow2 reader): only parts that come
+ * before the metadata naming them are kept, in the temp path, so the PVC needs no room for a full copy.
+ * Returns the verified sha256 and the guest size; the caller removes the target on failure.
+ */
+async function importQcow2Stream(
+  request: HttpImportRequest,
+  head: Buffer,
+  rest: AsyncIterable<Buffer>,
+  verify: () => string,
+): Promise<{ sha256: string; sizeBytes: number }> {
+  const readStream = findDriver('qcow2').readStream;
+  if (!readStream) throw new UnsupportedError({ format: 'qcow2', feature: 'stream input' });
+  const input = new ByteSource(
+    (async function* () {
+      yield head;
+      yield* rest;
+    })(),
+    request.url,
+  );
+  const streamed = await readStream(input);
+  const sizeBytes = streamed.sizeBytes ?? 0;
+  if (sizeBytes > request.targetSizeBytes) {
+    throw new InvalidOptionError({
+      option: 'size',
+      message: `the qcow2 image at ${request.url} is ${sizeBytes} bytes, larger than the disk size of ${request.targetSizeBytes} bytes: grow spec.size`,
+    });
+  }
+  await createImage({
+    path: request.targetPath,
+    format: request.targetFormat,
+    sizeBytes,
+    options: request.targetOptions,
+  });
+  const target = await openImage(request.targetPath, { format: request.targetFormat });
+  try {
+    await streamed.copyInto(target, { spillPath: request.tempPath });
+    const sha256 = verify();
+    await target.flush();
+    return { sha256, sizeBytes };
+  } finally {
+    await target.close();
+  }
+}
+
 /** Downloads, verifies and converts; the target exists only if this resolves. Throws VdiskErrors. */
 export async function importFromHttp(request: HttpImportRequest): Promise<HttpImportResult> {
   const hash = createHash('sha256');
@@ -230,7 +277,9 @@ export async function importFromHttp(request: HttpImportRequest): Promise<HttpIm
   const head = await readHead(iterator);
   const sourceFormat =
     request.sourceFormat ?? probeDriver(head, new URL(request.url).pathname)?.name ?? 'raw';
-  downloadStage = sourceFormat === 'raw' ? stage(sink, 0, 100) : stage(sink, 0, 50);
+  // raw and qcow2 convert as they download; other formats land in the temp file first.
+  const convertsWhileDownloading = sourceFormat === 'raw' || sourceFormat === 'qcow2';
+  downloadStage = convertsWhileDownloading ? stage(sink, 0, 100) : stage(sink, 0, 50);
   let sourceSizeBytes: number;
   const verify = () => {
     const actual = hash.digest('hex');
@@ -266,6 +315,8 @@ export async function importFromHttp(request: HttpImportRequest): Promise<HttpIm
       } finally {
         await target.close();
       }
+    } else if (sourceFormat === 'qcow2') {
+      ({ sha256, sizeBytes: sourceSizeBytes } = await importQcow2Stream(request, head, rest, verify));
     } else {
       const temp = await NodeHostFile.open(request.tempPath, {
         readOnly: false,
