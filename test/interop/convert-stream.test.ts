@@ -5,9 +5,12 @@
 // with a clear error, never a hang.
 
 import { spawnSync } from 'node:child_process';
+import { createReadStream } from 'node:fs';
 import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { convertFromStream } from '../../src/engine/commands/convert-stream.ts';
+import { ByteSource } from '../../src/engine/io/byte-stream.ts';
 import { hasTool, mustRun, scratch, tool, warnMissing } from './cli-helpers.ts';
 
 const HAS_QEMU = hasTool('qemu-img') && hasTool('qemu-io');
@@ -167,6 +170,17 @@ describe.skipIf(!HAS_QEMU)('vdisk convert through pipes, judged by qemu-img', ()
     identical('zlib.qcow2', 'zlib-again.qcow2');
     // The spill file is gone afterwards.
     expect((await readdir(dir)).filter((name) => name.includes('vdisk-spill'))).toEqual([]);
+    // Only the image whose L1 moved past its data needed the spill file.
+    const spilled = async (name: string): Promise<number> =>
+      (
+        await convertFromStream({
+          input: new ByteSource(createReadStream(path(`${name}.qcow2`)), name),
+          sourceFormat: 'qcow2',
+          targetPath: path(`${name}-engine.raw`),
+        })
+      ).spilledBytes;
+    expect(await spilled('plain')).toBe(0);
+    expect(await spilled('moved')).toBeGreaterThan(0);
   });
 
   it('pipes vdisk into vdisk, and probes the stream format when -f is absent', () => {

@@ -25,7 +25,13 @@ import {
   type Qcow2Header,
 } from './header.ts';
 import { checkFeatures } from './load.ts';
-import { PassedRanges, type PendingCompressed, PendingHeap, type PendingItem } from './stream-pending.ts';
+import {
+  MAX_PENDING_RUNS,
+  PassedRanges,
+  type PendingCompressed,
+  PendingHeap,
+  type PendingItem,
+} from './stream-pending.ts';
 
 /** The stream is read in windows of at least this many bytes (whole clusters). */
 const WINDOW_BYTES = 1024 * 1024;
@@ -181,7 +187,7 @@ class StreamCopy {
     const hostOffsetBytes = this.passedEnd;
     const cluster = window.subarray(at, at + cs);
     this.passedEnd += cs;
-    let known = false;
+    let known = this.passRefcountStructure(cluster, hostOffsetBytes);
     const l1Start = this.header.l1TableOffsetBytes;
     if (this.l1.length > 0 && hostOffsetBytes < l1Start + this.l1.length && hostOffsetBytes + cs > l1Start) {
       const from = Math.max(l1Start, hostOffsetBytes);
@@ -273,6 +279,30 @@ class StreamCopy {
     // named by a later L2 table may share this cluster): keep it if any byte outside them is not zero.
     if (hasUncoveredData(cluster, covered)) await this.spillCluster(hostOffsetBytes, cluster);
   }
+
+  /**
+   * Refcounts are not needed to convert, but their clusters are recognised (the table from the header,
+   * the blocks from the table) so they are not kept in the spill file as possibly-named data.
+   */
+  private passRefcountStructure(cluster: Buffer, hostOffsetBytes: number): boolean {
+    const tableStart = this.header.refcountTableOffsetBytes;
+    const tableEnd = tableStart + this.header.refcountTableClusters * this.clusterSizeBytes;
+    if (hostOffsetBytes >= tableStart && hostOffsetBytes < tableEnd) {
+      for (let at = 0; at + 8 <= cluster.length; at += 8) {
+        const blockOffsetBytes = l1Offset(cluster, at / 8);
+        if (blockOffsetBytes >= this.passedEnd && this.refcountBlocks.size < MAX_PENDING_RUNS)
+          this.refcountBlocks.add(blockOffsetBytes);
+      }
+      this.passed.add(hostOffsetBytes, hostOffsetBytes + this.clusterSizeBytes);
+      return true;
+    }
+    if (!this.refcountBlocks.delete(hostOffsetBytes)) return false;
+    this.passed.add(hostOffsetBytes, hostOffsetBytes + this.clusterSizeBytes);
+    return true;
+  }
+
+  /** Refcount blocks named by the refcount table and not yet passed. */
+  private readonly refcountBlocks = new Set<number>();
 
   private async takeL1(): Promise<void> {
     for (let l1Index = 0; l1Index < this.header.l1EntryCount; l1Index++) {
