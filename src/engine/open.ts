@@ -3,7 +3,7 @@
 // image's folder refused unless allowed), and wrap the result in a GuardedDevice.
 
 import { realpath } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { BlockDevice } from './block-device.ts';
 import { InvalidOptionError, PermissionError, UnsupportedError } from './errors.ts';
 import type { FormatDriver, OpenBackingFn, OpenContext, OpenDataFileFn } from './formats/driver.ts';
@@ -204,7 +204,8 @@ export function openDataFileFor(
       });
     }
     const name = reference.replace(/^file:/, '');
-    const target = resolveBackingPath(name, imagePath);
+    // Joined, not resolved: the file keeps a name like qemu's (`d.raw` beside `i.qcow2`) for map's output.
+    const target = isAbsolute(name) ? name : join(dirname(imagePath), name);
     if (!options.allowEscape) {
       const folder = await realFolder(dirname(resolve(imagePath)));
       const real = create

@@ -95,6 +95,11 @@ describe.skipIf(!HAS_QEMU)('qcow2 external data files, judged by qemu-img', () =
       const check = tool('qemu-img', ['check', 'i.qcow2'], path(`qemu-${kind}`));
       expect(check.stdout).toContain('No errors were found on the image.');
       expect(check.code).toBe(0);
+      // vdisk check counts the same (allocated and fragmented clusters of the data file included).
+      const ours = await vdisk(['check', '--output=json', path(`qemu-${kind}`, 'i.qcow2')]);
+      expect({ ...JSON.parse(ours.stdout), filename: 'i.qcow2' }).toEqual(
+        JSON.parse(qemuIn(`qemu-${kind}`, ['check', '--output=json', 'i.qcow2'])),
+      );
       qemuIn(`qemu-${kind}`, ['convert', '-O', 'raw', 'i.qcow2', 'out.raw']);
       await sameBytes(path(`qemu-${kind}`, 'out.raw'), path('expected', 'disk.raw'));
       if (kind === 'raw') {

@@ -73,7 +73,10 @@ async function walkL1(
     const table = Buffer.alloc(clusterSizeBytes);
     (await image.l2Cache.get(l2OffsetBytes)).copy(table);
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
+      let mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
+      // Offset 0 with COPIED is a data cluster in an external data file (as image.ts decodes it).
+      if (image.hasDataFile && mapping.kind === 'unallocated' && mapping.copied)
+        mapping = { ...mapping, kind: 'normal' };
       const entryOffset = l2OffsetBytes + l2Index * 8;
       switch (mapping.kind) {
         case 'compressed':
@@ -94,17 +97,14 @@ async function walkL1(
           break;
         case 'normal':
         case 'zero-alloc':
-          // Clusters of an external data file are not counted in this file's refcounts.
-          if (image.hasDataFile) {
-            if (isActive) walk.allocatedClusters++;
-            break;
-          }
           if (isActive) {
             walk.allocatedClusters++;
             if (nextContiguousOffset !== 0 && mapping.hostOffsetBytes !== nextContiguousOffset)
               walk.fragmentedClusters++;
             nextContiguousOffset = mapping.hostOffsetBytes + clusterSizeBytes;
           }
+          // Clusters of an external data file are not counted in this file's refcounts.
+          if (image.hasDataFile) break;
           if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) {
             addIssue(walk, {
               code: 'corruption',
