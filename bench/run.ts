@@ -3,7 +3,8 @@
 // vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present,
 // bench/qcow2-ops.ts (snapshot create/delete, commit) and bench/controller.ts.
 // Options: --size-mib=N (default 1024), --repeat=N (best time of N runs, default 1; the machine may
-// be shared), --skip-nbd, --skip-ops, --keep (leave the scratch folder).
+// be shared), --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
+// bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
 
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -249,6 +250,10 @@ async function main(): Promise<void> {
         ?.replace(/^qemu-img version /, '')}, ${sizeMib} MiB guest (half data, half zeros)\n`,
     );
     process.stdout.write(`${lines.join('\n')}\n`);
+    if (!process.argv.includes('--skip-stream')) {
+      const { streamBench } = await import('./stream.ts');
+      process.stdout.write(await streamBench({ path, best: (measure) => bestOf(repeat, measure), log }));
+    }
 
     const nbdBench = join(import.meta.dirname, 'nbd.ts');
     if (!process.argv.includes('--skip-nbd') && existsSync(nbdBench)) {

@@ -126,6 +126,8 @@ async function run(argv: string[], io: CliIo): Promise<number> {
     for (const [refused, what] of streamOnly)
       if (refused) throw new CliUsageError(`${what} cannot be used when converting to or from a stream (-)`);
     if (targetPath === '-') {
+      if (!io.stdoutStream && process.stdout.isTTY)
+        throw new CliUsageError('refusing to write an image to a terminal: redirect stdout or pipe it');
       const sink = new ByteSink(io.stdoutStream ?? process.stdout, 'stdout');
       await convertToStream({
         sourcePath,
