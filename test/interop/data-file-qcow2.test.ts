@@ -134,6 +134,33 @@ describe.skipIf(!HAS_QEMU)('qcow2 external data files, judged by qemu-img', () =
     expect(map).toEqual(JSON.parse(qemuIn(`vdisk-${kind}`, ['map', '--output=json', 'i.qcow2'])));
   });
 
+  it('amends data_file (rename) and data_file_raw (off only) as qemu-img amend does', async () => {
+    await copyFile(path('vdisk-raw', 'i.qcow2'), path('vdisk-raw', 'k.qcow2'));
+    await copyFile(path('vdisk-raw', 'd.raw'), path('vdisk-raw', 'renamed.raw'));
+    const renamed = await vdisk([
+      'amend',
+      '-o',
+      'data_file=renamed.raw,data_file_raw=off',
+      path('vdisk-raw', 'k.qcow2'),
+    ]);
+    expect(renamed.code).toBe(0);
+    const info = JSON.parse(qemuIn('vdisk-raw', ['info', '--output=json', 'k.qcow2'])) as {
+      'format-specific': { data: Record<string, unknown> };
+    };
+    expect(info['format-specific'].data).toMatchObject({
+      'data-file': 'renamed.raw',
+      'data-file-raw': false,
+    });
+    expect(tool('qemu-img', ['check', 'k.qcow2'], path('vdisk-raw')).code).toBe(0);
+    qemuIn('vdisk-raw', ['convert', '-O', 'raw', 'k.qcow2', 'k.raw']);
+    await sameBytes(path('vdisk-raw', 'k.raw'), path('expected', 'disk.raw'));
+    const backOn = await vdisk(['amend', '-o', 'data_file_raw=on', path('vdisk-raw', 'k.qcow2')]);
+    expect(backOn.code).toBe(1);
+    expect(backOn.stderr).toContain('data-file-raw cannot be set on existing images');
+    const missing = await vdisk(['amend', '-o', 'data_file=missing.raw', path('vdisk-raw', 'k.qcow2')]);
+    expect(missing.code).toBe(1);
+  });
+
   it('refuses a data file outside the image folder unless escapes are allowed, and what it cannot do', async () => {
     const inner = path('escape', 'inner', 'i.qcow2');
     const made = await vdisk(['create', '-q', '-f', 'qcow2', '-o', 'data_file=../outside.raw', inner, '1M']);

@@ -7,6 +7,7 @@
 import { InvalidOptionError } from '../../errors.ts';
 import { parseSize } from '../../size.ts';
 import { rewriteHeaderCluster } from './backing.ts';
+import { prepareDataFileAmend } from './data-file.ts';
 import { decodeL2, l1Offset } from './cluster-map.ts';
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -33,6 +34,8 @@ const AMENDABLE = new Set([
   'backing_file',
   'backing_fmt',
   'size',
+  'data_file',
+  'data_file_raw',
 ]);
 
 function invalid(option: string, value: string | undefined, message: string): InvalidOptionError {
@@ -235,6 +238,7 @@ function headerV3(header: Qcow2Header): Qcow2Header {
  */
 export async function amendQcow2(image: Qcow2Image, options: Record<string, string>): Promise<void> {
   const { version, lazyRefcounts, refcountOrder, sizeBytes } = parseAmendOptions(image, options);
+  const dataFileChange = await prepareDataFileAmend(image, options);
   const downgrade = version === 2 && image.header.version === 3;
   // Every refusal comes before the first write, so a refused amend leaves the image as it was.
   if (downgrade) await checkDowngrade(image, options.compat);
@@ -258,6 +262,7 @@ export async function amendQcow2(image: Qcow2Image, options: Record<string, stri
   if (downgrade) await expandZeroClusters(image);
   if (refcountOrder !== image.header.refcountOrder) await changeRefcountOrder(image, refcountOrder);
   if (downgrade) await rewriteHeaderCluster(image, headerV2(image.header));
+  if (dataFileChange) await dataFileChange();
 }
 
 /** qcow2_downgrade's refusals: what a version 2 image cannot express. */

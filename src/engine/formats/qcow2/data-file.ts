@@ -16,6 +16,7 @@ import {
   INCOMPAT_EXTL2,
   type Qcow2Header,
 } from './header.ts';
+import { rewriteHeaderCluster } from './backing.ts';
 import type { Qcow2Image } from './image.ts';
 
 /** qemu's limit on the data file name (it shares the header cluster with the other extensions). */
@@ -66,6 +67,70 @@ export async function attachDataFile(
       message: `${image.path}: the external data file '${name}' cannot be opened here`,
     });
   image.dataFile = await openDataFile(name, {});
+  image.openDataFile = openDataFile;
+}
+
+/**
+ * qemu-img amend's data_file (rename the data file an image uses; the new name is opened first, so it
+ * must exist and obey the folder rule) and data_file_raw (may only be turned off, as in qemu). Checks
+ * everything before amend writes anything; returns the change to apply last, or undefined.
+ */
+export async function prepareDataFileAmend(
+  image: Qcow2Image,
+  options: Record<string, string>,
+): Promise<(() => Promise<void>) | undefined> {
+  const name = options.data_file;
+  const rawText = options.data_file_raw;
+  if (name === undefined && rawText === undefined) return undefined;
+  if (!hasDataFile(image.header)) {
+    throw new InvalidOptionError({
+      option: name !== undefined ? 'data_file' : 'data_file_raw',
+      value: name ?? rawText,
+      message: 'data-file can only be set for images that use an external data file',
+    });
+  }
+  let raw = isDataFileRaw(image.header);
+  if (rawText !== undefined) {
+    const on = ['on', 'true', 'yes'].includes(rawText);
+    if (!on && !['off', 'false', 'no'].includes(rawText))
+      throw new InvalidOptionError({
+        option: 'data_file_raw',
+        value: rawText,
+        message: "Parameter 'data_file_raw' expects 'on' or 'off'",
+      });
+    if (on && !raw)
+      throw new InvalidOptionError({
+        option: 'data_file_raw',
+        value: rawText,
+        message: 'data-file-raw cannot be set on existing images',
+      });
+    raw = on;
+  }
+  let opened: HostFile | undefined;
+  if (name !== undefined && name !== dataFileName(image.header)) {
+    if (name === '' || Buffer.byteLength(name) > MAX_DATA_FILE_NAME_BYTES)
+      throw new InvalidOptionError({ option: 'data_file', value: name, message: 'Invalid data file name' });
+    if (!image.openDataFile) throw new UnsupportedError({ format: 'qcow2', feature: 'amend data_file' });
+    opened = await image.openDataFile(name, {});
+  }
+  return async () => {
+    const next = { ...image.header, extensions: [...image.header.extensions] };
+    if (opened && name !== undefined) {
+      next.extensions = next.extensions.map((extension) =>
+        extension.type === EXT_DATA_FILE
+          ? { type: EXT_DATA_FILE, data: Buffer.from(name, 'utf8') }
+          : extension,
+      );
+    }
+    next.autoclearFeatures = raw
+      ? next.autoclearFeatures | AUTOCLEAR_DATA_FILE_RAW
+      : next.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW;
+    await rewriteHeaderCluster(image, next);
+    if (opened) {
+      await image.dataFile?.close();
+      image.dataFile = opened;
+    }
+  };
 }
 
 export interface DataFileSettings {

@@ -3,6 +3,7 @@
 // Implements qcow2.txt "Cluster mapping" lookups and L2 allocation; device.ts builds guest I/O on it.
 
 import { CorruptImageError } from '../../errors.ts';
+import type { OpenDataFileFn } from '../driver.ts';
 import type { PersistentBitmaps } from './bitmaps.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import {
@@ -66,6 +67,8 @@ export class Qcow2Image {
   bitmaps: PersistentBitmaps | undefined;
   /** The external data file (data-file.ts), when the image has one and it was opened. */
   dataFile: HostFile | undefined;
+  /** How the data file was opened (amend data_file opens the new name the same way). */
+  openDataFile: OpenDataFileFn | undefined;
   /** Data clusters live in an external data file at their guest offsets, without refcounts. */
   readonly hasDataFile: boolean;
   /** Host cluster runs whose reference was dropped in an L2/L1 entry not yet on disk. */
