@@ -136,7 +136,7 @@ describe.skipIf(!HAS_QEMU)('vdisk convert through pipes, judged by qemu-img', ()
     );
   });
 
-  it('reads qemu-made qcow2 images from a pipe: plain, L1 moved past the data (spilled), compressed', async () => {
+  it('reads qemu-made qcow2 images from a pipe: plain, L1 moved past the data (spilled), compressed, extended L2', async () => {
     mustRun('qemu-img', ['convert', '-O', 'qcow2', path('src.raw'), path('plain.qcow2')]);
     // A 4 KiB-cluster image grown past its L1 table's reach gets a new L1 at the end of the file.
     mustRun('qemu-img', [
@@ -161,7 +161,23 @@ describe.skipIf(!HAS_QEMU)('vdisk convert through pipes, judged by qemu-img', ()
       path('moved.qcow2'),
       path('zstd.qcow2'),
     ]);
-    for (const name of ['plain', 'moved', 'zlib', 'zstd']) {
+    // Extended L2: subclusters written and zeroed (1M: the zeroed subclusters keep 0x22 in the host
+    // cluster, so copying whole clusters would be caught), and a discard.
+    mustRun('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', path('ext.qcow2'), '8M']);
+    mustRun('qemu-io', [
+      '-c',
+      'write -P 0x11 4k 8k',
+      '-c',
+      'write -P 0x22 1M 100k',
+      '-c',
+      'write -z 1M 8k',
+      '-c',
+      'write -P 0x33 3M 64k',
+      '-c',
+      'discard 3M 4k',
+      path('ext.qcow2'),
+    ]);
+    for (const name of ['plain', 'moved', 'zlib', 'zstd', 'ext']) {
       run(`cat ${name}.qcow2 | vdisk convert -f qcow2 - ${name}.raw`);
       identical(`${name}.qcow2`, `${name}.raw`);
     }

@@ -15,6 +15,8 @@ export interface PendingData {
   guestOffsetBytes: number;
   /** Whole clusters (the guest end is clipped to the virtual size when written). */
   lengthBytes: number;
+  /** Extended L2, one cluster: bit i set = subcluster i holds data (the others read as zeros). */
+  subclusterAllocated?: number;
 }
 
 export interface PendingCompressed {

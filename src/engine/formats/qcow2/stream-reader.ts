@@ -11,7 +11,7 @@ import { CorruptImageError, ImageFormatError, UnsupportedError } from '../../err
 import type { ByteSource } from '../../io/byte-stream.ts';
 import { type HostFile, NodeHostFile } from '../../io/host-file.ts';
 import type { StreamCopyOptions, StreamCopyResult, StreamedImage } from '../driver.ts';
-import { decodeL2, l1Offset } from './cluster-map.ts';
+import { ALL_SUBCLUSTERS, decodeL2, l1Offset, SUBCLUSTERS_PER_CLUSTER } from './cluster-map.ts';
 import { decompressCluster } from './compress.ts';
 import {
   HEADER_FIELD,
@@ -72,12 +72,6 @@ export async function openQcow2Stream(input: ByteSource): Promise<StreamedImage>
       feature: 'streamed data_file',
       message: `${name}: a qcow2 image read from a stream cannot have an external data file`,
     });
-  if (header.incompatibleFeatures & INCOMPAT_EXTL2)
-    throw new UnsupportedError({
-      format: 'qcow2',
-      feature: 'streamed extended_l2',
-      message: `${name}: extended L2 entries are not supported on a stream (convert from a file)`,
-    });
   const l1Bytes = header.l1EntryCount * 8;
   if (l1Bytes > QCOW2_MAX_L1_BYTES)
     throw new ImageFormatError({
@@ -86,7 +80,8 @@ export async function openQcow2Stream(input: ByteSource): Promise<StreamedImage>
       message: `L1 table of ${header.l1EntryCount} entries is larger than ${QCOW2_MAX_L1_BYTES} bytes`,
     });
   const clusterSizeBytes = 2 ** clusterBits;
-  const neededL1 = Math.ceil(header.virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / 8));
+  const entryBytes = header.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  const neededL1 = Math.ceil(header.virtualSizeBytes / clusterSizeBytes / (clusterSizeBytes / entryBytes));
   if (header.l1EntryCount < neededL1)
     throw new ImageFormatError({
       file: name,
@@ -237,7 +232,10 @@ class StreamCopy {
             cs,
           );
         usedByData = true;
-        this.queueWrite(top.guestOffsetBytes, window, at, at + cs);
+        if (top.subclusterAllocated === undefined) this.queueWrite(top.guestOffsetBytes, window, at, at + cs);
+        else
+          for (const [start, end] of this.subclusterRanges(top.subclusterAllocated))
+            this.queueWrite(top.guestOffsetBytes + start, window, at + start, at + end);
         if (top.lengthBytes > cs)
           this.pending.push({
             kind: 'data',
@@ -332,7 +330,9 @@ class StreamCopy {
   /** Queues (or, when already passed, copies) every data cluster the L2 table of `l1Index` names. */
   private async takeL2(table: Buffer, tableOffsetBytes: number, l1Index: number): Promise<void> {
     const cs = this.clusterSizeBytes;
-    const entryCount = cs / 8;
+    const extended = (this.header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    const entryBytes = extended ? 16 : 8;
+    const entryCount = cs / entryBytes;
     const firstGuest = l1Index * entryCount * cs;
     let runItem: PendingItem | undefined;
     const pushRun = (): void => {
@@ -342,8 +342,14 @@ class StreamCopy {
     for (let index = 0; index < entryCount; index++) {
       const guestOffsetBytes = firstGuest + index * cs;
       if (guestOffsetBytes >= this.header.virtualSizeBytes) break;
-      const mapping = decodeL2(table, index, this.header.clusterBits, false);
-      const entryOffsetBytes = tableOffsetBytes + index * 8;
+      const mapping = decodeL2(table, index, this.header.clusterBits, extended);
+      const entryOffsetBytes = tableOffsetBytes + index * entryBytes;
+      // Extended L2: only the allocated subclusters hold data; a cluster with none is skipped.
+      const partial =
+        mapping.subclusterAllocated !== undefined && mapping.subclusterAllocated >>> 0 !== ALL_SUBCLUSTERS
+          ? mapping.subclusterAllocated >>> 0
+          : undefined;
+      if (mapping.kind === 'normal' && partial === 0) continue;
       if (mapping.kind === 'compressed') {
         const item: PendingCompressed = {
           kind: 'compressed',
@@ -371,7 +377,21 @@ class StreamCopy {
           );
         this.passed.add(mapping.hostOffsetBytes, mapping.hostOffsetBytes + cs);
         const data = await this.readPassed(mapping.hostOffsetBytes, cs);
-        await this.writeGuest(guestOffsetBytes, data);
+        if (partial === undefined) await this.writeGuest(guestOffsetBytes, data);
+        else
+          for (const [start, end] of this.subclusterRanges(partial))
+            await this.writeGuest(guestOffsetBytes + start, data.subarray(start, end));
+        continue;
+      }
+      if (partial !== undefined) {
+        pushRun();
+        this.pending.push({
+          kind: 'data',
+          hostOffsetBytes: mapping.hostOffsetBytes,
+          guestOffsetBytes,
+          lengthBytes: cs,
+          subclusterAllocated: partial,
+        });
         continue;
       }
       if (
@@ -386,6 +406,22 @@ class StreamCopy {
       runItem = { kind: 'data', hostOffsetBytes: mapping.hostOffsetBytes, guestOffsetBytes, lengthBytes: cs };
     }
     pushRun();
+  }
+
+  /** Byte ranges [start, end) within a cluster of the runs of set bits in an extended L2 allocation bitmap. */
+  private subclusterRanges(mask: number): Array<[number, number]> {
+    const subclusterBytes = this.clusterSizeBytes / SUBCLUSTERS_PER_CLUSTER;
+    const ranges: Array<[number, number]> = [];
+    for (let bit = 0; bit < SUBCLUSTERS_PER_CLUSTER; ) {
+      if (((mask >>> bit) & 1) === 0) {
+        bit++;
+        continue;
+      }
+      const first = bit;
+      while (bit < SUBCLUSTERS_PER_CLUSTER && ((mask >>> bit) & 1) === 1) bit++;
+      ranges.push([first * subclusterBytes, bit * subclusterBytes]);
+    }
+    return ranges;
   }
 
   /** A compressed cluster whose bytes started before the stream position: the passed part comes from the spill. */
