@@ -143,6 +143,8 @@ async function run(argv: string[], io: CliIo): Promise<number> {
       });
       await sink.finish(io.stdoutStream !== undefined);
     } else {
+      if (!io.stdinStream && process.stdin.isTTY)
+        throw new CliUsageError('refusing to read an image from a terminal: pipe it into stdin');
       await convertFromStream({
         input: new ByteSource(io.stdinStream ?? process.stdin, 'stdin'),
         sourceFormat: lastValue(parsed, 'format'),
