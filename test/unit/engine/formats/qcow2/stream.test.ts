@@ -8,7 +8,11 @@ import { openQcow2Stream } from '../../../../../src/engine/formats/qcow2/stream-
 import { PassedRanges, PendingHeap } from '../../../../../src/engine/formats/qcow2/stream-pending.ts';
 import { planStreamLayout, writeQcow2Stream } from '../../../../../src/engine/formats/qcow2/stream-writer.ts';
 import { ByteSink, ByteSource } from '../../../../../src/engine/io/byte-stream.ts';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import fc from 'fast-check';
+import { isVdiskError } from '../../../../../src/engine/errors.ts';
 import { prng } from '../../../../helpers/format-harness.ts';
 
 /** A memory block device (the source and the target of the round trip). */
@@ -123,5 +127,67 @@ describe('qcow2 stream round trip', () => {
     const result = await streamed.copyInto(target, { spillPath: '/nonexistent/never-used' });
     expect(result.spilledBytes).toBe(0);
     expect(target.bytes.equals(source.bytes)).toBe(true);
+  });
+});
+
+/** A target that accepts any write inside its size and keeps nothing (sizes come from fuzzed headers). */
+class DiscardingDevice extends MemoryDevice {
+  override readonly sizeBytes: number;
+  constructor(sizeBytes: number) {
+    super(0);
+    this.sizeBytes = sizeBytes;
+  }
+  override async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (offsetBytes < 0 || offsetBytes + data.length > this.sizeBytes)
+      throw new Error('write outside the device');
+  }
+}
+
+describe('qcow2 stream reader on damaged streams', () => {
+  it('property: mutated metadata converts or fails with a VdiskError, never a crash or a hang', async () => {
+    const source = new MemoryDevice(512 * 1024);
+    for (let at = 0; at < source.sizeBytes; at += 8192) source.bytes.fill(at % 255, at, at + 2048);
+    const chunks: Buffer[] = [];
+    const sink = new ByteSink(
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          chunks.push(Buffer.from(chunk));
+          done();
+        },
+      }),
+      'memory',
+    );
+    await writeQcow2Stream(source, sink, { options: { cluster_size: '4096' }, minSparseBytes: 4096 });
+    const pristine = Buffer.concat(chunks);
+    // Header, refcount table and block, L1 and the L2 table: the first five clusters.
+    const metadataBytes = 5 * 4096;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.record({ at: fc.nat(metadataBytes - 1), value: fc.nat(255) }), {
+          minLength: 1,
+          maxLength: 8,
+        }),
+        async (mutations) => {
+          const image = Buffer.from(pristine);
+          for (const { at, value } of mutations) image[at] = value;
+          try {
+            const streamed = await openQcow2Stream(
+              new ByteSource(
+                (async function* () {
+                  yield image;
+                })(),
+                'fuzz',
+              ),
+            );
+            await streamed.copyInto(new DiscardingDevice(streamed.sizeBytes ?? 0), {
+              spillPath: join(tmpdir(), `vdisk-stream-fuzz-${process.pid}`),
+            });
+          } catch (err) {
+            if (!isVdiskError(err)) throw err;
+          }
+        },
+      ),
+      { numRuns: 300, seed: 42 },
+    );
   });
 });
