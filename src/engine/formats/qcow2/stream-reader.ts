@@ -66,6 +66,12 @@ export async function openQcow2Stream(input: ByteSource): Promise<StreamedImage>
       feature: 'streamed backing file',
       message: `${name}: a qcow2 image read from a stream cannot have a backing file ('${header.backingFileName}')`,
     });
+  if (header.cryptMethod !== 0)
+    throw new UnsupportedError({
+      format: 'qcow2',
+      feature: 'streamed encryption',
+      message: `${name}: an encrypted qcow2 image cannot be read from a stream (convert it from a file)`,
+    });
   if (header.incompatibleFeatures & INCOMPAT_DATA_FILE)
     throw new UnsupportedError({
       format: 'qcow2',

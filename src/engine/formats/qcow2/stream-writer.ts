@@ -91,6 +91,13 @@ function refuseOptions(options: Record<string, string>): void {
         message: `${key} cannot be set on a qcow2 image written to a stream (convert to a file instead)`,
       });
   }
+  const encryptKey = Object.keys(options).find((key) => key === 'encryption' || key.startsWith('encrypt.'));
+  if (encryptKey !== undefined)
+    throw new UnsupportedError({
+      format: 'qcow2',
+      feature: 'streamed encryption',
+      message: `${encryptKey} cannot be set on a qcow2 image written to a stream (convert to a file instead)`,
+    });
   if (options.preallocation !== undefined && options.preallocation !== 'off')
     throw new InvalidOptionError({
       option: 'preallocation',
