@@ -3,7 +3,13 @@
 // Spec: MS-VHDX v20160714 sections 2.1-2.6; behaviour (defaults, refusals) as qemu 7.2's block/vhdx.c.
 
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
-import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
+import {
+  CorruptImageError,
+  ImageFormatError,
+  InvalidOptionError,
+  PermissionError,
+  UnsupportedError,
+} from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { parseSize, sizeOption } from '../../size.ts';
 import { readExact, setU64le, viewOf } from '../common/binary.ts';
@@ -48,7 +54,15 @@ import {
   type VhdxMetadata,
   type VhdxRegion,
 } from './layout.ts';
-import { applyLogReplay, encodeLogEntry, LOG_ENTRY_BYTES, ReplayedHostFile, readLogReplay } from './log.ts';
+import {
+  applyLogReplay,
+  encodeLogEntry,
+  type LoggedSector,
+  logEntryBytes,
+  ReplayedHostFile,
+  readLogReplay,
+} from './log.ts';
+import { growVhdx } from './resize.ts';
 
 /** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
 const MAX_METADATA_REGION_BYTES = 32 * MiB;
@@ -59,6 +73,8 @@ interface VhdxLayout {
   metadata: VhdxMetadata;
   batRegion: VhdxRegion;
   metadataRegion: VhdxRegion;
+  /** The whole region table, in order (resize rewrites it when the BAT moves). */
+  regions: VhdxRegion[];
   bat: Uint8Array;
   logReplayedOnOpen: boolean;
 }
@@ -177,7 +193,10 @@ async function loadLayout(
     });
   }
   const bat = await readExact(file, batRegion.offsetBytes, batBytes, 'VHDX BAT');
-  return { layout: { header, metadata, batRegion, metadataRegion, bat, logReplayedOnOpen }, file };
+  return {
+    layout: { header, metadata, batRegion, metadataRegion, regions, bat, logReplayedOnOpen },
+    file,
+  };
 }
 
 function batIndexOf(blockIndex: number, metadata: VhdxMetadata): number {
@@ -296,14 +315,24 @@ class VhdxDevice extends MappedDevice {
     const sector = new Uint8Array(4096);
     await this.file.read(this.layout.batRegion.offsetBytes + sectorStart, sector);
     sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
-    await this.logSector(this.layout.batRegion.offsetBytes + sectorStart, sector);
-    await this.file.write(this.layout.batRegion.offsetBytes + sectorStart, sector);
+    await this.logSectors([{ fileOffsetBytes: this.layout.batRegion.offsetBytes + sectorStart, sector }]);
   }
 
-  private async logSector(fileOffsetBytes: number, sector: Uint8Array): Promise<void> {
+  /**
+   * Writes metadata sectors so a crash applies all or none of them: one log entry, synced, then the
+   * sectors in place (made durable by the next sync; replay covers them until then). A log too small
+   * for the entry falls back to in-place writes in the given order, each synced, so callers order
+   * `sectors` such that every prefix is a consistent image.
+   */
+  private async logSectors(sectors: LoggedSector[]): Promise<void> {
     const header = this.layout.header;
-    if (header.logLengthBytes < LOG_ENTRY_BYTES) {
+    const entryBytes = logEntryBytes(sectors.length);
+    if (header.logLengthBytes < entryBytes) {
       await this.file.sync();
+      for (const { fileOffsetBytes, sector } of sectors) {
+        await this.file.write(fileOffsetBytes, sector);
+        await this.file.sync();
+      }
       return;
     }
     if (!this.logGuid) {
@@ -311,19 +340,46 @@ class VhdxDevice extends MappedDevice {
       this.logGuid = newGuid();
       this.layout.header = await writeHeaders(this.file, { ...header, logGuid: this.logGuid });
     }
-    if (this.logHeadBytes + LOG_ENTRY_BYTES > header.logLengthBytes) this.logHeadBytes = 0;
+    if (this.logHeadBytes + entryBytes > header.logLengthBytes) this.logHeadBytes = 0;
     this.logSequence++;
     const entry = encodeLogEntry({
       logGuid: this.logGuid,
       sequenceNumber: this.logSequence,
       positionBytes: this.logHeadBytes,
-      fileOffsetBytes,
-      sector,
+      sectors,
       fileSizeBytes: Math.ceil(this.fileEndBytes / MiB) * MiB,
     });
     await this.file.write(header.logOffsetBytes + this.logHeadBytes, entry);
     await this.file.sync();
-    this.logHeadBytes += LOG_ENTRY_BYTES;
+    this.logHeadBytes += entryBytes;
+    for (const { fileOffsetBytes, sector } of sectors) await this.file.write(fileOffsetBytes, sector);
+  }
+
+  /** Grows the guest (beyond qemu 7.2, which cannot resize vhdx); see resize.ts for the write order. */
+  resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    return this.exclusive(() => this.resizeUnlocked(sizeBytes, options));
+  }
+
+  private async resizeUnlocked(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
+    if (this.isReadOnly)
+      throw new PermissionError({ file: this.path, message: 'resize refused: the image is open read-only' });
+    if (sizeBytes === this.sizeBytes) return;
+    await this.beforeFirstWrite();
+    const layout = this.layout;
+    const grown = await growVhdx({
+      file: this.file,
+      path: this.path,
+      state: { ...layout, fileEndBytes: this.fileEndBytes },
+      newSizeBytes: sizeBytes,
+      maxBatBytes: MAX_BAT_BYTES,
+      commit: (sectors) => this.logSectors(sectors),
+    });
+    layout.metadata = grown.metadata;
+    layout.regions = grown.regions;
+    layout.batRegion = grown.batRegion;
+    layout.bat = grown.bat;
+    this.fileEndBytes = grown.fileEndBytes;
+    this.currentSizeBytes = sizeBytes;
   }
 
   /** Clean close: every logged sector is in place, so the log is emptied (log GUID zeroed). */
@@ -547,7 +603,7 @@ export const vhdxDriver = {
     check: true,
     compression: [],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
     concurrentWrites: false,
   },
   createOptions: vhdxCreateOptions,
