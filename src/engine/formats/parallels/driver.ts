@@ -17,6 +17,7 @@ import type {
   OpenContext,
   RepairMode,
 } from '../driver.ts';
+import { measureParallels } from './measure.ts';
 import { growParallels } from './resize.ts';
 import {
   batEntryOffsetBytes,
@@ -342,4 +343,5 @@ export const parallelsDriver = {
   open: openParallels,
   create: createParallels,
   check: checkParallels,
+  measure: measureParallels,
 } satisfies FormatDriver;

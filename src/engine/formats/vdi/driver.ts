@@ -9,6 +9,7 @@ import type { HostFile } from '../../io/host-file.ts';
 import { checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
+import { forEachStoredUnit } from '../common/measure.ts';
 import type {
   CheckIssue,
   CheckReport,
@@ -340,13 +341,9 @@ async function measureVdi(input: MeasureInput): Promise<MeasureResult> {
   if (isStatic || !input.source)
     return { requiredBytes: isStatic ? fullBytes : metadataBytes, fullyAllocatedBytes: fullBytes };
   let allocatedBlocks = 0;
-  for (let block = 0; block < blocks; block++) {
-    const start = block * VDI_BLOCK_BYTES;
-    const length = Math.min(VDI_BLOCK_BYTES, input.source.sizeBytes - start);
-    if (length <= 0) break;
-    const extents = await input.source.blockStatus(start, length);
-    if (extents.some((extent) => extent.data || (extent.allocated && !extent.zero))) allocatedBlocks++;
-  }
+  await forEachStoredUnit(input.source, VDI_BLOCK_BYTES, (block) => {
+    if (block < blocks) allocatedBlocks++;
+  });
   return { requiredBytes: metadataBytes + allocatedBlocks * VDI_BLOCK_BYTES, fullyAllocatedBytes: fullBytes };
 }
 

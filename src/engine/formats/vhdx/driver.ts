@@ -3,15 +3,8 @@
 // Spec: MS-VHDX v20160714 sections 2.1-2.6; behaviour (defaults, refusals) as qemu 7.2's block/vhdx.c.
 
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
-import {
-  CorruptImageError,
-  ImageFormatError,
-  InvalidOptionError,
-  PermissionError,
-  UnsupportedError,
-} from '../../errors.ts';
+import { CorruptImageError, ImageFormatError, PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { parseSize, sizeOption } from '../../size.ts';
 import { readExact, setU64le, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
@@ -62,6 +55,7 @@ import {
   ReplayedHostFile,
   readLogReplay,
 } from './log.ts';
+import { measureVhdx, vhdxCreateSettings, vhdxFileLayout } from './measure.ts';
 import { growVhdx } from './resize.ts';
 
 /** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
@@ -454,70 +448,16 @@ async function checkVhdx(context: OpenContext, repair: RepairMode): Promise<Chec
   };
 }
 
-function defaultBlockBytes(sizeBytes: number): number {
-  const TiB = 1024 * 1024 * MiB;
-  if (sizeBytes > 32 * TiB) return 64 * MiB;
-  if (sizeBytes > 100 * 1024 * MiB) return 32 * MiB;
-  if (sizeBytes > 1024 * MiB) return 16 * MiB;
-  return 8 * MiB;
-}
-
-function boolOption(options: Record<string, string>, name: string, fallback: boolean): boolean {
-  const text = options[name];
-  if (text === undefined) return fallback;
-  if (['on', 'true', 'yes'].includes(text)) return true;
-  if (['off', 'false', 'no'].includes(text)) return false;
-  throw new InvalidOptionError({
-    option: name,
-    value: text,
-    message: `Parameter '${name}' expects 'on' or 'off'`,
-  });
-}
-
 async function createVhdx(context: CreateContext): Promise<void> {
   const { options, file } = context;
   const sizeBytes = context.sizeBytes;
-  const subformat = options.subformat ?? 'dynamic';
-  if (subformat !== 'dynamic' && subformat !== 'fixed') {
-    throw new InvalidOptionError({
-      option: 'subformat',
-      value: subformat,
-      message: `Invalid subformat '${subformat}' (dynamic or fixed)`,
-    });
-  }
   if (context.backingFile !== undefined)
     throw new UnsupportedError({
       format: 'vhdx',
       feature: 'backing files',
       message: 'vhdx does not support backing files',
     });
-  const logBytes = sizeOption(options, 'log_size', MiB);
-  if (logBytes < MiB || logBytes % MiB !== 0 || logBytes > 0xffffffff - MiB + 1) {
-    throw new InvalidOptionError({
-      option: 'log_size',
-      value: logBytes,
-      message: 'Log size must be a multiple of 1 MB',
-    });
-  }
-  const blockBytes =
-    options.block_size === undefined || options.block_size === '0'
-      ? defaultBlockBytes(sizeBytes)
-      : parseSize(options.block_size, 'block_size');
-  if (blockBytes % MiB !== 0 || blockBytes > 256 * MiB || (blockBytes & (blockBytes - 1)) !== 0) {
-    throw new InvalidOptionError({
-      option: 'block_size',
-      value: blockBytes,
-      message: 'Block size must be a power of 2 multiple of 1 MB, at most 256 MB',
-    });
-  }
-  if (sizeBytes % 512 !== 0 || sizeBytes > 64 * 1024 * 1024 * MiB) {
-    throw new InvalidOptionError({
-      option: 'size',
-      value: sizeBytes,
-      message: 'Image size must be a multiple of 512 bytes, at most 64 TiB',
-    });
-  }
-  const blockStateZero = boolOption(options, 'block_state_zero', true);
+  const { subformat, logBytes, blockBytes, blockStateZero } = vhdxCreateSettings(options, sizeBytes);
   const metadata: VhdxMetadata = {
     blockSizeBytes: blockBytes,
     leaveBlocksAllocated: subformat === 'fixed',
@@ -527,12 +467,9 @@ async function createVhdx(context: CreateContext): Promise<void> {
     physicalSectorBytes: 4096,
     page83: newGuid(),
   };
-  const logOffsetBytes = MiB;
-  const metadataOffsetBytes = logOffsetBytes + logBytes;
-  const batOffsetBytes = metadataOffsetBytes + MiB;
+  const { logOffsetBytes, metadataOffsetBytes, batOffsetBytes, batRegionBytes, dataOffsetBytes } =
+    vhdxFileLayout(metadata, logBytes);
   const entryCount = batEntryCount(metadata);
-  const batRegionBytes = Math.max(MiB, Math.ceil((entryCount * 8) / MiB) * MiB);
-  const dataOffsetBytes = batOffsetBytes + batRegionBytes;
   const payloadBlocks = Math.ceil(sizeBytes / blockBytes);
 
   await file.truncate(0);
@@ -610,4 +547,5 @@ export const vhdxDriver = {
   open: openVhdx,
   create: createVhdx,
   check: checkVhdx,
+  measure: measureVhdx,
 } satisfies FormatDriver;
