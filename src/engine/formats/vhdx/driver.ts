@@ -61,6 +61,8 @@ import { growVhdx } from './resize.ts';
 /** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
 const MAX_METADATA_REGION_BYTES = 32 * MiB;
 const MAX_BAT_BYTES = 512 * MiB;
+/** BAT sectors one log entry carries at most (each covers 512 blocks: 4 GiB at 8 MiB blocks). */
+const MAX_PENDING_BAT_SECTORS = 64;
 
 interface VhdxLayout {
   header: VhdxHeader;
@@ -211,6 +213,8 @@ class VhdxDevice extends MappedDevice {
   private logGuid: Uint8Array | undefined;
   private logSequence = 0n;
   private logHeadBytes = 0;
+  /** BAT sectors (offsets within the BAT) changed in memory and not yet logged; see commitUnit. */
+  private readonly pendingBatSectors = new Set<number>();
 
   constructor(context: OpenContext, file: HostFile, layout: VhdxLayout, fileSizeBytes: number) {
     super({
@@ -298,18 +302,48 @@ class VhdxDevice extends MappedDevice {
   }
 
   /**
-   * Points the BAT at a new block through the log (MS-VHDX 2.3): the 4 KiB BAT sector is logged and
-   * synced (with the block's data), then written in place. A crash before the sync loses the write
-   * but not consistency; after it, replay (qemu's or vdisk's) restores the BAT sector.
+   * Points the BAT at a new block. Only the in-memory BAT changes here: its 4 KiB sector is queued and
+   * reaches the file through the log at the next flush (or once enough sectors are queued), so a
+   * convert syncs once per flush instead of twice per block. Unflushed writes may be lost in a crash,
+   * which the contract allows; the file never names a block whose growth is not durable.
    */
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
     const batIndex = batIndexOf(unitIndex, this.layout.metadata);
     setU64le(viewOf(this.layout.bat), batIndex * 8, hostOffsetBytes + PAYLOAD_FULLY_PRESENT);
-    const sectorStart = Math.floor((batIndex * 8) / 4096) * 4096;
-    const sector = new Uint8Array(4096);
-    await this.file.read(this.layout.batRegion.offsetBytes + sectorStart, sector);
-    sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
-    await this.logSectors([{ fileOffsetBytes: this.layout.batRegion.offsetBytes + sectorStart, sector }]);
+    this.pendingBatSectors.add(Math.floor((batIndex * 8) / 4096) * 4096);
+    if (this.pendingBatSectors.size >= this.maxPendingBatSectors()) await this.commitBatSectors();
+  }
+
+  /** Queued BAT sectors per log entry: what the log holds, at most MAX_PENDING_BAT_SECTORS. */
+  private maxPendingBatSectors(): number {
+    let count = MAX_PENDING_BAT_SECTORS;
+    while (count > 1 && logEntryBytes(count) > this.layout.header.logLengthBytes) count--;
+    return count;
+  }
+
+  /**
+   * Writes the queued BAT sectors (MS-VHDX 2.3): sync first, so the blocks' data and the file's growth
+   * are durable before any sector names them, then one log entry (synced) and the sectors in place.
+   * A crash before the entry is durable loses only unflushed writes; after it, replay (qemu's or
+   * vdisk's) restores every sector of the entry.
+   */
+  private async commitBatSectors(): Promise<void> {
+    if (this.pendingBatSectors.size === 0) return;
+    const regionOffsetBytes = this.layout.batRegion.offsetBytes;
+    const sectors: LoggedSector[] = [];
+    for (const sectorStart of [...this.pendingBatSectors].sort((a, b) => a - b)) {
+      const sector = new Uint8Array(4096);
+      await this.file.read(regionOffsetBytes + sectorStart, sector);
+      sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
+      sectors.push({ fileOffsetBytes: regionOffsetBytes + sectorStart, sector });
+    }
+    this.pendingBatSectors.clear();
+    await this.file.sync();
+    await this.logSectors(sectors);
+  }
+
+  protected override async flushMetadata(): Promise<void> {
+    await this.commitBatSectors();
   }
 
   /**
@@ -359,6 +393,8 @@ class VhdxDevice extends MappedDevice {
       throw new PermissionError({ file: this.path, message: 'resize refused: the image is open read-only' });
     if (sizeBytes === this.sizeBytes) return;
     await this.beforeFirstWrite();
+    // Growing rewrites BAT sectors from memory: queued ones go first, through the log.
+    await this.commitBatSectors();
     const layout = this.layout;
     const grown = await growVhdx({
       file: this.file,
