@@ -152,29 +152,53 @@ export class SparseExtent {
   }
 
   /** Maps `offsetBytes` (inside the extent) to where its grain lives. */
-  async lookup(offsetBytes: number, maxLengthBytes: number): Promise<GrainMapping> {
+  async lookup(offsetBytes: number, maxLengthBytes: number, joinRuns = false): Promise<GrainMapping> {
     const grainIndex = Math.floor(offsetBytes / this.grainBytes);
     const offsetInGrainBytes = offsetBytes - grainIndex * this.grainBytes;
     const lengthBytes = Math.min(maxLengthBytes, this.grainBytes - offsetInGrainBytes);
-    const gdIndex = Math.floor(grainIndex / this.header.gtesPerGt);
+    const gtesPerGt = this.header.gtesPerGt;
+    const gdIndex = Math.floor(grainIndex / gtesPerGt);
+    // A run never leaves this grain table: grains after `tableEnd` need another table.
+    const tableEndBytes = (gdIndex + 1) * gtesPerGt * this.grainBytes;
+    const runLimitBytes = joinRuns ? Math.min(maxLengthBytes, tableEndBytes - offsetBytes) : lengthBytes;
     const gdEntry = this.gd[gdIndex] ?? 0;
-    if (gdEntry === 0) return { kind: 'unallocated', lengthBytes };
+    if (gdEntry === 0) return { kind: 'unallocated', lengthBytes: runLimitBytes };
     const table = await this.grainTable(gdIndex, gdEntry);
-    const gte = table[grainIndex % this.header.gtesPerGt] ?? 0;
-    if (gte === 0) return { kind: 'unallocated', lengthBytes };
-    if (gte === GTE_ZEROED && this.hasZeroGrain) return { kind: 'zero', lengthBytes };
+    const first = grainIndex % gtesPerGt;
+    const gte = table[first] ?? 0;
+    // Neighbouring grains of the same kind (and, for data, host-contiguous) join the run, so one read
+    // or one block-status extent covers them: a convert reads whole runs instead of grain by grain.
+    const runOf = (sameKind: (entry: number, step: number) => boolean): number => {
+      let runBytes = lengthBytes;
+      for (let step = 1; runBytes < runLimitBytes && sameKind(table[first + step] ?? 0, step); step++)
+        runBytes = Math.min(runLimitBytes, runBytes + this.grainBytes);
+      return runBytes;
+    };
+    if (gte === 0) return { kind: 'unallocated', lengthBytes: runOf((entry) => entry === 0) };
+    if (gte === GTE_ZEROED && this.hasZeroGrain)
+      return { kind: 'zero', lengthBytes: runOf((entry) => entry === GTE_ZEROED) };
     const grainHostOffsetBytes = gte * SECTOR_BYTES;
     if (grainHostOffsetBytes >= this.fileEndBytes) {
       throw new CorruptImageError({
         file: this.file.path,
-        offsetBytes: gdEntry * SECTOR_BYTES + (grainIndex % this.header.gtesPerGt) * 4,
+        offsetBytes: gdEntry * SECTOR_BYTES + (grainIndex % gtesPerGt) * 4,
         lengthBytes: 4,
         message: `grain table entry for grain ${grainIndex} points past the end of the file (${grainHostOffsetBytes})`,
       });
     }
     if (this.isCompressed)
       return { kind: 'compressed', lengthBytes, grainHostOffsetBytes, offsetInGrainBytes };
-    return { kind: 'data', lengthBytes, hostOffsetBytes: grainHostOffsetBytes + offsetInGrainBytes };
+    const sectorsPerGrain = this.grainBytes / SECTOR_BYTES;
+    const runBytes = runOf(
+      (entry, step) =>
+        entry === gte + step * sectorsPerGrain &&
+        (entry + sectorsPerGrain) * SECTOR_BYTES <= this.fileEndBytes,
+    );
+    return {
+      kind: 'data',
+      lengthBytes: runBytes,
+      hostOffsetBytes: grainHostOffsetBytes + offsetInGrainBytes,
+    };
   }
 
   /** Inflates the grain at `grainHostOffsetBytes` (zlib stream behind a marker when the extent has markers). */
