@@ -17,6 +17,13 @@ export async function measureParallels(input: MeasureInput): Promise<MeasureResu
       message: 'Cluster size must be a multiple of 512 bytes',
     });
   }
+  if (input.sizeBytes >= 2 ** 32 * clusterBytes) {
+    throw new InvalidOptionError({
+      option: 'size',
+      value: input.sizeBytes,
+      message: 'Image size is too large for this cluster size',
+    });
+  }
   const clusters = Math.ceil(input.sizeBytes / clusterBytes);
   const dataOffsetBytes = Math.ceil(batEntryOffsetBytes(clusters) / clusterBytes) * clusterBytes;
   let storedClusters = 0;
