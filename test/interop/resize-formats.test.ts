@@ -9,7 +9,7 @@ import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
-import { haveTools, run, runStatus, scratchDir } from '../helpers/format-harness.ts';
+import { haveTools, run, runStatus, SAMPLES_DIR, scratchDir } from '../helpers/format-harness.ts';
 import { vdisk } from './cli-helpers.ts';
 
 const HAS_QEMU = haveTools(['qemu-img', 'qemu-io'], 'resize-formats.test.ts');
@@ -225,6 +225,26 @@ describe.skipIf(!HAS_QEMU)('vdisk grows vhdx and parallels images that qemu-img 
       }
     }, 120_000);
   }
+
+  it('grows a version-1 (sector-addressed BAT) Parallels sample past its BAT room', async () => {
+    const path = join(dir, 'v1.hds');
+    const expected = join(dir, 'v1.raw');
+    run('cp', [join(SAMPLES_DIR, 'parallels/parallels-v1'), path]);
+    run('qemu-img', ['convert', '-f', 'parallels', '-O', 'raw', path, expected]);
+    // 16384 entries need 64 KiB + 64 bytes: more than the 64 KiB before data_off, so clusters move.
+    expect(await vdisk(['resize', '-f', 'parallels', path, '1G'])).toMatchObject({ code: 0 });
+    expect(info(path, 'parallels')['virtual-size']).toBe(GiB);
+    const check = runStatus('qemu-img', ['check', '-f', 'parallels', path]);
+    expect(check.status).toBe(0);
+    expect(check.stdout).toContain('/16384 = ');
+    run('qemu-img', ['resize', '-q', '-f', 'raw', expected, String(GiB)]);
+    expect(
+      runStatus('qemu-img', ['compare', '-f', 'raw', '-F', 'parallels', expected, path]).stdout,
+    ).toContain('Images are identical');
+    run('qemu-io', ['-f', 'parallels', '-c', 'write -P 0x42 900M 1M', path]);
+    expectPatterns(path, 'parallels', [[0x42, 900 * MiB, MiB]]);
+    expect(runStatus('qemu-img', ['check', '-f', 'parallels', path]).status).toBe(0);
+  });
 
   for (const format of ['vhdx', 'parallels'] as const) {
     it(`refuses to shrink ${format}, even with --shrink, and leaves the image as it was`, async () => {
