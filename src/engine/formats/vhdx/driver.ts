@@ -294,10 +294,13 @@ class VhdxDevice extends MappedDevice {
     return this.blockBytes;
   }
 
+  /**
+   * Places a new block at the 1 MiB-aligned end. The file is not extended here: bytes past its end
+   * read as zeros, and commitBatSectors sizes the file before any BAT sector names the block.
+   */
   protected override async reserveUnit(): Promise<number> {
     const at = Math.ceil(this.fileEndBytes / MiB) * MiB;
     this.fileEndBytes = at + this.blockBytes;
-    await this.file.truncate(this.fileEndBytes);
     return at;
   }
 
@@ -338,6 +341,7 @@ class VhdxDevice extends MappedDevice {
       sectors.push({ fileOffsetBytes: regionOffsetBytes + sectorStart, sector });
     }
     this.pendingBatSectors.clear();
+    if ((await this.file.sizeBytes()) < this.fileEndBytes) await this.file.truncate(this.fileEndBytes);
     await this.file.sync();
     await this.logSectors(sectors);
   }
