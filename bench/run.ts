@@ -3,7 +3,8 @@
 // vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present,
 // bench/qcow2-ops.ts (snapshot create/delete, commit) and bench/controller.ts.
 // Options: --size-mib=N (default 1024), --repeat=N (best time of N runs, default 1; the machine may
-// be shared), --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
+// be shared), --only=TEXT (run only the workloads whose name contains one of the comma-separated
+// TEXTs, e.g. --only=vdi,vhdx), --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
 // bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
 
 import { execFileSync } from 'node:child_process';
@@ -206,7 +207,9 @@ async function main(): Promise<void> {
     const lines = [
       row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x'], widths),
     ];
+    const only = argument('only')?.split(',');
     for (const workload of workloads) {
+      if (only && !only.some((text) => workload.name.includes(text))) continue;
       log(`bench: ${workload.name}`);
       const qemu = await bestOf(repeat, () => measureProcess('qemu-img', workload.args('q')));
       const vdisk = await bestOf(repeat, () =>

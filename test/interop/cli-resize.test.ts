@@ -13,7 +13,7 @@ const MIB = 1024 * 1024;
 const GROWABLE = formatRegistry
   .filter((driver) => driver.capabilities.resize !== 'none' && driver.capabilities.create)
   .map((driver) => driver.name)
-  .filter((name) => ['raw', 'qcow2', 'qed', 'vmdk', 'vdi', 'vpc'].includes(name));
+  .filter((name) => ['raw', 'qcow2', 'qed', 'vmdk', 'vdi', 'vpc', 'vhdx', 'parallels'].includes(name));
 
 function virtualSize(path: string): number {
   return (JSON.parse(mustRun('qemu-img', ['info', '--output=json', path])) as { 'virtual-size': number })[
@@ -56,7 +56,7 @@ describe.skipIf(!HAS_QEMU)('vdisk resize, checked by qemu-img', () => {
       // The old range reads as before, the new range as zeros.
       mustRun('qemu-img', ['resize', '-f', 'raw', original, String(before + 8 * MIB)]);
       expect(tool('qemu-img', ['compare', '-f', format, '-F', 'raw', path, original]).code).toBe(0);
-      if (['qcow2', 'qed', 'vmdk', 'vdi'].includes(format)) {
+      if (['qcow2', 'qed', 'vmdk', 'vdi', 'vhdx', 'parallels'].includes(format)) {
         expect(tool('qemu-img', ['check', '-f', format, path]).code).toBe(0);
       }
     });

@@ -166,7 +166,8 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img', () => {
     await createWithDriver('vhdx', path, 4 << 20, { block_size: '1M' });
     const device = await openImage(path);
     await copyRawInto(raw, device);
-    // No close: the log still holds the last BAT sector. Simulate the in-place BAT write never landing.
+    await device.flush();
+    // No close: the log still holds the BAT sectors of the flush. Simulate the in-place write never landing.
     const file = await NodeHostFile.open(path, { readOnly: false });
     await file.write(3 << 20, new Uint8Array(4096));
     await file.close();

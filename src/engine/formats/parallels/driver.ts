@@ -17,6 +17,8 @@ import type {
   OpenContext,
   RepairMode,
 } from '../driver.ts';
+import { measureParallels } from './measure.ts';
+import { growParallels } from './resize.ts';
 import {
   batEntryOffsetBytes,
   encodeParallelsHeader,
@@ -134,6 +136,28 @@ class ParallelsDevice extends MappedDevice {
     const bytes = new Uint8Array(4);
     viewOf(bytes).setUint32(0, entry, true);
     await this.file.write(batEntryOffsetBytes(unitIndex), bytes);
+  }
+
+  /** Grows the guest (beyond qemu 7.2, which cannot resize parallels); see resize.ts for the write order. */
+  resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    return this.exclusive(() => this.resizeUnlocked(sizeBytes, options));
+  }
+
+  private async resizeUnlocked(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
+    if (this.isReadOnly)
+      throw new PermissionError({ file: this.path, message: 'resize refused: the image is open read-only' });
+    if (sizeBytes === this.sizeBytes) return;
+    const grown = await growParallels({
+      file: this.file,
+      path: this.path,
+      state: this.state,
+      newSizeBytes: sizeBytes,
+    });
+    this.state.header = grown.header;
+    this.state.bat = grown.bat;
+    this.state.dataEndSectors = grown.dataEndSectors;
+    this.state.fileSizeBytes = grown.fileSizeBytes;
+    this.currentSizeBytes = sizeBytes;
   }
 
   protected override async closeMetadata(): Promise<void> {
@@ -312,11 +336,12 @@ export const parallelsDriver = {
     check: true,
     compression: [],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
     concurrentWrites: false,
   },
   createOptions: parallelsCreateOptions,
   open: openParallels,
   create: createParallels,
   check: checkParallels,
+  measure: measureParallels,
 } satisfies FormatDriver;

@@ -31,6 +31,7 @@ import {
   qedMaxImageBytes,
 } from './header.ts';
 import { QedTables } from './tables.ts';
+import { measureQed } from './measure.ts';
 
 class QedDevice extends MappedDevice {
   private header: QedHeader;
@@ -309,4 +310,5 @@ export const qedDriver = {
   open: openQed,
   create: createQed,
   check: checkQed,
+  measure: measureQed,
 } satisfies FormatDriver;

@@ -9,6 +9,7 @@ import type { HostFile } from '../../io/host-file.ts';
 import { checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
+import { forEachStoredUnit } from '../common/measure.ts';
 import type {
   CheckIssue,
   CheckReport,
@@ -71,6 +72,9 @@ class VdiDevice extends MappedDevice {
   private bmap: Uint32Array;
   /** End of the data area as the file stood at open, plus what we appended since. */
   private fileEndBytes: number;
+  /** Block map entries [dirtyFirst, dirtyEnd) changed in memory since the last flush. */
+  private dirtyFirst = Number.POSITIVE_INFINITY;
+  private dirtyEnd = 0;
 
   constructor(context: OpenContext, header: VdiHeader, bmap: Uint32Array, fileSizeBytes: number) {
     super({
@@ -129,24 +133,42 @@ class VdiDevice extends MappedDevice {
       // Bytes already sit there (trailing garbage): the reserved block must read as zeros.
       const zeros = Buffer.alloc(VDI_BLOCK_BYTES);
       await this.file.write(hostBytes, zeros);
-    } else {
-      await this.file.truncate(endBytes);
     }
+    // Past the end the file is not extended here: those bytes read as zeros, and flushMetadata sizes
+    // the file before any map entry names the block.
     this.fileEndBytes = Math.max(this.fileEndBytes, endBytes);
     return hostBytes;
   }
 
+  /**
+   * Points the block map at a new block in memory only; the map entries and the header's count reach
+   * the file at the next flush (see flushMetadata), so a convert makes two small writes per flush
+   * instead of per 1 MiB block. Unflushed writes may be lost in a crash, which the contract allows.
+   */
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
-    const entry = (hostOffsetBytes - this.header.offsetDataBytes) / VDI_BLOCK_BYTES;
-    this.bmap[unitIndex] = entry;
-    // The header's count first, then the map entry, as qemu orders them: a crash between the two
-    // leaves a count one too high, which check reports, never a map entry without its block.
+    this.bmap[unitIndex] = (hostOffsetBytes - this.header.offsetDataBytes) / VDI_BLOCK_BYTES;
+    this.dirtyFirst = Math.min(this.dirtyFirst, unitIndex);
+    this.dirtyEnd = Math.max(this.dirtyEnd, unitIndex + 1);
+  }
+
+  /**
+   * Writes the block map entries changed since the last flush, after sizing the file and a sync: a map
+   * entry never reaches the disk before its block's data and length. The header's count goes first, as qemu orders them: a
+   * crash between the two leaves a count too high, which check reports, never an entry without its block.
+   */
+  protected override async flushMetadata(): Promise<void> {
+    if (this.dirtyEnd <= this.dirtyFirst) return;
+    if ((await this.file.sizeBytes()) < this.fileEndBytes) await this.file.truncate(this.fileEndBytes);
+    await this.file.sync();
     const count = Buffer.alloc(4);
     count.writeUInt32LE(this.header.blocksAllocated, 0);
     await this.file.write(VDI_BLOCKS_ALLOCATED_AT, count);
-    const bytes = Buffer.alloc(4);
-    bytes.writeUInt32LE(entry, 0);
-    await this.file.write(this.header.offsetBmapBytes + unitIndex * 4, bytes);
+    const entries = Buffer.alloc((this.dirtyEnd - this.dirtyFirst) * 4);
+    for (let index = this.dirtyFirst; index < this.dirtyEnd; index++)
+      entries.writeUInt32LE(this.bmap[index] ?? VDI_UNALLOCATED, (index - this.dirtyFirst) * 4);
+    await this.file.write(this.header.offsetBmapBytes + this.dirtyFirst * 4, entries);
+    this.dirtyFirst = Number.POSITIVE_INFINITY;
+    this.dirtyEnd = 0;
   }
 
   override async info(): Promise<ImageInfo> {
@@ -163,6 +185,8 @@ class VdiDevice extends MappedDevice {
   async resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
     if (this.isReadOnly)
       throw new UnsupportedError({ format: 'vdi', feature: 'resize of a read-only image' });
+    // The map grows in the file from its on-disk state: entries still only in memory go first.
+    await this.flush();
     const newSizeBytes = Math.ceil(sizeBytes / VDI_SECTOR_BYTES) * VDI_SECTOR_BYTES;
     if (newSizeBytes < this.sizeBytes) {
       throw new UnsupportedError({
@@ -340,13 +364,9 @@ async function measureVdi(input: MeasureInput): Promise<MeasureResult> {
   if (isStatic || !input.source)
     return { requiredBytes: isStatic ? fullBytes : metadataBytes, fullyAllocatedBytes: fullBytes };
   let allocatedBlocks = 0;
-  for (let block = 0; block < blocks; block++) {
-    const start = block * VDI_BLOCK_BYTES;
-    const length = Math.min(VDI_BLOCK_BYTES, input.source.sizeBytes - start);
-    if (length <= 0) break;
-    const extents = await input.source.blockStatus(start, length);
-    if (extents.some((extent) => extent.data || (extent.allocated && !extent.zero))) allocatedBlocks++;
-  }
+  await forEachStoredUnit(input.source, VDI_BLOCK_BYTES, (block) => {
+    if (block < blocks) allocatedBlocks++;
+  });
   return { requiredBytes: metadataBytes + allocatedBlocks * VDI_BLOCK_BYTES, fullyAllocatedBytes: fullBytes };
 }
 

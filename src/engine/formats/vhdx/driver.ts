@@ -3,9 +3,8 @@
 // Spec: MS-VHDX v20160714 sections 2.1-2.6; behaviour (defaults, refusals) as qemu 7.2's block/vhdx.c.
 
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
-import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
+import { CorruptImageError, ImageFormatError, PermissionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
-import { parseSize, sizeOption } from '../../size.ts';
 import { readExact, setU64le, viewOf } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import type {
@@ -48,17 +47,30 @@ import {
   type VhdxMetadata,
   type VhdxRegion,
 } from './layout.ts';
-import { applyLogReplay, encodeLogEntry, LOG_ENTRY_BYTES, ReplayedHostFile, readLogReplay } from './log.ts';
+import {
+  applyLogReplay,
+  encodeLogEntry,
+  type LoggedSector,
+  logEntryBytes,
+  ReplayedHostFile,
+  readLogReplay,
+} from './log.ts';
+import { measureVhdx, vhdxCreateSettings, vhdxFileLayout } from './measure.ts';
+import { growVhdx } from './resize.ts';
 
 /** Limits on regions vdisk reads whole: qemu's BAT is bounded the same way by the image size. */
 const MAX_METADATA_REGION_BYTES = 32 * MiB;
 const MAX_BAT_BYTES = 512 * MiB;
+/** BAT sectors one log entry carries at most (each covers 512 blocks: 4 GiB at 8 MiB blocks). */
+const MAX_PENDING_BAT_SECTORS = 64;
 
 interface VhdxLayout {
   header: VhdxHeader;
   metadata: VhdxMetadata;
   batRegion: VhdxRegion;
   metadataRegion: VhdxRegion;
+  /** The whole region table, in order (resize rewrites it when the BAT moves). */
+  regions: VhdxRegion[];
   bat: Uint8Array;
   logReplayedOnOpen: boolean;
 }
@@ -177,7 +189,10 @@ async function loadLayout(
     });
   }
   const bat = await readExact(file, batRegion.offsetBytes, batBytes, 'VHDX BAT');
-  return { layout: { header, metadata, batRegion, metadataRegion, bat, logReplayedOnOpen }, file };
+  return {
+    layout: { header, metadata, batRegion, metadataRegion, regions, bat, logReplayedOnOpen },
+    file,
+  };
 }
 
 function batIndexOf(blockIndex: number, metadata: VhdxMetadata): number {
@@ -198,6 +213,8 @@ class VhdxDevice extends MappedDevice {
   private logGuid: Uint8Array | undefined;
   private logSequence = 0n;
   private logHeadBytes = 0;
+  /** BAT sectors (offsets within the BAT) changed in memory and not yet logged; see commitUnit. */
+  private readonly pendingBatSectors = new Set<number>();
 
   constructor(context: OpenContext, file: HostFile, layout: VhdxLayout, fileSizeBytes: number) {
     super({
@@ -277,33 +294,77 @@ class VhdxDevice extends MappedDevice {
     return this.blockBytes;
   }
 
+  /**
+   * Places a new block at the 1 MiB-aligned end. The file is not extended here: bytes past its end
+   * read as zeros, and commitBatSectors sizes the file before any BAT sector names the block.
+   */
   protected override async reserveUnit(): Promise<number> {
     const at = Math.ceil(this.fileEndBytes / MiB) * MiB;
     this.fileEndBytes = at + this.blockBytes;
-    await this.file.truncate(this.fileEndBytes);
     return at;
   }
 
   /**
-   * Points the BAT at a new block through the log (MS-VHDX 2.3): the 4 KiB BAT sector is logged and
-   * synced (with the block's data), then written in place. A crash before the sync loses the write
-   * but not consistency; after it, replay (qemu's or vdisk's) restores the BAT sector.
+   * Points the BAT at a new block. Only the in-memory BAT changes here: its 4 KiB sector is queued and
+   * reaches the file through the log at the next flush (or once enough sectors are queued), so a
+   * convert syncs once per flush instead of twice per block. Unflushed writes may be lost in a crash,
+   * which the contract allows; the file never names a block whose growth is not durable.
    */
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
     const batIndex = batIndexOf(unitIndex, this.layout.metadata);
     setU64le(viewOf(this.layout.bat), batIndex * 8, hostOffsetBytes + PAYLOAD_FULLY_PRESENT);
-    const sectorStart = Math.floor((batIndex * 8) / 4096) * 4096;
-    const sector = new Uint8Array(4096);
-    await this.file.read(this.layout.batRegion.offsetBytes + sectorStart, sector);
-    sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
-    await this.logSector(this.layout.batRegion.offsetBytes + sectorStart, sector);
-    await this.file.write(this.layout.batRegion.offsetBytes + sectorStart, sector);
+    this.pendingBatSectors.add(Math.floor((batIndex * 8) / 4096) * 4096);
+    if (this.pendingBatSectors.size >= this.maxPendingBatSectors()) await this.commitBatSectors();
   }
 
-  private async logSector(fileOffsetBytes: number, sector: Uint8Array): Promise<void> {
+  /** Queued BAT sectors per log entry: what the log holds, at most MAX_PENDING_BAT_SECTORS. */
+  private maxPendingBatSectors(): number {
+    let count = MAX_PENDING_BAT_SECTORS;
+    while (count > 1 && logEntryBytes(count) > this.layout.header.logLengthBytes) count--;
+    return count;
+  }
+
+  /**
+   * Writes the queued BAT sectors (MS-VHDX 2.3): sync first, so the blocks' data and the file's growth
+   * are durable before any sector names them, then one log entry (synced) and the sectors in place.
+   * A crash before the entry is durable loses only unflushed writes; after it, replay (qemu's or
+   * vdisk's) restores every sector of the entry.
+   */
+  private async commitBatSectors(): Promise<void> {
+    if (this.pendingBatSectors.size === 0) return;
+    const regionOffsetBytes = this.layout.batRegion.offsetBytes;
+    const sectors: LoggedSector[] = [];
+    for (const sectorStart of [...this.pendingBatSectors].sort((a, b) => a - b)) {
+      const sector = new Uint8Array(4096);
+      await this.file.read(regionOffsetBytes + sectorStart, sector);
+      sector.set(this.layout.bat.subarray(sectorStart, Math.min(sectorStart + 4096, this.layout.bat.length)));
+      sectors.push({ fileOffsetBytes: regionOffsetBytes + sectorStart, sector });
+    }
+    this.pendingBatSectors.clear();
+    if ((await this.file.sizeBytes()) < this.fileEndBytes) await this.file.truncate(this.fileEndBytes);
+    await this.file.sync();
+    await this.logSectors(sectors);
+  }
+
+  protected override async flushMetadata(): Promise<void> {
+    await this.commitBatSectors();
+  }
+
+  /**
+   * Writes metadata sectors so a crash applies all or none of them: one log entry, synced, then the
+   * sectors in place (made durable by the next sync; replay covers them until then). A log too small
+   * for the entry falls back to in-place writes in the given order, each synced, so callers order
+   * `sectors` such that every prefix is a consistent image.
+   */
+  private async logSectors(sectors: LoggedSector[]): Promise<void> {
     const header = this.layout.header;
-    if (header.logLengthBytes < LOG_ENTRY_BYTES) {
+    const entryBytes = logEntryBytes(sectors.length);
+    if (header.logLengthBytes < entryBytes) {
       await this.file.sync();
+      for (const { fileOffsetBytes, sector } of sectors) {
+        await this.file.write(fileOffsetBytes, sector);
+        await this.file.sync();
+      }
       return;
     }
     if (!this.logGuid) {
@@ -311,19 +372,48 @@ class VhdxDevice extends MappedDevice {
       this.logGuid = newGuid();
       this.layout.header = await writeHeaders(this.file, { ...header, logGuid: this.logGuid });
     }
-    if (this.logHeadBytes + LOG_ENTRY_BYTES > header.logLengthBytes) this.logHeadBytes = 0;
+    if (this.logHeadBytes + entryBytes > header.logLengthBytes) this.logHeadBytes = 0;
     this.logSequence++;
     const entry = encodeLogEntry({
       logGuid: this.logGuid,
       sequenceNumber: this.logSequence,
       positionBytes: this.logHeadBytes,
-      fileOffsetBytes,
-      sector,
+      sectors,
       fileSizeBytes: Math.ceil(this.fileEndBytes / MiB) * MiB,
     });
     await this.file.write(header.logOffsetBytes + this.logHeadBytes, entry);
     await this.file.sync();
-    this.logHeadBytes += LOG_ENTRY_BYTES;
+    this.logHeadBytes += entryBytes;
+    for (const { fileOffsetBytes, sector } of sectors) await this.file.write(fileOffsetBytes, sector);
+  }
+
+  /** Grows the guest (beyond qemu 7.2, which cannot resize vhdx); see resize.ts for the write order. */
+  resize(sizeBytes: number, options: { shrink: boolean }): Promise<void> {
+    return this.exclusive(() => this.resizeUnlocked(sizeBytes, options));
+  }
+
+  private async resizeUnlocked(sizeBytes: number, _options: { shrink: boolean }): Promise<void> {
+    if (this.isReadOnly)
+      throw new PermissionError({ file: this.path, message: 'resize refused: the image is open read-only' });
+    if (sizeBytes === this.sizeBytes) return;
+    await this.beforeFirstWrite();
+    // Growing rewrites BAT sectors from memory: queued ones go first, through the log.
+    await this.commitBatSectors();
+    const layout = this.layout;
+    const grown = await growVhdx({
+      file: this.file,
+      path: this.path,
+      state: { ...layout, fileEndBytes: this.fileEndBytes },
+      newSizeBytes: sizeBytes,
+      maxBatBytes: MAX_BAT_BYTES,
+      commit: (sectors) => this.logSectors(sectors),
+    });
+    layout.metadata = grown.metadata;
+    layout.regions = grown.regions;
+    layout.batRegion = grown.batRegion;
+    layout.bat = grown.bat;
+    this.fileEndBytes = grown.fileEndBytes;
+    this.currentSizeBytes = sizeBytes;
   }
 
   /** Clean close: every logged sector is in place, so the log is emptied (log GUID zeroed). */
@@ -398,70 +488,16 @@ async function checkVhdx(context: OpenContext, repair: RepairMode): Promise<Chec
   };
 }
 
-function defaultBlockBytes(sizeBytes: number): number {
-  const TiB = 1024 * 1024 * MiB;
-  if (sizeBytes > 32 * TiB) return 64 * MiB;
-  if (sizeBytes > 100 * 1024 * MiB) return 32 * MiB;
-  if (sizeBytes > 1024 * MiB) return 16 * MiB;
-  return 8 * MiB;
-}
-
-function boolOption(options: Record<string, string>, name: string, fallback: boolean): boolean {
-  const text = options[name];
-  if (text === undefined) return fallback;
-  if (['on', 'true', 'yes'].includes(text)) return true;
-  if (['off', 'false', 'no'].includes(text)) return false;
-  throw new InvalidOptionError({
-    option: name,
-    value: text,
-    message: `Parameter '${name}' expects 'on' or 'off'`,
-  });
-}
-
 async function createVhdx(context: CreateContext): Promise<void> {
   const { options, file } = context;
   const sizeBytes = context.sizeBytes;
-  const subformat = options.subformat ?? 'dynamic';
-  if (subformat !== 'dynamic' && subformat !== 'fixed') {
-    throw new InvalidOptionError({
-      option: 'subformat',
-      value: subformat,
-      message: `Invalid subformat '${subformat}' (dynamic or fixed)`,
-    });
-  }
   if (context.backingFile !== undefined)
     throw new UnsupportedError({
       format: 'vhdx',
       feature: 'backing files',
       message: 'vhdx does not support backing files',
     });
-  const logBytes = sizeOption(options, 'log_size', MiB);
-  if (logBytes < MiB || logBytes % MiB !== 0 || logBytes > 0xffffffff - MiB + 1) {
-    throw new InvalidOptionError({
-      option: 'log_size',
-      value: logBytes,
-      message: 'Log size must be a multiple of 1 MB',
-    });
-  }
-  const blockBytes =
-    options.block_size === undefined || options.block_size === '0'
-      ? defaultBlockBytes(sizeBytes)
-      : parseSize(options.block_size, 'block_size');
-  if (blockBytes % MiB !== 0 || blockBytes > 256 * MiB || (blockBytes & (blockBytes - 1)) !== 0) {
-    throw new InvalidOptionError({
-      option: 'block_size',
-      value: blockBytes,
-      message: 'Block size must be a power of 2 multiple of 1 MB, at most 256 MB',
-    });
-  }
-  if (sizeBytes % 512 !== 0 || sizeBytes > 64 * 1024 * 1024 * MiB) {
-    throw new InvalidOptionError({
-      option: 'size',
-      value: sizeBytes,
-      message: 'Image size must be a multiple of 512 bytes, at most 64 TiB',
-    });
-  }
-  const blockStateZero = boolOption(options, 'block_state_zero', true);
+  const { subformat, logBytes, blockBytes, blockStateZero } = vhdxCreateSettings(options, sizeBytes);
   const metadata: VhdxMetadata = {
     blockSizeBytes: blockBytes,
     leaveBlocksAllocated: subformat === 'fixed',
@@ -471,12 +507,9 @@ async function createVhdx(context: CreateContext): Promise<void> {
     physicalSectorBytes: 4096,
     page83: newGuid(),
   };
-  const logOffsetBytes = MiB;
-  const metadataOffsetBytes = logOffsetBytes + logBytes;
-  const batOffsetBytes = metadataOffsetBytes + MiB;
+  const { logOffsetBytes, metadataOffsetBytes, batOffsetBytes, batRegionBytes, dataOffsetBytes } =
+    vhdxFileLayout(metadata, logBytes);
   const entryCount = batEntryCount(metadata);
-  const batRegionBytes = Math.max(MiB, Math.ceil((entryCount * 8) / MiB) * MiB);
-  const dataOffsetBytes = batOffsetBytes + batRegionBytes;
   const payloadBlocks = Math.ceil(sizeBytes / blockBytes);
 
   await file.truncate(0);
@@ -547,11 +580,12 @@ export const vhdxDriver = {
     check: true,
     compression: [],
     encryption: [],
-    resize: 'none',
+    resize: 'grow',
     concurrentWrites: false,
   },
   createOptions: vhdxCreateOptions,
   open: openVhdx,
   create: createVhdx,
   check: checkVhdx,
+  measure: measureVhdx,
 } satisfies FormatDriver;

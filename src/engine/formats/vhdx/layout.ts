@@ -181,6 +181,8 @@ export interface VhdxMetadata {
   logicalSectorBytes: number;
   physicalSectorBytes: number;
   page83: Uint8Array;
+  /** Where the Virtual Disk Size item sits, from the metadata region's start (set by parseMetadata). */
+  virtualSizeItemOffsetBytes?: number;
 }
 
 export const META_FLAG_IS_VIRTUAL_DISK = 0x2;
@@ -204,6 +206,7 @@ export function parseMetadata(region: Uint8Array, regionOffsetBytes: number, fil
       message: `VHDX metadata table has ${entryCount} entries (at most 2047)`,
     });
   const items = new Map<string, Uint8Array>();
+  const itemOffsets = new Map<string, number>();
   const known = [
     GUID_FILE_PARAMETERS,
     GUID_VIRTUAL_DISK_SIZE,
@@ -237,6 +240,7 @@ export function parseMetadata(region: Uint8Array, regionOffsetBytes: number, fil
       });
     }
     items.set(Buffer.from(guid).toString('hex'), region.subarray(offset, offset + length));
+    itemOffsets.set(Buffer.from(guid).toString('hex'), offset);
   }
   const item = (guid: Uint8Array, minBytes: number, name: string): Uint8Array => {
     const value = items.get(Buffer.from(guid).toString('hex'));
@@ -258,6 +262,8 @@ export function parseMetadata(region: Uint8Array, regionOffsetBytes: number, fil
     physicalSectorBytes: viewOf(item(GUID_PHYSICAL_SECTOR, 4, 'Physical Sector Size')).getUint32(0, true),
     page83: Uint8Array.from(items.get(Buffer.from(GUID_PAGE83).toString('hex')) ?? new Uint8Array(16)),
   };
+  const sizeItemOffset = itemOffsets.get(Buffer.from(GUID_VIRTUAL_DISK_SIZE).toString('hex'));
+  if (sizeItemOffset !== undefined) metadata.virtualSizeItemOffsetBytes = sizeItemOffset;
   const { blockSizeBytes } = metadata;
   if (
     blockSizeBytes < MiB ||

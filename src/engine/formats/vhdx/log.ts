@@ -257,42 +257,59 @@ export class ReplayedHostFile implements HostFile {
   }
 }
 
+/** One 4 KiB metadata sector a log entry carries: where it goes and its new bytes. */
+export interface LoggedSector {
+  fileOffsetBytes: number;
+  sector: Uint8Array;
+}
+
+/** Bytes a log entry of `sectorCount` data sectors takes in the log (descriptor sectors included). */
+export function logEntryBytes(sectorCount: number): number {
+  const descriptorSectors = Math.ceil(
+    (LOG_ENTRY_HEADER_BYTES + sectorCount * DESCRIPTOR_BYTES) / LOG_SECTOR_BYTES,
+  );
+  return (descriptorSectors + sectorCount) * LOG_SECTOR_BYTES;
+}
+
 /**
- * Encodes a one-sector log entry (MS-VHDX 2.3.1): header + one data descriptor in the first 4 KiB,
- * the data sector in the second. `tailBytes` is the entry's own position: replay applies only it.
+ * Encodes a log entry (MS-VHDX 2.3.1) carrying whole 4 KiB sectors: the header and one data descriptor
+ * per sector first, then the data sectors. `tailBytes` is the entry's own position, so replay applies
+ * this entry alone: all its sectors or, when the entry is torn, none of them.
  */
 export function encodeLogEntry(args: {
   logGuid: Uint8Array;
   sequenceNumber: bigint;
   positionBytes: number;
-  fileOffsetBytes: number;
-  sector: Uint8Array;
+  sectors: readonly LoggedSector[];
   fileSizeBytes: number;
 }): Uint8Array {
-  const entry = new Uint8Array(2 * LOG_SECTOR_BYTES);
+  const count = args.sectors.length;
+  const entry = new Uint8Array(logEntryBytes(count));
   const view = viewOf(entry);
   entry.set(Buffer.from('loge', 'latin1'), 0);
   view.setUint32(8, entry.length, true);
   view.setUint32(12, args.positionBytes, true);
   view.setBigUint64(16, args.sequenceNumber, true);
-  view.setUint32(24, 1, true);
+  view.setUint32(24, count, true);
   entry.set(args.logGuid, 32);
   view.setBigUint64(48, BigInt(args.fileSizeBytes), true);
   view.setBigUint64(56, BigInt(args.fileSizeBytes), true);
-  const descriptor = LOG_ENTRY_HEADER_BYTES;
-  entry.set(Buffer.from('desc', 'latin1'), descriptor);
-  entry.set(args.sector.subarray(4092, 4096), descriptor + 4);
-  entry.set(args.sector.subarray(0, 8), descriptor + 8);
-  view.setBigUint64(descriptor + 16, BigInt(args.fileOffsetBytes), true);
-  view.setBigUint64(descriptor + 24, args.sequenceNumber, true);
-  const data = LOG_SECTOR_BYTES;
-  entry.set(Buffer.from('data', 'latin1'), data);
-  view.setUint32(data + 4, Number(args.sequenceNumber >> 32n), true);
-  entry.set(args.sector.subarray(8, 4092), data + 8);
-  view.setUint32(data + 4092, Number(args.sequenceNumber & 0xffffffffn), true);
+  let data = entry.length - count * LOG_SECTOR_BYTES;
+  args.sectors.forEach(({ fileOffsetBytes, sector }, index) => {
+    const descriptor = LOG_ENTRY_HEADER_BYTES + index * DESCRIPTOR_BYTES;
+    // The data sector's own signature and sequence halves displace the sector's first 8 and last 4
+    // bytes, which the descriptor keeps instead.
+    entry.set(Buffer.from('desc', 'latin1'), descriptor);
+    entry.set(sector.subarray(4092, 4096), descriptor + 4);
+    entry.set(sector.subarray(0, 8), descriptor + 8);
+    view.setBigUint64(descriptor + 16, BigInt(fileOffsetBytes), true);
+    view.setBigUint64(descriptor + 24, args.sequenceNumber, true);
+    entry.set(Buffer.from('data', 'latin1'), data);
+    view.setUint32(data + 4, Number(args.sequenceNumber >> 32n), true);
+    entry.set(sector.subarray(8, 4092), data + 8);
+    view.setUint32(data + 4092, Number(args.sequenceNumber & 0xffffffffn), true);
+    data += LOG_SECTOR_BYTES;
+  });
   view.setUint32(4, crc32c(entry, 4), true);
   return entry;
 }
-
-/** Bytes one logged metadata sector takes in the log. */
-export const LOG_ENTRY_BYTES = 2 * LOG_SECTOR_BYTES;

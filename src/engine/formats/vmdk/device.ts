@@ -111,7 +111,16 @@ export class VmdkDevice implements BlockDevice {
     return this.extents[low]!;
   }
 
-  private async pieceAt(offsetBytes: number, maxLengthBytes: number, withHoles = false): Promise<Piece> {
+  /**
+   * What backs the bytes at `offsetBytes`. Writers get at most one grain (they allocate grain by grain);
+   * readers pass `joinRuns` and get whole runs of alike grains, so one pread covers a contiguous run.
+   */
+  private async pieceAt(
+    offsetBytes: number,
+    maxLengthBytes: number,
+    withHoles = false,
+    joinRuns = false,
+  ): Promise<Piece> {
     const extent = this.extentAt(offsetBytes);
     const inExtentBytes = offsetBytes - extent.startBytes;
     const lengthBytes = Math.min(maxLengthBytes, extent.sizeBytes - inExtentBytes);
@@ -141,7 +150,7 @@ export class VmdkDevice implements BlockDevice {
     }
     const mapping = extent.seSparse
       ? await extent.seSparse.lookup(inExtentBytes, lengthBytes)
-      : await extent.sparse!.lookup(inExtentBytes, lengthBytes);
+      : await extent.sparse!.lookup(inExtentBytes, lengthBytes, joinRuns);
     if (mapping.kind === 'data') {
       return {
         kind: 'data',
@@ -159,7 +168,7 @@ export class VmdkDevice implements BlockDevice {
   async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
     let done = 0;
     while (done < buffer.length) {
-      const piece = await this.pieceAt(offsetBytes + done, buffer.length - done);
+      const piece = await this.pieceAt(offsetBytes + done, buffer.length - done, false, true);
       const part = buffer.subarray(done, done + piece.lengthBytes);
       if (piece.kind === 'data') {
         await readHostZeroFilled(piece.file, piece.hostOffsetBytes, part);
@@ -361,7 +370,7 @@ export class VmdkDevice implements BlockDevice {
     let done = 0;
     while (done < lengthBytes && result.length < 4096) {
       const at = offsetBytes + done;
-      const piece = await this.pieceAt(at, lengthBytes - done, true);
+      const piece = await this.pieceAt(at, lengthBytes - done, true, true);
       const extent: Extent = {
         offsetBytes: at,
         lengthBytes: piece.lengthBytes,

@@ -11,6 +11,7 @@ import type {
   RepairMode,
 } from '../driver.ts';
 import { UnsupportedError } from '../../errors.ts';
+import { forEachStoredUnit } from '../common/measure.ts';
 import { createVmdk, vmdkCreateOptions } from './create.ts';
 import type { VmdkDevice } from './device.ts';
 import { openVmdk } from './open.ts';
@@ -78,18 +79,9 @@ async function measureVmdk(input: MeasureInput): Promise<MeasureResult> {
   // Without a source (--size) the image would be empty: metadata only, as qemu measures qcow2.
   let allocatedGrains = 0;
   if (input.source) {
-    for (let at = 0; at < Math.min(sizeBytes, input.source.sizeBytes); ) {
-      const extents = await input.source.blockStatus(at, Math.min(sizeBytes, input.source.sizeBytes) - at);
-      for (const extent of extents) {
-        if (extent.data || (extent.allocated && !extent.zero)) {
-          const first = Math.floor(extent.offsetBytes / grainBytes);
-          const last = Math.floor((extent.offsetBytes + extent.lengthBytes - 1) / grainBytes);
-          allocatedGrains += last - first + 1;
-        }
-        at = extent.offsetBytes + extent.lengthBytes;
-      }
-    }
-    allocatedGrains = Math.min(allocatedGrains, grains);
+    await forEachStoredUnit(input.source, grainBytes, (grain) => {
+      if (grain < grains) allocatedGrains++;
+    });
   }
   return {
     requiredBytes: overheadBytes + allocatedGrains * grainBytes,

@@ -10,6 +10,7 @@ import type { HostFile } from '../../io/host-file.ts';
 import { checkTableSize, readExact } from '../common/binary.ts';
 import { MappedDevice, type RangeMapping } from '../common/mapped-device.ts';
 import { WriteLock } from '../common/write-lock.ts';
+import { forEachStoredUnit } from '../common/measure.ts';
 import type {
   CreateContext,
   CreateOptionSpec,
@@ -438,13 +439,9 @@ async function measureVpc(input: MeasureInput): Promise<MeasureResult> {
   // Without a source (--size) the image would be empty: metadata only, as qemu measures qcow2.
   let allocatedBlocks = 0;
   if (input.source) {
-    for (let block = 0; block < entryCount; block++) {
-      const start = block * DEFAULT_BLOCK_BYTES;
-      const length = Math.min(DEFAULT_BLOCK_BYTES, input.source.sizeBytes - start);
-      if (length <= 0) break;
-      const extents = await input.source.blockStatus(start, length);
-      if (extents.some((extent) => extent.data || (extent.allocated && !extent.zero))) allocatedBlocks++;
-    }
+    await forEachStoredUnit(input.source, DEFAULT_BLOCK_BYTES, (block) => {
+      if (block < entryCount) allocatedBlocks++;
+    });
   }
   return {
     requiredBytes: metadataBytes + allocatedBlocks * perBlockBytes,
