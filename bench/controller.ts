@@ -252,13 +252,23 @@ async function benchOne(
         stdio: 'pipe',
       });
     run('apply', '--server-side', '--force-conflicts', '-f', 'crds/');
-    run(
-      'wait',
-      '--for=condition=Established',
-      '--timeout=60s',
-      'crd/virtualdisks.vdisk.dev',
-      'crd/disksnapshots.vdisk.dev',
-    );
+    // kubectl wait fails at once ("status.conditions accessor error") on a CRD whose status is still
+    // empty a moment after apply: try again until the conditions exist.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        run(
+          'wait',
+          '--for=condition=Established',
+          '--timeout=60s',
+          'crd/virtualdisks.vdisk.dev',
+          'crd/disksnapshots.vdisk.dev',
+        );
+        break;
+      } catch (err) {
+        if (attempt >= 20) throw err;
+        await sleep(250);
+      }
+    }
     const core = plane.kubeConfig.makeApiClient(CoreV1Api);
     for (let attempt = 0; ; attempt++) {
       try {
