@@ -18,9 +18,10 @@ import { compressCluster, decompressCluster } from './compress.ts';
 import { isDataFileRaw, zeroDataFileRange } from './data-file.ts';
 import { makeQcow2Empty } from './empty.ts';
 import type { Qcow2Encryption } from './encryption.ts';
-import { INCOMPAT_CORRUPT } from './header.ts';
+import { INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE } from './header.ts';
 import { Qcow2Image } from './image.ts';
 import { Mutex } from './mutex.ts';
+import { readCachedQcow2 } from './read-cached.ts';
 import { growImage, shrinkImage } from './resize.ts';
 import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
@@ -71,6 +72,8 @@ export class Qcow2Device implements BlockDevice {
   private readonly isView: boolean;
   /** The data cipher of an encrypted image (encryption.ts): data clusters pass through it, metadata not. */
   private readonly encryption: Qcow2Encryption | undefined;
+  /** Synchronous read of what the L2 cache maps and the page cache holds (read-cached.ts); see constructor. */
+  readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
 
   constructor(
     image: Qcow2Image,
@@ -88,6 +91,16 @@ export class Qcow2Device implements BlockDevice {
     const canCompress = !image.readOnly && !this.encryption && !image.hasDataFile;
     this.compressedWriteUnitBytes = canCompress ? image.clusterSizeBytes : undefined;
     if (!canCompress) this.writeCompressed = undefined;
+    // Only where guest bytes are stored host bytes: encrypted clusters need the cipher and an external
+    // data file is another file. While a metadata update holds the lock, tables may be half edited.
+    const plainBytes =
+      !this.encryption &&
+      image.header.cryptMethod === 0 &&
+      (image.header.incompatibleFeatures & INCOMPAT_DATA_FILE) === 0n;
+    if (image.file.readCached && plainBytes) {
+      this.readCached = (offsetBytes, buffer) =>
+        this.lock.isFree ? readCachedQcow2(this.image, this.backing !== undefined, offsetBytes, buffer) : 0;
+    }
     this.snapshots = this.isView
       ? undefined
       : snapshotOperations({

@@ -3,9 +3,16 @@
 
 export class Mutex {
   private tail: Promise<void> = Promise.resolve();
+  /** Holders running or waiting: a synchronous reader steps aside while any table edit may be half done. */
+  private holders = 0;
+
+  get isFree(): boolean {
+    return this.holders === 0;
+  }
 
   /** Runs `work` after every earlier holder has finished; the lock is released even when it throws. */
   async run<T>(work: () => Promise<T>): Promise<T> {
+    this.holders++;
     const previous = this.tail;
     let release: () => void = () => undefined;
     this.tail = new Promise<void>((resolve) => {
@@ -15,6 +22,7 @@ export class Mutex {
     try {
       return await work();
     } finally {
+      this.holders--;
       release();
     }
   }
