@@ -4,7 +4,8 @@
 // (half seeded random data, half zeros: written zeros and holes). Servers take turns within each
 // round, so a busy spell on a shared machine hits all of them; the best of the rounds counts.
 // Reports MiB/s, the ratio to qemu-nbd and the server's peak RSS.
-// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3]`.
+// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3] [--baseline=DIR] [--skip-write]`; --baseline
+// also serves with the vdisk checkout in DIR (row `vdisk-base`), so before/after share the same rounds.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -19,7 +20,7 @@ const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 export interface NbdBenchRow {
   /** What was copied: `read raw`, `read qcow2`, `write qcow2`. */
   workload: string;
-  server: 'vdisk' | 'qemu-nbd' | 'nbdkit';
+  server: 'vdisk' | 'vdisk-base' | 'qemu-nbd' | 'nbdkit';
   connections: number;
   mibPerSecond: number;
   /** Throughput relative to qemu-nbd on the same workload and connection count. */
@@ -43,6 +44,10 @@ export interface NbdBenchOptions {
   sizeMib?: number;
   /** Rounds per case (default 3); the fastest counts (a shared machine's noise only ever slows a run down). */
   repeat?: number;
+  /** A vdisk checkout (its bin/vdisk.mjs) served as `vdisk-base` beside this one: before/after in one run. */
+  baseline?: string;
+  /** Only the read workloads. */
+  skipWrite?: boolean;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -92,6 +97,8 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 50));
 }
 
+let baselineBin: string | undefined;
+
 function startServer(
   server: NbdBenchRow['server'],
   format: string,
@@ -101,8 +108,12 @@ function startServer(
 ): ChildProcess {
   const ro = readOnly ? ['-r'] : [];
   const command =
-    server === 'vdisk'
-      ? [process.execPath, VDISK_BIN, 'serve', '-t', '-e', '4', ...ro, '-f', format, '-k', socket, image]
+    server === 'vdisk' || server === 'vdisk-base'
+      ? [
+          process.execPath,
+          server === 'vdisk' ? VDISK_BIN : (baselineBin ?? VDISK_BIN),
+          ...['serve', '-t', '-e', '4', ...ro, '-f', format, '-k', socket, image],
+        ]
       : server === 'qemu-nbd'
         ? ['qemu-nbd', '-t', '-e', '4', ...ro, '-f', format, '-k', socket, image]
         : ['nbdkit', '-f', ...ro, '-U', socket, 'file', `file=${image}`];
@@ -195,8 +206,11 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
   for (const tool of ['qemu-img', 'qemu-io', 'nbdcopy', 'qemu-nbd']) {
     if (!hasTool(tool)) throw new Error(`bench/nbd.ts needs ${tool}`);
   }
+  baselineBin = options.baseline ? join(options.baseline, 'bin/vdisk.mjs') : undefined;
+  if (baselineBin && !existsSync(baselineBin)) throw new Error(`--baseline: ${baselineBin} does not exist`);
   const servers: NbdBenchRow['server'][] = [
     'vdisk',
+    ...(baselineBin ? (['vdisk-base'] as const) : []),
     'qemu-nbd',
     ...(hasTool('nbdkit') ? (['nbdkit'] as const) : []),
   ];
@@ -242,7 +256,8 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       );
       for (const [server, result] of qcow2Results) add('read qcow2', server, connections, result);
     }
-    const writeResults = await measureRounds(readers, repeat, log, async (server) => {
+    const writers = options.skipWrite ? [] : readers;
+    const writeResults = await measureRounds(writers, repeat, log, async (server) => {
       const target = join(folder, `target-${server}.qcow2`);
       try {
         // A fresh image each run: rewriting allocated clusters would measure something else.
@@ -291,6 +306,12 @@ if (process.argv[1] && import.meta.filename === process.argv[1]) {
     const arg = process.argv.find((candidate) => candidate.startsWith(`--${name}=`));
     return arg ? Number(arg.slice(name.length + 3)) : undefined;
   };
-  const rows = await runNbdBench({ sizeMib: numberArg('size-mib'), repeat: numberArg('repeat') });
+  const baseline = process.argv.find((arg) => arg.startsWith('--baseline='))?.slice('--baseline='.length);
+  const rows = await runNbdBench({
+    sizeMib: numberArg('size-mib'),
+    repeat: numberArg('repeat'),
+    baseline,
+    skipWrite: process.argv.includes('--skip-write'),
+  });
   process.stdout.write(formatNbdBench(rows));
 }
