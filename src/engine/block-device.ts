@@ -88,8 +88,8 @@ export interface BlockDevice {
   /**
    * Optional fast path for servers: fills a prefix of `buffer` with the bytes at `offsetBytes` at once,
    * as far as they are in the host page cache, never waiting for the disk. Returns the bytes filled
-   * (0..buffer.length); the caller reads the rest with `read`. A driver offers it only where guest
-   * bytes are host bytes without translation (raw).
+   * (0..buffer.length); the caller reads the rest with `read`. A driver offers it only where it can map
+   * guest bytes to host bytes without waiting: raw, and qcow2 through L2 tables already in its cache.
    */
   readonly readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
   write(offsetBytes: number, data: Uint8Array, options?: WriteOptions): Promise<void>;
