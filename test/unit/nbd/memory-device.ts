@@ -36,6 +36,8 @@ class MemoryDevice implements BlockDevice {
   };
   /** Present with createMemoryDevice's `cachedReads`: a stand-in for raw's page-cache fast path. */
   readCached?: (offsetBytes: number, buffer: Uint8Array) => number;
+  /** The memory behind each buffer readCached filled, while a test sets it (buffer reuse checks). */
+  cachedReadBuffers: Set<ArrayBufferLike> | undefined;
 
   constructor(sizeBytes: number, isReadOnly: boolean, backing: BlockDevice | undefined) {
     this.sizeBytes = sizeBytes;
@@ -173,6 +175,7 @@ export function createMemoryDevice(
   if (mode && !options.backing) {
     memory.readCached = (offsetBytes, buffer) => {
       memory.stats.cachedReads++;
+      memory.cachedReadBuffers?.add(buffer.buffer);
       const filledBytes = mode === 'all' ? buffer.length : Math.floor(buffer.length / 1024) * 512;
       for (let done = 0; done < filledBytes; ) {
         const at = offsetBytes + done;
