@@ -8,6 +8,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../../../src/engine/block-device.ts';
+import { clearSecrets, defineSecret } from '../../../../../src/engine/crypto/secrets.ts';
 import { Qcow2Device } from '../../../../../src/engine/formats/qcow2/device.ts';
 import { INCOMPAT_DATA_FILE } from '../../../../../src/engine/formats/qcow2/header.ts';
 import { loadImage } from '../../../../../src/engine/formats/qcow2/load.ts';
@@ -15,6 +16,7 @@ import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
 import { nativeFileOps } from '../../../../../src/engine/io/native.ts';
 import { openImage } from '../../../../../src/engine/open.ts';
 import { has, prng, run, scratchDir, seededBytes } from '../../../../helpers/format-harness.ts';
+import { secretObject } from '../../../../helpers/qemu-crypto.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -218,6 +220,36 @@ describe.skipIf(!HAS_QEMU || !native)('qcow2 readCached', () => {
       expect(await compare(device, 8, 200)).toBeGreaterThan(150);
     } finally {
       await device.close();
+    }
+  });
+
+  it('is not offered for a LUKS-encrypted image, whose reads still decrypt', async () => {
+    const path = join(dir, 'luks.qcow2');
+    run('qemu-img', [
+      'create',
+      '-q',
+      ...secretObject('read-cached'),
+      '-f',
+      'qcow2',
+      '-o',
+      'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10',
+      path,
+      '1M',
+    ]);
+    defineSecret('sec0', Buffer.from('read-cached'));
+    try {
+      const device = await openImage(path, { driverOptions: { 'encrypt.key-secret': 'sec0' } });
+      try {
+        await device.write(0, Buffer.alloc(64 * KiB, 0x5c));
+        const buffer = Buffer.alloc(64 * KiB);
+        await device.read(0, buffer);
+        expect(buffer.every((byte) => byte === 0x5c)).toBe(true);
+        expect(device.readCached).toBeUndefined();
+      } finally {
+        await device.close();
+      }
+    } finally {
+      clearSecrets();
     }
   });
 
