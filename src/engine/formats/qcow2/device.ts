@@ -96,6 +96,7 @@ export class Qcow2Device implements BlockDevice {
     const plainBytes =
       !this.encryption &&
       image.header.cryptMethod === 0 &&
+      !image.dataFile &&
       (image.header.incompatibleFeatures & INCOMPAT_DATA_FILE) === 0n;
     if (image.file.readCached && plainBytes) {
       this.readCached = (offsetBytes, buffer) =>

@@ -253,6 +253,22 @@ describe.skipIf(!HAS_QEMU || !native)('qcow2 readCached', () => {
     }
   });
 
+  it('is not offered with an external data file, whose reads still come from it', async () => {
+    const path = join(dir, 'with-data-file.qcow2');
+    const data = join(dir, 'with-data-file.raw');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${data}`, path, '1M']);
+    qemuIo(path, ['write -P 0x6d 0 128k']);
+    const device = await openImage(path, { readOnly: true });
+    try {
+      expect(device.readCached).toBeUndefined();
+      const buffer = Buffer.alloc(128 * KiB);
+      await device.read(0, buffer);
+      expect(buffer.every((byte) => byte === 0x6d)).toBe(true);
+    } finally {
+      await device.close();
+    }
+  });
+
   it('is not offered for encrypted images or an external data file', async () => {
     const path = join(dir, 'plain.qcow2');
     run('qemu-img', ['create', '-q', '-f', 'qcow2', path, '1M']);
