@@ -16,7 +16,7 @@ import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
 import { nativeFileOps } from '../../../../../src/engine/io/native.ts';
 import { openImage } from '../../../../../src/engine/open.ts';
 import { has, prng, run, scratchDir, seededBytes } from '../../../../helpers/format-harness.ts';
-import { secretObject } from '../../../../helpers/qemu-crypto.ts';
+import { qemuRun, secretObject } from '../../../../helpers/qemu-crypto.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -225,7 +225,7 @@ describe.skipIf(!HAS_QEMU || !native)('qcow2 readCached', () => {
 
   it('is not offered for a LUKS-encrypted image, whose reads still decrypt', async () => {
     const path = join(dir, 'luks.qcow2');
-    run('qemu-img', [
+    qemuRun('qemu-img', [
       'create',
       '-q',
       ...secretObject('read-cached'),
