@@ -155,6 +155,38 @@ async function readL1(image: Qcow2Image, entry: SnapshotEntry): Promise<Buffer> 
   return l1;
 }
 
+/** L2 tables read ahead of a walk over an L1 table: a pread per table in turn left the walk idle. */
+const L2_READ_AHEAD = 8;
+
+/**
+ * Reads the L2 tables `l1` names, a few ahead of the one asked for: the cached copy when the cache has
+ * it (it may be newer than the file), else the file. For walks that only read the tables.
+ */
+function l2ReadAhead(image: Qcow2Image, l1: Buffer): (l1Index: number) => Promise<Buffer> {
+  const started = new Map<number, Promise<Buffer>>();
+  const start = (l1Index: number): void => {
+    if (l1Index >= l1.length / 8 || started.has(l1Index)) return;
+    const offsetBytes = l1Offset(l1, l1Index);
+    if (offsetBytes === 0 || offsetBytes % image.clusterSizeBytes !== 0) return;
+    const read = (async () => {
+      const table = Buffer.alloc(image.clusterSizeBytes);
+      await image.file.read(offsetBytes, table);
+      return table;
+    })();
+    read.catch(() => undefined); // reported when awaited
+    started.set(l1Index, read);
+  };
+  return async (l1Index) => {
+    for (let ahead = 1; ahead <= L2_READ_AHEAD; ahead++) start(l1Index + ahead);
+    const offsetBytes = l1Offset(l1, l1Index);
+    const cached = image.l2Cache.peek(offsetBytes);
+    const pending = started.get(l1Index);
+    started.delete(l1Index);
+    if (cached) return Buffer.from(cached);
+    return pending ?? Buffer.from(await image.l2Cache.get(offsetBytes));
+  };
+}
+
 /** Adds `delta` to the refcount of every L2 table and data cluster an L1 table names. */
 async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise<void> {
   const clusterSizeBytes = image.clusterSizeBytes;
@@ -167,13 +199,14 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1): Promise
       );
     }
   };
+  const readL2 = l2ReadAhead(image, l1);
   for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
     const l2OffsetBytes = l1Offset(l1, l1Index);
     if (l2OffsetBytes === 0) continue;
     checkInside(l2OffsetBytes, -1);
     if (l2OffsetBytes % clusterSizeBytes !== 0)
       throw image.corrupt(`L2 table offset ${l2OffsetBytes} is not cluster aligned`);
-    const table = Buffer.from(await image.l2Cache.get(l2OffsetBytes));
+    const table = await readL2(l1Index);
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       const mapping = image.decodeChecked(table, l2Index, l2OffsetBytes);
       if (mapping.kind !== 'unallocated' && mapping.kind !== 'zero-plain')
