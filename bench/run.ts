@@ -4,7 +4,9 @@
 // bench/qcow2-ops.ts (snapshot create/delete, commit) and bench/controller.ts.
 // Options: --size-mib=N (default 1024), --repeat=N (best time of N runs, default 1; the machine may
 // be shared), --only=TEXT (run only the workloads whose name contains one of the comma-separated
-// TEXTs, e.g. --only=vdi,vhdx), --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
+// TEXTs, e.g. --only=vdi,vhdx; then no NBD, qcow2-ops or controller bench),
+// --vdisk-bin=PATH (another vdisk entry point, e.g. an older checkout's, for before/after rows),
+// --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
 // bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
 
 import { execFileSync } from 'node:child_process';
@@ -15,7 +17,7 @@ import { join } from 'node:path';
 import { makeGuest } from './make-guest.ts';
 import { measureProcess, type ProcessCost } from './measure-process.ts';
 
-const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
+const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
 interface Workload {
   name: string;
@@ -58,6 +60,7 @@ const OTHER_FORMATS: ReadonlyArray<{ format: string; options: string[]; label: s
 async function main(): Promise<void> {
   const sizeMib = Number(argument('size-mib') ?? 1024);
   const repeat = Math.max(1, Number(argument('repeat') ?? 1));
+  const vdiskBin = argument('vdisk-bin') ?? DEFAULT_VDISK_BIN;
   const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-'));
   const path = (name: string): string => join(dir, name);
   const log = (line: string): void => {
@@ -85,36 +88,10 @@ async function main(): Promise<void> {
       ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, path('top.qcow2')],
       { stdio: 'ignore' },
     );
-    for (const { format, options, label } of OTHER_FORMATS) {
-      execFileSync('qemu-img', [
-        'convert',
-        ...options,
-        '-f',
-        'raw',
-        '-O',
-        format,
-        path('src.raw'),
-        path(`base-${label}.img`),
-      ]);
-    }
-    // An encrypted qcow2 (issue 3), keyslot PBKDF2 kept short: the data path is what is measured. qemu's
-    // PBKDF2 calibration fails now and then on a coarse thread clock; retry it.
+    // An encrypted qcow2 (issue 3), keyslot PBKDF2 kept short: the data path is what is measured.
     const secret = ['--object', 'secret,id=sec0,data=bench-passphrase'];
     const luksOptions = ['-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10'];
     const luksSource = `driver=qcow2,file.filename=${path('base-luks.qcow2')},encrypt.key-secret=sec0`;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        execFileSync(
-          'qemu-img',
-          ['convert', ...secret, '-O', 'qcow2', ...luksOptions, path('src.raw'), path('base-luks.qcow2')],
-          { stdio: 'ignore' },
-        );
-        break;
-      } catch (err) {
-        if (attempt >= 5) throw err;
-      }
-    }
-    execFileSync('cat', [path('src.raw'), path('base.qcow2')], { stdio: 'ignore', maxBuffer: 0 });
 
     const workloads: Workload[] = [
       {
@@ -138,6 +115,38 @@ async function main(): Promise<void> {
         verify: { source: path('top.qcow2'), output: (t) => path(`${t}-4.qcow2`) },
       },
       { name: 'check (raw -> qcow2 result)', args: (t) => ['check', path(`${t}-1.qcow2`)] },
+      // qemu-img convert never syncs its target (cache=unsafe is its default); vdisk's default ends with
+      // fdatasync ("flush means durable"). These rows give both tools -t unsafe: the same work.
+      {
+        name: 'convert raw -> qcow2 -t unsafe',
+        args: (t) => [
+          'convert',
+          '-t',
+          'unsafe',
+          '-f',
+          'raw',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path(`${t}-1u.qcow2`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-1u.qcow2`) },
+      },
+      {
+        name: 'convert qcow2 -> raw -t unsafe',
+        args: (t) => [
+          'convert',
+          '-t',
+          'unsafe',
+          '-f',
+          'qcow2',
+          '-O',
+          'raw',
+          path('base.qcow2'),
+          path(`${t}-2u.raw`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-2u.raw`) },
+      },
       {
         name: 'convert raw -> qcow2 -c zstd',
         args: (t) => [
@@ -203,17 +212,55 @@ async function main(): Promise<void> {
       ]),
     ];
 
-    const widths = [30, 9, 9, 7, 10, 10, 7];
+    const only = argument('only')?.split(',');
+    const selected = only
+      ? workloads.filter((workload) => only.some((text) => workload.name.includes(text)))
+      : workloads;
+    for (const { format, options, label } of OTHER_FORMATS) {
+      if (!selected.some((workload) => workload.name === `convert ${label} -> raw`)) continue;
+      execFileSync('qemu-img', [
+        'convert',
+        ...options,
+        '-f',
+        'raw',
+        '-O',
+        format,
+        path('src.raw'),
+        path(`base-${label}.img`),
+      ]);
+    }
+    // qemu's PBKDF2 calibration fails now and then on a coarse thread clock; retry it.
+    for (
+      let attempt = 1;
+      selected.some((workload) => workload.name === 'convert qcow2 luks -> raw');
+      attempt++
+    ) {
+      try {
+        execFileSync(
+          'qemu-img',
+          ['convert', ...secret, '-O', 'qcow2', ...luksOptions, path('src.raw'), path('base-luks.qcow2')],
+          { stdio: 'ignore' },
+        );
+        break;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+      }
+    }
+    // Both tools start with the sources in the page cache.
+    execFileSync('cat', [path('src.raw'), path('base.qcow2'), path('top.qcow2')], {
+      stdio: 'ignore',
+      maxBuffer: 0,
+    });
+
+    const widths = [34, 9, 9, 7, 10, 10, 7];
     const lines = [
       row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x'], widths),
     ];
-    const only = argument('only')?.split(',');
-    for (const workload of workloads) {
-      if (only && !only.some((text) => workload.name.includes(text))) continue;
+    for (const workload of selected) {
       log(`bench: ${workload.name}`);
       const qemu = await bestOf(repeat, () => measureProcess('qemu-img', workload.args('q')));
       const vdisk = await bestOf(repeat, () =>
-        measureProcess(process.execPath, [VDISK_BIN, ...workload.args('v')]),
+        measureProcess(process.execPath, [vdiskBin, ...workload.args('v')]),
       );
       for (const [tool, cost] of [
         ['qemu-img', qemu],
@@ -259,6 +306,7 @@ async function main(): Promise<void> {
     }
 
     const nbdBench = join(import.meta.dirname, 'nbd.ts');
+    if (argument('only') !== undefined) return;
     if (!process.argv.includes('--skip-nbd') && existsSync(nbdBench)) {
       const { runNbdBench, formatNbdBench } = (await import('./nbd.ts')) as typeof import('./nbd.ts');
       process.stdout.write(`\n${formatNbdBench(await runNbdBench({ sizeMib, log }))}\n`);
