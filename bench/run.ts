@@ -6,7 +6,9 @@
 // be shared), --only=TEXT (run only the workloads whose name contains one of the comma-separated
 // TEXTs, e.g. --only=vdi,vhdx; then no NBD, qcow2-ops or controller bench),
 // --vdisk-bin=PATH (another vdisk entry point, e.g. an older checkout's, for before/after rows),
-// --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
+// --from-source (measure the sources, not the bundle), --skip-nbd, --skip-ops, --skip-stream, --keep
+// (leave the scratch folder). vdisk is measured as installed: `npm run build`'s bundle (built first),
+// which bin/vdisk.mjs runs.
 // bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
 
 import { execFileSync } from 'node:child_process';
@@ -14,6 +16,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { buildCli } from '../scripts/build-cli.ts';
 import { makeGuest } from './make-guest.ts';
 import { measureProcess, type ProcessCost } from './measure-process.ts';
 
@@ -61,12 +64,20 @@ async function main(): Promise<void> {
   const sizeMib = Number(argument('size-mib') ?? 1024);
   const repeat = Math.max(1, Number(argument('repeat') ?? 1));
   const vdiskBin = argument('vdisk-bin') ?? DEFAULT_VDISK_BIN;
+  let entry = `${vdiskBin} (as its checkout has it)`;
+  if (process.argv.includes('--from-source')) {
+    process.env.VDISK_FROM_SOURCE = '1';
+    entry = `${vdiskBin} from source (VDISK_FROM_SOURCE=1)`;
+  } else if (vdiskBin === DEFAULT_VDISK_BIN) {
+    entry = `bin/vdisk.mjs running the bundle of ${(await buildCli()).length} source files (npm run build)`;
+  }
   const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-'));
   const path = (name: string): string => join(dir, name);
   const log = (line: string): void => {
     process.stderr.write(`${line}\n`);
   };
   try {
+    log(`bench: vdisk is ${entry}`);
     log(`bench: making a ${sizeMib} MiB guest in ${dir}`);
     await makeGuest(path('src.raw'), sizeMib);
     // The chain: a qcow2 base made by qemu-img, and an overlay rewriting an eighth of the guest.
@@ -297,7 +308,10 @@ async function main(): Promise<void> {
     process.stdout.write(
       `\nvdisk vs qemu-img ${execFileSync('qemu-img', ['--version'], { encoding: 'utf8' })
         .split('\n')[0]
-        ?.replace(/^qemu-img version /, '')}, ${sizeMib} MiB guest (half data, half zeros)\n`,
+        ?.replace(
+          /^qemu-img version /,
+          '',
+        )}, ${sizeMib} MiB guest (half data, half zeros)\nvdisk: ${entry}\n`,
     );
     process.stdout.write(`${lines.join('\n')}\n`);
     if (!process.argv.includes('--skip-stream')) {
