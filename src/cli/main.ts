@@ -65,7 +65,11 @@ if (isMain) {
   const io: CliIo = {
     stdout: (text) => process.stdout.write(text),
     stderr: (text) => process.stderr.write(text),
-    isTty: Boolean(process.stderr.isTTY),
+    // A getter: creating process.stderr (a socket when it is a pipe) costs ~2 ms, which a command
+    // that prints nothing to stderr, such as a convert without -p, need not pay.
+    get isTty() {
+      return Boolean(process.stderr.isTTY);
+    },
   };
   runCli(process.argv.slice(2), io).then(
     (code) => {
