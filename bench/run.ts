@@ -127,7 +127,7 @@ async function main(): Promise<void> {
       },
       { name: 'check (raw -> qcow2 result)', args: (t) => ['check', path(`${t}-1.qcow2`)] },
       // qemu-img convert never syncs its target (cache=unsafe is its default); vdisk's default ends with
-      // fdatasync ("flush means durable"). These rows give both tools -t unsafe: the same work.
+      // fdatasync ("flush means durable"). These rows give both tools the same work: -t unsafe.
       {
         name: 'convert raw -> qcow2 -t unsafe',
         args: (t) => [
@@ -157,6 +157,21 @@ async function main(): Promise<void> {
           path(`${t}-2u.raw`),
         ],
         verify: { source: path('src.raw'), output: (t) => path(`${t}-2u.raw`) },
+      },
+      // And both durable: qemu-img -t writeback flushes (fdatasync) on close, as vdisk's default does.
+      {
+        name: 'convert raw -> qcow2 durable',
+        args: (t) => [
+          'convert',
+          ...(t === 'q' ? ['-t', 'writeback'] : []),
+          '-f',
+          'raw',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path(`${t}-1d.qcow2`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-1d.qcow2`) },
       },
       {
         name: 'convert raw -> qcow2 -c zstd',
