@@ -1,8 +1,8 @@
 // What a short `vdisk` run loads: start-up is most of a `check` or `info` (qemu-img's take ~5 ms),
 // so modules only some commands need must not be loaded by every one. node:crypto (~9 ms) is for
 // new images' random ids, node:zlib (~2-3 ms with the stream modules it pulls in) for compressed
-// clusters, koffi and libc (~4 ms) for SEEK_DATA and fallocate; none is needed to check or describe
-// an uncompressed qcow2 image. The real entry point runs in a child process, which reports at
+// clusters, node:worker_threads for zstd, koffi and libc (~4 ms) for SEEK_DATA and fallocate; none
+// is needed to check or describe an uncompressed qcow2 image. The real entry point runs in a child process, which reports at
 // exit the built-in modules and CommonJS files it loaded.
 
 import { execFile } from 'node:child_process';
@@ -51,16 +51,19 @@ describe('vdisk start-up', () => {
   it.each([
     ['check', ['check', '-f', 'qcow2']],
     ['info', ['info', '--output=json']],
-  ])('%s of a qcow2 image loads none of node:crypto, node:zlib, koffi', async (_name, args) => {
-    const { builtins, files, stdout } = await loadsOf([...args, image]);
-    // It did the work (so the lists describe a real run)...
-    expect(stdout).toMatch(/No errors were found|"format": "qcow2"/);
-    // ...and the reporter sees loads at all (the check below could not pass vacuously).
-    expect(builtins).toContain('NativeModule fs');
-    expect(builtins.filter((name) => /^NativeModule (crypto|zlib)$/.test(name))).toEqual([]);
-    expect(builtins.filter((name) => name.startsWith('NativeModule internal/crypto/'))).toEqual([]);
-    expect(files.filter((file) => file.includes('koffi'))).toEqual([]);
-  });
+  ])(
+    '%s of a qcow2 image loads none of node:crypto, node:zlib, node:worker_threads, koffi',
+    async (_name, args) => {
+      const { builtins, files, stdout } = await loadsOf([...args, image]);
+      // It did the work (so the lists describe a real run)...
+      expect(stdout).toMatch(/No errors were found|"format": "qcow2"/);
+      // ...and the reporter sees loads at all (the check below could not pass vacuously).
+      expect(builtins).toContain('NativeModule fs');
+      expect(builtins.filter((name) => /^NativeModule (crypto|zlib|worker_threads)$/.test(name))).toEqual([]);
+      expect(builtins.filter((name) => name.startsWith('NativeModule internal/crypto/'))).toEqual([]);
+      expect(files.filter((file) => file.includes('koffi'))).toEqual([]);
+    },
+  );
 
   it('a copy from a raw file loads koffi, for SEEK_DATA', async () => {
     const raw = join(folder, 'in.raw');

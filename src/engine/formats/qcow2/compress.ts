@@ -3,12 +3,13 @@
 // worker threads (zstd-pool.ts), zstd decompression as a stream stopped after one cluster.
 // Implements qcow2.txt "Compressed Clusters Descriptor" payload rules: output is exactly one cluster.
 
-import { promisify } from 'node:util';
 import { zlib } from '../../lazy-zlib.ts';
 import { zstdCompressCluster } from './zstd-pool.ts';
 
-/** node:zlib's callback calls as promises. */
+/** node:zlib's callback calls as promises. (An ESM import of node:util would cost ~2 ms at start-up: it
+ * builds a namespace of every util export, which loads node:worker_threads among others.) */
 function promisedCalls() {
+  const { promisify } = process.getBuiltinModule('node:util');
   const module = zlib();
   return { inflateRaw: promisify(module.inflateRaw), deflateRaw: promisify(module.deflateRaw) };
 }
