@@ -8,12 +8,43 @@
 
 import { mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
-import { rolldown } from 'rolldown';
+import { type Plugin, rolldown } from 'rolldown';
 
 /** The bundle's folder and files, relative to the repository (bin/vdisk.mjs spells them too). */
 export const BUNDLE_DIR = 'dist/cli';
 export const BUNDLE_ENTRY = 'main.mjs';
 export const BUNDLE_INPUTS = 'inputs.json';
+
+/** Names a JavaScript identifier can carry (what an `export const` can declare). */
+const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+
+/**
+ * Node makes the ESM namespace of a built-in by reading every export, which runs the lazy getters:
+ * `import { constants } from 'node:fs'` loads all of Node's stream modules (~1.5 ms) for fs.ReadStream,
+ * which no command uses. In the bundle a built-in comes from process.getBuiltinModule instead, as the
+ * module object's plain data properties; importing an accessor (e.g. fs.promises) fails the build.
+ */
+const builtinsByGetBuiltinModule: Plugin = {
+  name: 'vdisk-builtins',
+  resolveId(id) {
+    return id.startsWith('node:') ? { id: `\0builtin:${id}`, moduleSideEffects: false } : undefined;
+  },
+  load(id) {
+    if (!id.startsWith('\0builtin:')) return undefined;
+    const name = id.slice('\0builtin:'.length);
+    const module = process.getBuiltinModule(name) as object | undefined;
+    if (!module) throw new Error(`build-cli: ${name} is not a Node.js built-in`);
+    const names = Object.entries(Object.getOwnPropertyDescriptors(module))
+      .filter(([key, descriptor]) => 'value' in descriptor && IDENTIFIER.test(key) && key !== 'default')
+      .map(([key]) => key);
+    return [
+      `const module = process.getBuiltinModule(${JSON.stringify(name)});`,
+      'export default module;',
+      // Marked pure so the bundler drops the ones nothing imports.
+      ...names.map((key) => `export const ${key} = /* @__PURE__ */ (() => module.${key})();`),
+    ].join('\n');
+  },
+};
 
 /** [path relative to the repository, size in bytes, mtime in ms]: what bin/vdisk.mjs compares. */
 export type BundleInput = [path: string, sizeBytes: number, mtimeMs: number];
@@ -35,8 +66,10 @@ export async function buildCli(root = join(import.meta.dirname, '..')): Promise<
   const build = await rolldown({
     input: { main: join(root, 'src/cli/main.ts') },
     platform: 'node',
-    // Bare specifiers are packages (node: built-ins are external on this platform anyway).
-    external: (id) => !id.startsWith('.') && !isAbsolute(id) && !id.startsWith('\0'),
+    // Bare specifiers are packages; node: built-ins become process.getBuiltinModule calls.
+    external: (id) =>
+      !id.startsWith('.') && !id.startsWith('node:') && !isAbsolute(id) && !id.startsWith('\0'),
+    plugins: [builtinsByGetBuiltinModule],
   });
   const staging = join(root, `${BUNDLE_DIR}.tmp`);
   rmSync(staging, { recursive: true, force: true });
