@@ -260,9 +260,8 @@ export async function walkImage(image: Qcow2Image): Promise<Walk> {
   await walkL1(image, walk, image.l1, image.header.l1TableOffsetBytes, true);
   const { offsetBytes: tableOffsetBytes, clusterCount } = image.refcounts.tableLocation;
   reference(walk, clusterSizeBytes, tableOffsetBytes, clusterCount * clusterSizeBytes);
-  for (let tableIndex = 0; tableIndex < image.refcounts.tableEntryCount; tableIndex++) {
+  for (const tableIndex of image.refcounts.allocatedTableIndexes()) {
     const blockOffsetBytes = image.refcounts.blockOffset(tableIndex);
-    if (blockOffsetBytes === 0) continue;
     if (blockOffsetBytes % clusterSizeBytes !== 0) {
       addIssue(walk, {
         code: 'corruption',
