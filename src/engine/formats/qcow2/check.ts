@@ -35,8 +35,9 @@ function addIssue(walk: Walk, issue: CheckIssue): void {
 
 /**
  * An all-zero descriptor (the first 8 bytes; extended entries' bitmaps don't matter): decodeL2 calls it
- * 'unallocated' without COPIED (so not an external data file's cluster either), which both walks skip. Testing first saves decoding the unused half of a typical
- * table, which matters because `vdisk check` runs cold: its loops are interpreted, not yet compiled.
+ * 'unallocated' without COPIED (so not an external data file's cluster either), which both walks skip.
+ * Testing first saves decoding the unused half of a typical table, which matters because `vdisk check`
+ * runs cold: its loops are interpreted, not yet compiled.
  */
 function isEmptyEntry(table: Buffer, index: number, extendedL2: boolean): boolean {
   const base = index * (extendedL2 ? 16 : 8);
