@@ -1,6 +1,7 @@
 // Runs one command as a child process and measures its wall time and peak resident memory: with
-// GNU time (`/usr/bin/time -f "%M"`, max RSS in KiB) when installed, else by polling VmHWM in
-// /proc/<pid>/status (the kernel's own high-water mark, so a missed poll loses nothing but the tail).
+// GNU time (`/usr/bin/time -f "%M %U %S"`, max RSS in KiB and CPU seconds) when installed, else by
+// polling VmHWM in /proc/<pid>/status (the kernel's own high-water mark, so a missed poll loses
+// nothing but the tail; no CPU time then). CPU time says more than wall time on a shared machine.
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -11,6 +12,8 @@ import { join } from 'node:path';
 export interface ProcessCost {
   seconds: number;
   peakRssMib: number;
+  /** User + system CPU seconds of the process and its threads (10 ms steps); undefined without GNU time. */
+  cpuSeconds?: number;
   exitCode: number;
   stderr: string;
 }
@@ -42,10 +45,25 @@ export async function measureProcess(command: string, args: string[]): Promise<P
       const report = join(dir, 'time.txt');
       // Wall time from our own clock (GNU time's %e has 10 ms steps); peak memory from its %M.
       const started = process.hrtime.bigint();
-      const { exitCode, stderr } = await spawnAndWait(GNU_TIME, ['-f', '%M', '-o', report, command, ...args]);
+      const { exitCode, stderr } = await spawnAndWait(GNU_TIME, [
+        '-f',
+        '%M %U %S',
+        '-o',
+        report,
+        command,
+        ...args,
+      ]);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const kib = (await readFile(report, 'utf8')).trim().split('\n').at(-1) ?? 'NaN';
-      return { seconds, peakRssMib: Number(kib) / 1024, exitCode, stderr };
+      const [kib, user, system] = ((await readFile(report, 'utf8')).trim().split('\n').at(-1) ?? '')
+        .split(' ')
+        .map(Number);
+      return {
+        seconds,
+        peakRssMib: Number(kib) / 1024,
+        cpuSeconds: Number(user) + Number(system),
+        exitCode,
+        stderr,
+      };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,10 +1,16 @@
 // `npm run bench`: vdisk beside qemu-img in one run, on one 1 GiB guest (half seeded random data,
 // half zeros). For each workload it prints both tools' wall time and peak RSS and the ratio
-// vdisk/qemu (time ratio < 1 means vdisk was faster). Then bench/nbd.ts (NBD throughput), if present,
+// vdisk/qemu (time ratio < 1 means vdisk was faster), and the ratio of CPU times (steadier than wall
+// time when the machine is shared). Then bench/nbd.ts (NBD throughput), if present,
 // bench/qcow2-ops.ts (snapshot create/delete, commit) and bench/controller.ts.
 // Options: --size-mib=N (default 1024), --repeat=N (best time of N runs, default 1; the machine may
 // be shared), --only=TEXT (run only the workloads whose name contains one of the comma-separated
-// TEXTs, e.g. --only=vdi,vhdx), --skip-nbd, --skip-ops, --skip-stream, --keep (leave the scratch folder).
+// TEXTs, e.g. --only=vdi,vhdx; the check row needs `convert raw -> qcow2`; then no NBD, qcow2-ops or
+// controller bench),
+// --vdisk-bin=PATH (another vdisk entry point, e.g. an older checkout's, for before/after rows),
+// --from-source (measure the sources, not the bundle), --skip-nbd, --skip-ops, --skip-stream, --keep
+// (leave the scratch folder). vdisk is measured as installed: `npm run build`'s bundle (built first),
+// which bin/vdisk.mjs runs.
 // bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
 
 import { execFileSync } from 'node:child_process';
@@ -12,10 +18,11 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { buildCli } from '../scripts/build-cli.ts';
 import { makeGuest } from './make-guest.ts';
 import { measureProcess, type ProcessCost } from './measure-process.ts';
 
-const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
+const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
 interface Workload {
   name: string;
@@ -35,13 +42,18 @@ function row(cells: string[], widths: number[]): string {
     .join('  ');
 }
 
-/** The fastest of `runs` runs (outputs are simply overwritten), with the highest peak memory seen. */
+/** The fastest of `runs` runs (outputs are simply overwritten), with the highest peak memory and least CPU time seen. */
 async function bestOf(runs: number, measure: () => Promise<ProcessCost>): Promise<ProcessCost> {
   let best = await measure();
   for (let run = 1; run < runs; run += 1) {
     const next = await measure();
     const peakRssMib = Math.max(best.peakRssMib, next.peakRssMib);
-    best = next.seconds < best.seconds ? { ...next, peakRssMib } : { ...best, peakRssMib };
+    const cpuSeconds =
+      best.cpuSeconds === undefined || next.cpuSeconds === undefined
+        ? undefined
+        : Math.min(best.cpuSeconds, next.cpuSeconds);
+    best =
+      next.seconds < best.seconds ? { ...next, peakRssMib, cpuSeconds } : { ...best, peakRssMib, cpuSeconds };
   }
   return best;
 }
@@ -58,12 +70,21 @@ const OTHER_FORMATS: ReadonlyArray<{ format: string; options: string[]; label: s
 async function main(): Promise<void> {
   const sizeMib = Number(argument('size-mib') ?? 1024);
   const repeat = Math.max(1, Number(argument('repeat') ?? 1));
+  const vdiskBin = argument('vdisk-bin') ?? DEFAULT_VDISK_BIN;
+  let entry = `${vdiskBin} (as its checkout has it)`;
+  if (process.argv.includes('--from-source')) {
+    process.env.VDISK_FROM_SOURCE = '1';
+    entry = `${vdiskBin} from source (VDISK_FROM_SOURCE=1)`;
+  } else if (vdiskBin === DEFAULT_VDISK_BIN) {
+    entry = `bin/vdisk.mjs running the bundle of ${(await buildCli()).length} source files (npm run build)`;
+  }
   const dir = await mkdtemp(join(tmpdir(), 'vdisk-bench-'));
   const path = (name: string): string => join(dir, name);
   const log = (line: string): void => {
     process.stderr.write(`${line}\n`);
   };
   try {
+    log(`bench: vdisk is ${entry}`);
     log(`bench: making a ${sizeMib} MiB guest in ${dir}`);
     await makeGuest(path('src.raw'), sizeMib);
     // The chain: a qcow2 base made by qemu-img, and an overlay rewriting an eighth of the guest.
@@ -85,36 +106,10 @@ async function main(): Promise<void> {
       ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, path('top.qcow2')],
       { stdio: 'ignore' },
     );
-    for (const { format, options, label } of OTHER_FORMATS) {
-      execFileSync('qemu-img', [
-        'convert',
-        ...options,
-        '-f',
-        'raw',
-        '-O',
-        format,
-        path('src.raw'),
-        path(`base-${label}.img`),
-      ]);
-    }
-    // An encrypted qcow2 (issue 3), keyslot PBKDF2 kept short: the data path is what is measured. qemu's
-    // PBKDF2 calibration fails now and then on a coarse thread clock; retry it.
+    // An encrypted qcow2 (issue 3), keyslot PBKDF2 kept short: the data path is what is measured.
     const secret = ['--object', 'secret,id=sec0,data=bench-passphrase'];
     const luksOptions = ['-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10'];
     const luksSource = `driver=qcow2,file.filename=${path('base-luks.qcow2')},encrypt.key-secret=sec0`;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        execFileSync(
-          'qemu-img',
-          ['convert', ...secret, '-O', 'qcow2', ...luksOptions, path('src.raw'), path('base-luks.qcow2')],
-          { stdio: 'ignore' },
-        );
-        break;
-      } catch (err) {
-        if (attempt >= 5) throw err;
-      }
-    }
-    execFileSync('cat', [path('src.raw'), path('base.qcow2')], { stdio: 'ignore', maxBuffer: 0 });
 
     const workloads: Workload[] = [
       {
@@ -138,6 +133,53 @@ async function main(): Promise<void> {
         verify: { source: path('top.qcow2'), output: (t) => path(`${t}-4.qcow2`) },
       },
       { name: 'check (raw -> qcow2 result)', args: (t) => ['check', path(`${t}-1.qcow2`)] },
+      // qemu-img convert never syncs its target (cache=unsafe is its default); vdisk's default ends with
+      // fdatasync ("flush means durable"). These rows give both tools the same work: -t unsafe.
+      {
+        name: 'convert raw -> qcow2 -t unsafe',
+        args: (t) => [
+          'convert',
+          '-t',
+          'unsafe',
+          '-f',
+          'raw',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path(`${t}-1u.qcow2`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-1u.qcow2`) },
+      },
+      {
+        name: 'convert qcow2 -> raw -t unsafe',
+        args: (t) => [
+          'convert',
+          '-t',
+          'unsafe',
+          '-f',
+          'qcow2',
+          '-O',
+          'raw',
+          path('base.qcow2'),
+          path(`${t}-2u.raw`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-2u.raw`) },
+      },
+      // And both durable: qemu-img -t writeback flushes (fdatasync) on close, as vdisk's default does.
+      {
+        name: 'convert raw -> qcow2 durable',
+        args: (t) => [
+          'convert',
+          ...(t === 'q' ? ['-t', 'writeback'] : []),
+          '-f',
+          'raw',
+          '-O',
+          'qcow2',
+          path('src.raw'),
+          path(`${t}-1d.qcow2`),
+        ],
+        verify: { source: path('src.raw'), output: (t) => path(`${t}-1d.qcow2`) },
+      },
       {
         name: 'convert raw -> qcow2 -c zstd',
         args: (t) => [
@@ -203,17 +245,55 @@ async function main(): Promise<void> {
       ]),
     ];
 
-    const widths = [30, 9, 9, 7, 10, 10, 7];
-    const lines = [
-      row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x'], widths),
-    ];
     const only = argument('only')?.split(',');
-    for (const workload of workloads) {
-      if (only && !only.some((text) => workload.name.includes(text))) continue;
+    const selected = only
+      ? workloads.filter((workload) => only.some((text) => workload.name.includes(text)))
+      : workloads;
+    for (const { format, options, label } of OTHER_FORMATS) {
+      if (!selected.some((workload) => workload.name === `convert ${label} -> raw`)) continue;
+      execFileSync('qemu-img', [
+        'convert',
+        ...options,
+        '-f',
+        'raw',
+        '-O',
+        format,
+        path('src.raw'),
+        path(`base-${label}.img`),
+      ]);
+    }
+    // qemu's PBKDF2 calibration fails now and then on a coarse thread clock; retry it.
+    for (
+      let attempt = 1;
+      selected.some((workload) => workload.name === 'convert qcow2 luks -> raw');
+      attempt++
+    ) {
+      try {
+        execFileSync(
+          'qemu-img',
+          ['convert', ...secret, '-O', 'qcow2', ...luksOptions, path('src.raw'), path('base-luks.qcow2')],
+          { stdio: 'ignore' },
+        );
+        break;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+      }
+    }
+    // Both tools start with the sources in the page cache.
+    execFileSync('cat', [path('src.raw'), path('base.qcow2'), path('top.qcow2')], {
+      stdio: 'ignore',
+      maxBuffer: 0,
+    });
+
+    const widths = [34, 9, 9, 7, 10, 10, 7, 7];
+    const lines = [
+      row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x', 'cpu x'], widths),
+    ];
+    for (const workload of selected) {
       log(`bench: ${workload.name}`);
       const qemu = await bestOf(repeat, () => measureProcess('qemu-img', workload.args('q')));
       const vdisk = await bestOf(repeat, () =>
-        measureProcess(process.execPath, [VDISK_BIN, ...workload.args('v')]),
+        measureProcess(process.execPath, [vdiskBin, ...workload.args('v')]),
       );
       for (const [tool, cost] of [
         ['qemu-img', qemu],
@@ -242,6 +322,10 @@ async function main(): Promise<void> {
             qemu.peakRssMib.toFixed(0),
             vdisk.peakRssMib.toFixed(0),
             (vdisk.peakRssMib / qemu.peakRssMib).toFixed(2),
+            // CPU seconds come in 10 ms steps: a ratio to qemu's 0.00 would say nothing.
+            vdisk.cpuSeconds !== undefined && qemu.cpuSeconds !== undefined && qemu.cpuSeconds >= 0.05
+              ? (vdisk.cpuSeconds / qemu.cpuSeconds).toFixed(2)
+              : '-',
           ],
           widths,
         ) + note,
@@ -250,7 +334,10 @@ async function main(): Promise<void> {
     process.stdout.write(
       `\nvdisk vs qemu-img ${execFileSync('qemu-img', ['--version'], { encoding: 'utf8' })
         .split('\n')[0]
-        ?.replace(/^qemu-img version /, '')}, ${sizeMib} MiB guest (half data, half zeros)\n`,
+        ?.replace(
+          /^qemu-img version /,
+          '',
+        )}, ${sizeMib} MiB guest (half data, half zeros)\nvdisk: ${entry}\n`,
     );
     process.stdout.write(`${lines.join('\n')}\n`);
     if (!process.argv.includes('--skip-stream')) {
@@ -259,6 +346,7 @@ async function main(): Promise<void> {
     }
 
     const nbdBench = join(import.meta.dirname, 'nbd.ts');
+    if (argument('only') !== undefined) return;
     if (!process.argv.includes('--skip-nbd') && existsSync(nbdBench)) {
       const { runNbdBench, formatNbdBench } = (await import('./nbd.ts')) as typeof import('./nbd.ts');
       process.stdout.write(`\n${formatNbdBench(await runNbdBench({ sizeMib, log }))}\n`);

@@ -6,6 +6,7 @@ import type { CliIo } from './command.ts';
 import { loadAllCommands, loadCommand } from './commands/index.ts';
 import { backingPolicy } from './common.ts';
 import { defineCliSecrets, imageOptsPolicy } from './image-opts.ts';
+import { descriptorWriter } from './stdio.ts';
 
 /** Global flag: backing files may resolve outside their image's folder (see common.ts backingPolicy). */
 const ALLOW_BACKING_ESCAPE = '--allow-backing-escape';
@@ -63,16 +64,20 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
 const isMain = process.argv[1] !== undefined && /(?:vdisk(?:\.mjs)?|main\.ts)$/.test(process.argv[1]);
 if (isMain) {
   const io: CliIo = {
-    stdout: (text) => process.stdout.write(text),
-    stderr: (text) => process.stderr.write(text),
-    isTty: Boolean(process.stderr.isTTY),
+    stdout: descriptorWriter(1, () => process.stdout),
+    stderr: descriptorWriter(2, () => process.stderr),
+    // A getter: creating process.stderr (a socket when it is a pipe) costs ~2 ms, which a command
+    // that prints nothing to stderr, such as a convert without -p, need not pay.
+    get isTty() {
+      return Boolean(process.stderr.isTTY);
+    },
   };
   runCli(process.argv.slice(2), io).then(
     (code) => {
       process.exitCode = code;
     },
     (err: unknown) => {
-      process.stderr.write(
+      io.stderr(
         `vdisk: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
       );
       process.exitCode = 1;

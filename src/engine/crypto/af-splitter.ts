@@ -3,7 +3,7 @@
 // specification (cryptsetup), section "AF-Splitter": diffusion hashes each digest-sized block with its
 // big-endian 32-bit index in front.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from '../lazy-crypto.ts';
 import { nodeHashName } from './sector-cipher.ts';
 
 /** H(block): each digest-sized piece i of `data` becomes hash(be32(i) || piece), cut to the piece's size. */

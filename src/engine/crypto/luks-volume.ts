@@ -3,8 +3,13 @@
 // payload. Used by qcow2's encrypt.format=luks and by the standalone luks format.
 // Spec: "LUKS1 On-Disk Format Specification", sections 4.1 (create) and 4.2 (recover the master key).
 
-import { pbkdf2 as pbkdf2Callback, pbkdf2Sync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
-import { promisify } from 'node:util';
+import {
+  pbkdf2 as pbkdf2Callback,
+  pbkdf2Sync,
+  randomBytes,
+  randomUUID,
+  timingSafeEqual,
+} from '../lazy-crypto.ts';
 import { InvalidOptionError, PermissionError } from '../errors.ts';
 import { afMerge, afSplit } from './af-splitter.ts';
 import {
@@ -22,7 +27,9 @@ import {
 } from './luks-header.ts';
 import { type CipherSpec, nodeHashName, parseCipherSpec, SectorCipher } from './sector-cipher.ts';
 
-const pbkdf2 = promisify(pbkdf2Callback);
+// util from getBuiltinModule: an ESM import of node:util reads every export, which loads
+// node:worker_threads into every start-up.
+const pbkdf2 = process.getBuiltinModule('node:util').promisify(pbkdf2Callback);
 
 /** qemu's floor for both iteration counts (QCRYPTO_BLOCK_LUKS_MIN_*_ITERS). */
 const MIN_ITERATIONS = 1000;

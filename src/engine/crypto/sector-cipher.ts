@@ -2,7 +2,8 @@
 // cbc or ecb mode) and an IV generator (plain, plain64, essiv:<hash>) fed with the 512-byte sector
 // number, each sector enciphered on its own. Names follow LUKS1's cipher-name / cipher-mode strings.
 
-import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createSecretKey } from '../lazy-crypto.ts';
 import { endianness } from 'node:os';
 import { UnsupportedError } from '../errors.ts';
 

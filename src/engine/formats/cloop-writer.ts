@@ -2,7 +2,7 @@
 // and a read-write open rewrites the image block by block in order (as convert does), compressing each
 // block with zlib once it is complete; close writes the offsets table. Layout as cloop.ts reads it.
 
-import { deflateSync, inflateSync } from 'node:zlib';
+import { deflateSync, inflateSync } from '../lazy-zlib.ts';
 import type { BlockDevice, Extent, ImageInfo, WriteOptions, WriteZeroesOptions } from '../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../errors.ts';
 import { sizeOption } from '../size.ts';

@@ -2,7 +2,7 @@
 // preamble, block size and block count (u32 BE), then n+1 u64 BE offsets; block i is the zlib stream
 // between offsets i and i+1 and inflates to exactly one block. Layout: cloop's compressed_loop.h.
 
-import { inflateSync } from 'node:zlib';
+import { inflateSync } from '../lazy-zlib.ts';
 import type { BlockDevice } from '../block-device.ts';
 import { CorruptImageError, ImageFormatError } from '../errors.ts';
 import { readExact, u64be, viewOf } from './common/binary.ts';

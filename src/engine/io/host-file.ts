@@ -5,7 +5,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { ImageIoError, NotFoundError, PermissionError } from '../errors.ts';
-import { NativeCallError, nativeFileOps } from './native.ts';
+import { NativeCallError, nativeFileOps, nativeFileOpsExpected } from './native.ts';
 
 /** Where the file system can say which ranges hold data, a driver asks instead of reading zeros. */
 export interface HostFile {
@@ -62,7 +62,7 @@ function errnoOf(err: unknown): string | undefined {
   return typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : undefined;
 }
 
-/** HostFile on a node:fs FileHandle. The optional native extras (seek, punch) are present only where io/native.ts loads. */
+/** HostFile on a node:fs FileHandle. The optional native extras (seek, punch) are present only where io/native.ts is expected to load. */
 export class NodeHostFile implements HostFile {
   readonly path: string;
   readonly isReadOnly: boolean;
@@ -97,8 +97,10 @@ export class NodeHostFile implements HostFile {
     this.isReadOnly = isReadOnly;
     this.writebackEveryBytes = isReadOnly || skipSync ? 0 : writebackEveryBytes;
     this.skipSync = skipSync;
-    const native = nativeFileOps();
-    if (!native) return;
+    if (!nativeFileOpsExpected()) return;
+    // The FFI loads on the first native call, not here (see nativeFileOpsExpected). Should it then
+    // fail to load, each call answers as a file system without the extras would: data up to EOF,
+    // no hole before it, nothing punched, zeroed or allocated, no writeback started.
     // The calls are synchronous: lseek and fallocate on a local file return in microseconds, and
     // positional reads and writes elsewhere do not depend on the file position lseek moves.
     const fd = handle.fd;
@@ -111,6 +113,8 @@ export class NodeHostFile implements HostFile {
         cause: err,
       });
     this.seekData = async (offsetBytes) => {
+      const native = nativeFileOps();
+      if (!native) return offsetBytes < (await this.sizeBytes()) ? offsetBytes : null;
       try {
         return native.seekData(fd, offsetBytes);
       } catch (err) {
@@ -118,6 +122,8 @@ export class NodeHostFile implements HostFile {
       }
     };
     this.seekHole = async (offsetBytes) => {
+      const native = nativeFileOps();
+      if (!native) return Math.max(offsetBytes, await this.sizeBytes());
       try {
         return native.seekHole(fd, offsetBytes) ?? offsetBytes;
       } catch (err) {
@@ -125,13 +131,20 @@ export class NodeHostFile implements HostFile {
       }
     };
     // The fd is looked up per call: a closed FileHandle reports -1, so a late call reads nothing.
-    this.readCached = (offsetBytes, buffer) =>
-      handle.fd >= 0 ? native.readNoWait(handle.fd, offsetBytes, buffer) : 0;
+    // Without the FFI nothing counts as cached: 0 sends the whole read through the thread pool.
+    this.readCached = (offsetBytes, buffer) => {
+      const native = nativeFileOps();
+      return native && handle.fd >= 0 ? native.readNoWait(handle.fd, offsetBytes, buffer) : 0;
+    };
     if (isReadOnly) return;
-    this.startWriteback = (offsetBytes, lengthBytes) => native.startWriteback(fd, offsetBytes, lengthBytes);
-    this.punchHole = async (offsetBytes, lengthBytes) => native.punchHole(fd, offsetBytes, lengthBytes);
-    this.zeroRange = async (offsetBytes, lengthBytes) => native.zeroRange(fd, offsetBytes, lengthBytes);
-    this.allocate = async (offsetBytes, lengthBytes) => native.allocate(fd, offsetBytes, lengthBytes);
+    this.startWriteback = async (offsetBytes, lengthBytes) =>
+      (await nativeFileOps()?.startWriteback(fd, offsetBytes, lengthBytes)) ?? false;
+    this.punchHole = async (offsetBytes, lengthBytes) =>
+      nativeFileOps()?.punchHole(fd, offsetBytes, lengthBytes) ?? false;
+    this.zeroRange = async (offsetBytes, lengthBytes) =>
+      nativeFileOps()?.zeroRange(fd, offsetBytes, lengthBytes) ?? false;
+    this.allocate = async (offsetBytes, lengthBytes) =>
+      nativeFileOps()?.allocate(fd, offsetBytes, lengthBytes) ?? false;
   }
 
   /** Opens `path`; throws NotFoundError, PermissionError or ImageIoError. */

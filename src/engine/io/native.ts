@@ -1,7 +1,7 @@
 // Linux file-system extras Node's fs lacks, called in libc through the koffi FFI: lseek(2) with
 // SEEK_DATA / SEEK_HOLE (sparse maps) and fallocate(2) (punch holes, zero ranges, preallocate).
-// Loaded lazily; on any other platform, or if koffi can't load, `nativeFileOps()` is undefined and
-// callers fall back to plain reads, writes of zeros and zero detection.
+// Loaded on first use; on any other platform, or if koffi can't load, `nativeFileOps()` is undefined
+// and callers fall back to plain reads, writes of zeros and zero detection.
 
 import { createRequire } from 'node:module';
 
@@ -121,6 +121,16 @@ function load(): NativeFileOps | undefined {
       return Math.max(count, 0);
     },
   };
+}
+
+/**
+ * Whether the native calls may be there, without loading them: false on other platforms, with
+ * VDISK_NO_NATIVE=1, or once loading has failed. Loading koffi and libc costs ~4 ms, which check,
+ * info and most copies from a qcow2 source never need; NodeHostFile loads on its first native call.
+ */
+export function nativeFileOpsExpected(): boolean {
+  if (attempted) return loaded !== undefined;
+  return process.platform === 'linux' && process.env.VDISK_NO_NATIVE !== '1';
 }
 
 /** The native calls, or undefined where they can't be loaded (set VDISK_NO_NATIVE=1 to force that). */

@@ -2,7 +2,7 @@
 // decoded into exactly its declared sector count (decoders are bounded by it); ends with the driver
 // record. Sizes and probe as qemu 7.2's block/dmg.c; ADC is beyond qemu.
 
-import { inflateSync } from 'node:zlib';
+import { inflateSync } from '../../lazy-zlib.ts';
 import type { BlockDevice } from '../../block-device.ts';
 import { CorruptImageError } from '../../errors.ts';
 import {

@@ -2,7 +2,7 @@
 // the shared map-based device; ends with the driver record. Layout and allocation rules as qemu 7.2's
 // block/qcow.c: L1 in memory, L2 tables and clusters appended at the cluster-aligned end of the file.
 
-import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from '../../lazy-zlib.ts';
 import type { BlockDevice, ImageInfo } from '../../block-device.ts';
 import { legacyAesCipher } from '../../crypto/legacy-aes.ts';
 import { CRYPT_SECTOR_BYTES, type SectorCipher } from '../../crypto/sector-cipher.ts';

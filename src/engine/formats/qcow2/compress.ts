@@ -3,12 +3,22 @@
 // worker threads (zstd-pool.ts), zstd decompression as a stream stopped after one cluster.
 // Implements qcow2.txt "Compressed Clusters Descriptor" payload rules: output is exactly one cluster.
 
-import { promisify } from 'node:util';
-import zlib from 'node:zlib';
+import { zlib } from '../../lazy-zlib.ts';
 import { zstdCompressCluster } from './zstd-pool.ts';
 
-const inflateRaw = promisify(zlib.inflateRaw);
-const deflateRaw = promisify(zlib.deflateRaw);
+/** node:zlib's callback calls as promises. (An ESM import of node:util would cost ~2 ms at start-up: it
+ * builds a namespace of every util export, which loads node:worker_threads among others.) */
+function promisedCalls() {
+  const { promisify } = process.getBuiltinModule('node:util');
+  const module = zlib();
+  return { inflateRaw: promisify(module.inflateRaw), deflateRaw: promisify(module.deflateRaw) };
+}
+let calls: ReturnType<typeof promisedCalls> | undefined;
+/** Made on first use, so that loading this file does not load node:zlib (see lazy-zlib.ts). */
+function zlibCalls(): ReturnType<typeof promisedCalls> {
+  if (!calls) calls = promisedCalls();
+  return calls;
+}
 
 export const COMPRESSION_ZLIB = 0;
 export const COMPRESSION_ZSTD = 1;
@@ -31,7 +41,7 @@ export async function decompressCluster(
 ): Promise<Buffer | undefined> {
   if (compressionType !== COMPRESSION_ZSTD) {
     try {
-      const output = await inflateRaw(payload, { maxOutputLength: clusterSizeBytes });
+      const output = await zlibCalls().inflateRaw(payload, { maxOutputLength: clusterSizeBytes });
       return output.length < clusterSizeBytes ? undefined : output;
     } catch {
       return undefined;
@@ -43,7 +53,7 @@ export async function decompressCluster(
     const chunks: Buffer[] = [];
     let total = 0;
     let settled = false;
-    const stream = zlib.createZstdDecompress();
+    const stream = zlib().createZstdDecompress();
     const finish = (): void => {
       if (settled) return;
       settled = true;
@@ -76,7 +86,7 @@ export async function compressCluster(
   try {
     // Stop as soon as the output would not be smaller: incompressible clusters (the common case
     // for already-compressed guest data) then cost no full-size output buffer and concat.
-    return await deflateRaw(data, {
+    return await zlibCalls().deflateRaw(data, {
       level: 6,
       windowBits: 12,
       memLevel: 9,

@@ -2,7 +2,7 @@
 // does (block/vdi.c). Guest 1 MiB blocks map through the block map (u32 per block: a data block index,
 // or unallocated/discarded); new blocks are appended at offset_data + blocks_allocated * block size.
 
-import { randomUUID } from 'node:crypto';
+import { randomUUID } from '../../lazy-crypto.ts';
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';

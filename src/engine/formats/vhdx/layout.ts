@@ -2,7 +2,7 @@
 // metadata table with its known items, each parsed with checksum and bounds checks and encoded for create.
 // Spec: MS-VHDX 2.1-2.6 (File Type Identifier, Headers, Region Table, Metadata Region).
 
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../../lazy-crypto.ts';
 import { ImageFormatError, UnsupportedError } from '../../errors.ts';
 import { setU64le, u64le, viewOf } from '../common/binary.ts';
 import { crc32c } from './crc32c.ts';

@@ -2,7 +2,7 @@
 // subformats and file names (x-flat.vmdk, x-s001.vmdk, x-f001.vmdk), header fields, preallocated grain
 // tables with a redundant copy, and descriptor text; options adapter_type, hwversion, compat6, ...
 
-import { randomInt } from 'node:crypto';
+import { randomInt } from '../../lazy-crypto.ts';
 import { basename, dirname, extname, join } from 'node:path';
 import type { BlockDevice } from '../../block-device.ts';
 import { InvalidOptionError, UnsupportedError } from '../../errors.ts';

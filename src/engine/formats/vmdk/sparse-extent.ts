@@ -3,7 +3,7 @@
 // Spec: VMware "Virtual Disk Format 1.1", "Grain Directories and Grain Tables", "Stream-Optimized
 // Compressed Sparse Extents"; lookups and limits as qemu 7.2's get_cluster_offset/vmdk_read_extent.
 
-import { deflateSync, inflateSync } from 'node:zlib';
+import { deflateSync, inflateSync } from '../../lazy-zlib.ts';
 import { CorruptImageError, ImageFormatError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { checkTableSize, readExact, viewOf } from '../common/binary.ts';

@@ -3,7 +3,7 @@
 // the footer moves to the new end of file whenever a block is appended (VHD spec v1.0, "Dynamic Disk
 // Header Format", "Block Allocation Table and Data Blocks"; qemu block/vpc.c).
 
-import { randomUUID } from 'node:crypto';
+import { randomUUID } from '../../lazy-crypto.ts';
 import type { BlockDevice, ImageInfo, WriteOptions } from '../../block-device.ts';
 import { CorruptImageError, ImageFormatError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';

@@ -160,3 +160,29 @@ describe('qcow2 refcounts', () => {
     }
   });
 });
+
+describe('allocatedTableIndexes', () => {
+  it('lists exactly the entries that name a block, across zero runs and a partial last run', () => {
+    const clusterSizeBytes = 4096;
+    // 1.5 clusters of table: the last 512-byte scan step is cut short.
+    const table = Buffer.alloc(clusterSizeBytes + 2048);
+    const named = [0, 63, 64, 127, 300, 511, table.length / 8 - 1];
+    for (const index of named) table.writeBigUInt64BE(BigInt((index + 10) * clusterSizeBytes), index * 8);
+    // Reserved bits alone (the low 9) name no block: tableEntryOffset masks them to 0.
+    table.writeUInt32BE(0x1ff, 200 * 8 + 4);
+    const manager = new RefcountManager({
+      file: new MemoryFile(),
+      path: 'mem',
+      clusterBits: 12,
+      refcountOrder: 4,
+      tableOffsetBytes: clusterSizeBytes,
+      table,
+      writeTableLocation: async () => undefined,
+    });
+    const every = Array.from({ length: table.length / 8 }, (_, index) => index).filter(
+      (index) => manager.blockOffset(index) !== 0,
+    );
+    expect(every).toEqual(named);
+    expect(manager.allocatedTableIndexes()).toEqual(every);
+  });
+});
