@@ -3,7 +3,7 @@
 // calls clean, and -s (writes go to a throw-away overlay) leaving the image untouched. Issue 5.
 
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -133,9 +133,15 @@ describe.skipIf(missing.length > 0)('vdisk serve: qcow2 images and chains', () =
     const vdisk = await startVdiskServe(['-t', '-f', 'qcow2', '-k', join(folder, 'killed.sock'), image]);
     servers.push(vdisk);
     const copy = spawn('nbdcopy', [source, vdisk.uri], { stdio: 'ignore' });
-    await new Promise((resolve) => setTimeout(resolve, 150));
+    // Listen from the start: a fast copy may end before the kill, and a late listener would wait forever.
+    const exited = new Promise((resolve) => copy.once('exit', resolve));
+    // Kill once the server has written some of it (the image grows), not after a fixed delay.
+    for (let poll = 0; poll < 200 && copy.exitCode === null; poll++) {
+      if ((await stat(image)).size > 4 * 1024 * 1024) break;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
     copy.kill('SIGKILL');
-    await new Promise((resolve) => copy.once('exit', resolve));
+    await exited;
     expect(await vdisk.stop()).toBe(0);
     await runOk('qemu-img', ['check', '-f', 'qcow2', image]);
   });
