@@ -84,7 +84,9 @@ export function parseAttachLine(line: string): AttachReportSeen | undefined {
         (partition) =>
           typeof partition.name === 'string' &&
           Number.isSafeInteger(partition.start) &&
-          Number.isSafeInteger(partition.size),
+          Number.isSafeInteger(partition.size) &&
+          (partition.start as number) >= 0 &&
+          (partition.size as number) >= 0,
       )
       .slice(0, 128)
       .map((partition) => ({

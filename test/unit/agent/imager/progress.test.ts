@@ -62,6 +62,7 @@ describe('attach report lines', () => {
           mountPath: '/mnt/a',
         },
         { number: 2, name: 'nbd1p2', start: 'bad', size: 1 },
+        { number: 3, name: 'nbd1p3', start: -512, size: 1 },
       ],
     });
     expect(parseAttachLine(line)).toEqual({
