@@ -16,11 +16,13 @@ parentPort.on('message', ({ id, data }) => {
   let error = null;
   try {
     const compressed = zlib.zstdCompressSync(data, { pledgedSrcSize: data.length });
-    if (compressed.length < data.length) output = compressed;
+    // An own buffer of exactly the output's length, moved (not cloned) back: posting the Buffer
+    // itself would clone the whole ArrayBuffer behind it, and zlib's may be larger.
+    if (compressed.length < data.length) output = new Uint8Array(compressed);
   } catch (err) {
     error = String(err && err.message || err);
   }
-  parentPort.postMessage({ id, output, error });
+  parentPort.postMessage({ id, output, error }, output ? [output.buffer] : []);
 });
 `;
 
@@ -46,7 +48,12 @@ class ZstdPool {
   private spawn(): PoolWorker {
     // node:worker_threads loads here, with the first worker: every other run is spared its ~1.3 ms.
     const { Worker } = process.getBuiltinModule('node:worker_threads');
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    // Small heaps: a worker holds one cluster in and one out at a time; V8's default young generation
+    // alone would add tens of MiB of resident memory per worker.
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      resourceLimits: { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 32 },
+    });
     const entry: PoolWorker = { worker, ids: new Set() };
     worker.unref();
     worker.on('message', (message: { id: number; output: Uint8Array | null; error: string | null }) => {
