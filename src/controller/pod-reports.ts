@@ -174,6 +174,8 @@ export class PodReports implements PodReportReader {
       return;
     }
     if (!isRunning(pod) || this.streams >= this.maxStreams) return;
+    // An attach pod says its report once; later updates of the pod need no new stream.
+    if (container === 'attach' && this.reports.get(uid)?.attach) return;
     const started: Follow = {
       pod,
       container,

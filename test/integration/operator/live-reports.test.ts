@@ -216,6 +216,11 @@ describeWithControlPlane('live reports of running worker pods', () => {
         async () => reports.streams,
         (count) => count === 0,
       );
+      // A later update of the same running pod opens no new stream: the report is complete.
+      reports.observe(running);
+      expect(reports.streams).toBe(0);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(reported).toEqual(['fake-attach']);
       reports.observe(running, true);
       expect(reports.get(created.metadata?.uid)).toBeUndefined();
     } finally {
