@@ -2,7 +2,9 @@
 // data, 1 MiB of written zeros and a 1 MiB hole, so half is data and half reads as zeros, and both
 // sparse detection (-S) and hole skipping (SEEK_DATA) are exercised. Seeded: every run is the same.
 
+import { execFileSync } from 'node:child_process';
 import { open, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
 
 const MiB = 1024 * 1024;
 
@@ -37,4 +39,29 @@ export async function makeGuest(path: string, sizeMib: number, seed = 0x5eed): P
     await handle.close();
   }
   await truncate(path, sizeMib * MiB);
+}
+
+/**
+ * The backing chain the benches convert and commit: `base.qcow2` (qemu-img's conversion of the guest
+ * at `guestPath`) and `top.qcow2` over it in `dir`, rewriting an eighth of the guest.
+ */
+export function makeChain(dir: string, guestPath: string, sizeMib: number): void {
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', guestPath, join(dir, 'base.qcow2')]);
+  execFileSync('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-b',
+    'base.qcow2',
+    '-F',
+    'qcow2',
+    join(dir, 'top.qcow2'),
+  ]);
+  const eighthMib = Math.max(1, Math.floor(sizeMib / 8));
+  execFileSync(
+    'qemu-io',
+    ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, join(dir, 'top.qcow2')],
+    { stdio: 'ignore' },
+  );
 }

@@ -86,3 +86,26 @@ export async function measureProcess(command: string, args: string[]): Promise<P
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   return { seconds, peakRssMib: peakKib / 1024, exitCode, stderr };
 }
+
+/** The fastest of `runs` runs, with the highest peak memory and least CPU time seen. */
+export async function bestOf(runs: number, measure: () => Promise<ProcessCost>): Promise<ProcessCost> {
+  let best = await measure();
+  for (let run = 1; run < runs; run += 1) {
+    const next = await measure();
+    const peakRssMib = Math.max(best.peakRssMib, next.peakRssMib);
+    const cpuSeconds =
+      best.cpuSeconds === undefined || next.cpuSeconds === undefined
+        ? undefined
+        : Math.min(best.cpuSeconds, next.cpuSeconds);
+    best =
+      next.seconds < best.seconds ? { ...next, peakRssMib, cpuSeconds } : { ...best, peakRssMib, cpuSeconds };
+  }
+  return best;
+}
+
+/** One table row: the first cell left-aligned, the others right-aligned, to `widths`. */
+export function row(cells: string[], widths: number[]): string {
+  return cells
+    .map((cell, index) => (index === 0 ? cell.padEnd(widths[index] ?? 0) : cell.padStart(widths[index] ?? 0)))
+    .join('  ');
+}

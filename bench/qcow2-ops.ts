@@ -8,8 +8,8 @@ import { mkdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makeGuest } from './make-guest.ts';
-import { measureProcess, type ProcessCost } from './measure-process.ts';
+import { makeChain, makeGuest } from './make-guest.ts';
+import { bestOf, measureProcess, type ProcessCost, row } from './measure-process.ts';
 
 const VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 const GIB = 1024;
@@ -30,18 +30,13 @@ async function timed(tool: 'q' | 'v', args: string[]): Promise<ProcessCost> {
     : measureProcess(process.execPath, [VDISK_BIN, ...args]);
 }
 
-/** Best wall time of `repeat` runs of `op` for one tool (each run prepared afresh), highest RSS. */
-async function best(op: Op, tool: 'q' | 'v', repeat: number): Promise<ProcessCost> {
-  let result: ProcessCost | undefined;
-  for (let run = 0; run < repeat; run++) {
+/** Best of `repeat` runs of `op` for one tool, each prepared afresh (the preparation is not timed). */
+function best(op: Op, tool: 'q' | 'v', repeat: number): Promise<ProcessCost> {
+  return bestOf(repeat, async () => {
     const cost = await timed(tool, op.prepare(tool));
     if (cost.exitCode !== 0) throw new Error(`${tool} ${op.name} exited ${cost.exitCode}: ${cost.stderr}`);
-    result =
-      !result || cost.seconds < result.seconds
-        ? { ...cost, peakRssMib: Math.max(cost.peakRssMib, result?.peakRssMib ?? 0) }
-        : { ...result, peakRssMib: Math.max(cost.peakRssMib, result.peakRssMib) };
-  }
-  return result!;
+    return cost;
+  });
 }
 
 /** Runs the qcow2 operation rows and returns them as a table. */
@@ -71,24 +66,7 @@ export async function qcow2OpsBench(options: {
     // The chain: a guest in a qcow2 base, an overlay rewriting an eighth of it.
     options.log(`bench: making a two-layer chain over a ${options.guestMib} MiB guest`);
     await makeGuest(path('guest.raw'), options.guestMib);
-    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path('guest.raw'), path('base.qcow2')]);
-    execFileSync('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-b',
-      'base.qcow2',
-      '-F',
-      'qcow2',
-      path('top.qcow2'),
-    ]);
-    const eighthMib = Math.max(1, Math.floor(options.guestMib / 8));
-    execFileSync(
-      'qemu-io',
-      ['-f', 'qcow2', '-c', `write -P 0x5a ${options.guestMib / 4}M ${eighthMib}M`, path('top.qcow2')],
-      { stdio: 'ignore' },
-    );
+    makeChain(dir, path('guest.raw'), options.guestMib);
     const ops: Op[] = [
       {
         name: 'snapshot -c (10 GiB, 50%)',
@@ -110,9 +88,8 @@ export async function qcow2OpsBench(options: {
         },
       },
     ];
-    const lines = [
-      `${'workload'.padEnd(30)}  ${'qemu s'.padStart(8)}  ${'vdisk s'.padStart(8)}  ${'time x'.padStart(7)}  ${'qemu MiB'.padStart(9)}  ${'vdisk MiB'.padStart(9)}`,
-    ];
+    const widths = [30, 8, 8, 7, 9, 9];
+    const lines = [row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB'], widths)];
     for (const op of ops) {
       // snapshot -d needs the snapshot -c before it: the rows run in order for each tool, so keep
       // one run per row for those two and let --repeat apply to commit only.
@@ -121,7 +98,17 @@ export async function qcow2OpsBench(options: {
       const qemu = await best(op, 'q', repeat);
       const vdisk = await best(op, 'v', repeat);
       lines.push(
-        `${op.name.padEnd(30)}  ${qemu.seconds.toFixed(3).padStart(8)}  ${vdisk.seconds.toFixed(3).padStart(8)}  ${(vdisk.seconds / qemu.seconds).toFixed(2).padStart(7)}  ${qemu.peakRssMib.toFixed(0).padStart(9)}  ${vdisk.peakRssMib.toFixed(0).padStart(9)}`,
+        row(
+          [
+            op.name,
+            qemu.seconds.toFixed(3),
+            vdisk.seconds.toFixed(3),
+            (vdisk.seconds / qemu.seconds).toFixed(2),
+            qemu.peakRssMib.toFixed(0),
+            vdisk.peakRssMib.toFixed(0),
+          ],
+          widths,
+        ),
       );
     }
     // Both tools' results must agree: the snapshot tables are gone again and the commits match.

@@ -19,8 +19,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCli } from '../scripts/build-cli.ts';
-import { makeGuest } from './make-guest.ts';
-import { measureProcess, type ProcessCost } from './measure-process.ts';
+import { makeChain, makeGuest } from './make-guest.ts';
+import { bestOf, measureProcess, row } from './measure-process.ts';
 
 const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
@@ -34,28 +34,6 @@ interface Workload {
 
 function argument(name: string): string | undefined {
   return process.argv.find((arg) => arg.startsWith(`--${name}=`))?.split('=')[1];
-}
-
-function row(cells: string[], widths: number[]): string {
-  return cells
-    .map((cell, index) => (index === 0 ? cell.padEnd(widths[index] ?? 0) : cell.padStart(widths[index] ?? 0)))
-    .join('  ');
-}
-
-/** The fastest of `runs` runs (outputs are simply overwritten), with the highest peak memory and least CPU time seen. */
-async function bestOf(runs: number, measure: () => Promise<ProcessCost>): Promise<ProcessCost> {
-  let best = await measure();
-  for (let run = 1; run < runs; run += 1) {
-    const next = await measure();
-    const peakRssMib = Math.max(best.peakRssMib, next.peakRssMib);
-    const cpuSeconds =
-      best.cpuSeconds === undefined || next.cpuSeconds === undefined
-        ? undefined
-        : Math.min(best.cpuSeconds, next.cpuSeconds);
-    best =
-      next.seconds < best.seconds ? { ...next, peakRssMib, cpuSeconds } : { ...best, peakRssMib, cpuSeconds };
-  }
-  return best;
 }
 
 /** vmdk (monolithicSparse and streamOptimized), vdi, vpc and vhdx: the conversions issue 4 benchmarks. */
@@ -88,24 +66,7 @@ async function main(): Promise<void> {
     log(`bench: making a ${sizeMib} MiB guest in ${dir}`);
     await makeGuest(path('src.raw'), sizeMib);
     // The chain: a qcow2 base made by qemu-img, and an overlay rewriting an eighth of the guest.
-    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', path('src.raw'), path('base.qcow2')]);
-    execFileSync('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-b',
-      'base.qcow2',
-      '-F',
-      'qcow2',
-      path('top.qcow2'),
-    ]);
-    const eighthMib = Math.max(1, Math.floor(sizeMib / 8));
-    execFileSync(
-      'qemu-io',
-      ['-f', 'qcow2', '-c', `write -P 0x5a ${sizeMib / 4}M ${eighthMib}M`, path('top.qcow2')],
-      { stdio: 'ignore' },
-    );
+    makeChain(dir, path('src.raw'), sizeMib);
     // An encrypted qcow2 (issue 3), keyslot PBKDF2 kept short: the data path is what is measured.
     const secret = ['--object', 'secret,id=sec0,data=bench-passphrase'];
     const luksOptions = ['-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10'];
