@@ -186,3 +186,10 @@ export async function claimFolder(
   const volume = await core.readPersistentVolume({ name: claim.spec!.volumeName! });
   return volume.spec?.hostPath?.path ?? volume.spec!.local!.path;
 }
+
+/** A recognisable image body: each 4 KiB block starts with its index plus `seed`. */
+export function pattern(sizeBytes: number, seed: number): Buffer {
+  const buffer = Buffer.alloc(sizeBytes);
+  for (let offset = 0; offset < sizeBytes; offset += 4096) buffer.writeUInt32LE(offset / 4096 + seed, offset);
+  return buffer;
+}

@@ -27,15 +27,10 @@ import {
   readObject,
   startController,
   waitForPhase,
+  pattern,
 } from './helpers.ts';
 
 const MIB = 1024 * 1024;
-
-function pattern(sizeBytes: number, seed: number): Buffer {
-  const buffer = Buffer.alloc(sizeBytes);
-  for (let offset = 0; offset < sizeBytes; offset += 4096) buffer.writeUInt32LE(offset / 4096 + seed, offset);
-  return buffer;
-}
 
 type Handler = (response: ServerResponse, attempt: number) => void;
 

@@ -28,18 +28,13 @@ import {
   readObject,
   startController,
   waitForPhase,
+  pattern,
 } from './helpers.ts';
 
 const MIB = 1024 * 1024;
 const hasInternalSnapshots = qcow2Driver.capabilities.internalSnapshots;
 if (!hasInternalSnapshots)
   console.warn('SKIP internal snapshot test: the qcow2 driver has no internal snapshots yet');
-
-function pattern(sizeBytes: number, seed: number): Buffer {
-  const buffer = Buffer.alloc(sizeBytes);
-  for (let offset = 0; offset < sizeBytes; offset += 4096) buffer.writeUInt32LE(offset / 4096 + seed, offset);
-  return buffer;
-}
 
 type DiskStatus = {
   claimName: string;
