@@ -264,7 +264,9 @@ async function main(): Promise<void> {
           log(`bench: ${tool} ${workload.name} exited ${cost.exitCode}: ${cost.stderr.trim()}`);
       }
       let note = '';
-      if (workload.verify) {
+      const failed = [qemu.exitCode !== 0 && 'qemu-img', vdisk.exitCode !== 0 && 'vdisk'].filter(Boolean);
+      if (failed.length > 0) note = `  (${failed.join(' and ')} FAILED: no ratio)`;
+      else if (workload.verify) {
         try {
           execFileSync('qemu-img', ['compare', workload.verify.source, workload.verify.output('v')], {
             stdio: 'ignore',
@@ -279,7 +281,7 @@ async function main(): Promise<void> {
             workload.name,
             qemu.seconds.toFixed(3),
             vdisk.seconds.toFixed(3),
-            (vdisk.seconds / qemu.seconds).toFixed(2),
+            failed.length > 0 ? '-' : (vdisk.seconds / qemu.seconds).toFixed(2),
             qemu.peakRssMib.toFixed(0),
             vdisk.peakRssMib.toFixed(0),
             (vdisk.peakRssMib / qemu.peakRssMib).toFixed(2),
