@@ -19,6 +19,8 @@ export interface CommitImageRequest {
   /** `-d`: leave the image as it is instead of emptying it. */
   drop: boolean;
   allowBackingEscape?: boolean;
+  /** Driver options for every layer (`--image-opts`: encrypt.key-secret, ...). */
+  driverOptions?: Record<string, string>;
   /** Called with the fraction done, 0..1 (`-p`). */
   onProgress?: (fraction: number) => void;
 }
@@ -63,7 +65,13 @@ async function chainLayers(top: BlockDevice, path: string): Promise<Layer[]> {
  */
 export async function commitImage(request: CommitImageRequest): Promise<{ basePath: string }> {
   const allowBackingEscape = request.allowBackingEscape ?? false;
-  const top = await openImage(request.path, { format: request.format, readOnly: true, allowBackingEscape });
+  const { driverOptions } = request;
+  const top = await openImage(request.path, {
+    format: request.format,
+    readOnly: true,
+    allowBackingEscape,
+    driverOptions,
+  });
   let basePath: string;
   let willEmpty = false;
   try {
@@ -101,7 +109,12 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
     }
     const baseLayer = layers[baseIndex] as Layer;
     basePath = baseLayer.path;
-    const base = await openImage(basePath, { format: baseLayer.format, readOnly: false, allowBackingEscape });
+    const base = await openImage(basePath, {
+      format: baseLayer.format,
+      readOnly: false,
+      allowBackingEscape,
+      driverOptions,
+    });
     try {
       if (base.sizeBytes < top.sizeBytes) {
         if (!base.resize)
@@ -148,6 +161,7 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
       format: request.format,
       noBacking: true,
       allowBackingEscape,
+      driverOptions,
     });
     try {
       await image.makeEmpty?.();

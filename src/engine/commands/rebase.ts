@@ -18,6 +18,8 @@ export interface RebaseImageRequest {
   /** `-u`: rewrite the reference only; the caller vouches that the content is the same. */
   unsafe: boolean;
   allowBackingEscape?: boolean;
+  /** Driver options for the image and its chains (`--image-opts`: encrypt.key-secret, ...). */
+  driverOptions?: Record<string, string>;
   /** Called with the fraction done, 0..1 (`-p`). */
   onProgress?: (fraction: number) => void;
 }
@@ -106,6 +108,7 @@ export async function rebaseImage(request: RebaseImageRequest): Promise<void> {
     format: request.format,
     noBacking: unsafe,
     allowBackingEscape,
+    driverOptions: request.driverOptions,
   });
   try {
     if (!device.setBackingFile) throw unsupported(device, path);
@@ -117,6 +120,7 @@ export async function rebaseImage(request: RebaseImageRequest): Promise<void> {
             format: request.backingFormat,
             readOnly: true,
             allowBackingEscape,
+            driverOptions: request.driverOptions,
           });
         } catch (err) {
           if (!isVdiskError(err)) throw err;
