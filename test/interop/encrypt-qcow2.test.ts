@@ -377,5 +377,32 @@ describe.skipIf(!hasQemu || !haveTools(['nbdcopy'], 'encrypted serve test', 'lib
       }
       expect(await sha256File(qemuRaw(path))).toBe(await sha256File(patch));
     });
+
+    it('serves an encrypted image with -s: writes land in the overlay, the image stays as it was', async () => {
+      const path = qemuImage('served-s.qcow2');
+      const before = await sha256File(qemuRaw(path));
+      const socket = join(dir, 'served-s.sock');
+      const server = await startVdiskServe([
+        ...secretObject(PASSPHRASE),
+        '--image-opts',
+        imageOpts(path, 'qcow2'),
+        '-s',
+        '-t',
+        '-k',
+        socket,
+      ]);
+      const patch = join(dir, 'patch-s.raw');
+      try {
+        await runOk('nbdcopy', [server.uri, join(dir, 'served-s.raw')]);
+        expect(await sha256File(join(dir, 'served-s.raw'))).toBe(before);
+        await writeFile(patch, Buffer.alloc(SIZE_BYTES, 0x3c));
+        await runOk('nbdcopy', [patch, server.uri]);
+        await runOk('nbdcopy', [server.uri, join(dir, 'served-s-after.raw')]);
+        expect(await sha256File(join(dir, 'served-s-after.raw'))).toBe(await sha256File(patch));
+      } finally {
+        await server.stop();
+      }
+      expect(await sha256File(qemuRaw(path))).toBe(before);
+    });
   },
 );

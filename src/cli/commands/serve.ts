@@ -182,13 +182,16 @@ async function loadTls(objects: readonly string[], credsId: string): Promise<Nbd
 async function openSnapshotOverlay(
   path: string,
   format: string | undefined,
+  driverOptions: Record<string, string> | undefined,
 ): Promise<{ device: BlockDevice; cleanup: () => Promise<void> }> {
   const folder = await mkdtemp(join(tmpdir(), 'vdisk-serve-'));
   try {
     const overlayPath = join(folder, 'overlay.qcow2');
+    // Metadata is enough here (format and size): an encrypted image opens without its key.
     const base = await openImage(path, {
       format,
       readOnly: true,
+      metadataOnly: true,
       allowBackingEscape: backingPolicy.allowEscape,
     });
     const baseFormat = base.formatName;
@@ -214,7 +217,8 @@ async function openSnapshotOverlay(
     } finally {
       await file.close();
     }
-    const device = await openImage(overlayPath, { format: 'qcow2', allowBackingEscape: true });
+    // The image's key options reach it through the overlay, which passes them down its chain.
+    const device = await openImage(overlayPath, { format: 'qcow2', allowBackingEscape: true, driverOptions });
     return { device, cleanup: () => rm(folder, { recursive: true, force: true }) };
   } catch (err) {
     await rm(folder, { recursive: true, force: true });
@@ -335,7 +339,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
   let cleanup: () => Promise<void> = async () => undefined;
   let snapshotOf: BlockDevice | undefined;
   if (hasFlag(parsed, 'snapshot')) {
-    ({ device, cleanup } = await openSnapshotOverlay(path, format));
+    ({ device, cleanup } = await openSnapshotOverlay(path, format, driverOptions));
   } else if (snapshotName !== undefined) {
     snapshotOf = await openImage(path, {
       format,
