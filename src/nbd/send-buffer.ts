@@ -38,8 +38,11 @@ function descriptorOf(socket: object): number | undefined {
   return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
 }
 
-/** Asks for UNIX_SEND_BUFFER_BYTES of send buffer on a connected unix socket; true when the kernel took it. */
-export function enlargeSendBuffer(socket: object): boolean {
+/**
+ * Loads the FFI now (koffi's first load takes ~8-10 ms), so a server does it before it listens rather
+ * than inside its first client's first request; true when setsockopt is there.
+ */
+export function preloadSendBuffer(): boolean {
   if (!attempted) {
     attempted = true;
     try {
@@ -48,6 +51,12 @@ export function enlargeSendBuffer(socket: object): boolean {
       setsockopt = undefined;
     }
   }
+  return setsockopt !== undefined;
+}
+
+/** Asks for UNIX_SEND_BUFFER_BYTES of send buffer on a connected unix socket; true when the kernel took it. */
+export function enlargeSendBuffer(socket: object): boolean {
+  preloadSendBuffer();
   const fd = descriptorOf(socket);
   if (!setsockopt || fd === undefined) return false;
   // An int in the host's byte order.

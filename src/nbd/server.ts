@@ -6,6 +6,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createSecureContext, type SecureContextOptions, TLSSocket } from 'node:tls';
+import { nativeFileOps } from '../engine/io/native.ts';
 import { NbdBackend, type NbdExport } from './backend.ts';
 import { ByteBudget } from './byte-budget.ts';
 import { HandshakeAbortedError, negotiate } from './handshake.ts';
@@ -16,7 +17,7 @@ import {
   type TransmissionLimits,
 } from './transmission.ts';
 import { StreamClosedError } from './byte-reader.ts';
-import { enlargeSendBuffer } from './send-buffer.ts';
+import { enlargeSendBuffer, preloadSendBuffer } from './send-buffer.ts';
 
 export type { NbdExport } from './backend.ts';
 
@@ -215,6 +216,11 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     }
   }
 
+  // The FFI the data path uses (SO_SNDBUF here, cached reads in engine/io/native.ts) loads before the
+  // first client is accepted, not in its first requests: a fresh server's first copy is otherwise the
+  // one that pays ~10 ms of module loading.
+  if (options.socketPath !== undefined) preloadSendBuffer();
+  nativeFileOps();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     const onListening = (): void => {

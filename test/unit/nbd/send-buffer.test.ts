@@ -8,7 +8,11 @@ import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { enlargeSendBuffer, UNIX_SEND_BUFFER_BYTES } from '../../../src/nbd/send-buffer.ts';
+import {
+  enlargeSendBuffer,
+  preloadSendBuffer,
+  UNIX_SEND_BUFFER_BYTES,
+} from '../../../src/nbd/send-buffer.ts';
 
 const onLinux = process.platform === 'linux';
 
@@ -51,6 +55,11 @@ describe.skipIf(!onLinux)('enlargeSendBuffer', () => {
       await new Promise((resolve) => server.close(resolve));
       await rm(folder, { recursive: true, force: true });
     }
+  });
+
+  it('loads setsockopt before any connection, as the server does before it listens', () => {
+    expect(preloadSendBuffer()).toBe(true);
+    expect(preloadSendBuffer()).toBe(true);
   });
 
   it('leaves an object without a descriptor alone', () => {
