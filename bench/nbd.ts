@@ -4,8 +4,12 @@
 // (half seeded random data, half zeros: written zeros and holes). Servers take turns within each
 // round, so a busy spell on a shared machine hits all of them; the best of the rounds counts.
 // Reports MiB/s, the ratio to qemu-nbd and the server's peak RSS.
-// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3] [--baseline=DIR] [--skip-write]`; --baseline
-// also serves with the vdisk checkout in DIR (row `vdisk-base`), so before/after share the same rounds.
+// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3] [--baseline=DIR] [--skip-write] [--warm]`;
+// --baseline also serves with the vdisk checkout in DIR (row `vdisk-base`), so before/after share the
+// same rounds. Every copy gets a fresh server, for every server alike: vdisk's rows then include its
+// JIT warm-up (V8 compiling the request path during the first ~2,000 requests, ~70 ms of CPU on this
+// 1 GiB copy) that a C server doesn't have. --warm runs one untimed read copy on each fresh server
+// first, so the timed read measures a server in its steady state, as a long-running attach pod is.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -48,6 +52,11 @@ export interface NbdBenchOptions {
   baseline?: string;
   /** Only the read workloads. */
   skipWrite?: boolean;
+  /**
+   * Reads: one untimed copy on each fresh server before the timed one. Writes stay fresh (a warm-up
+   * copy into the same image would make the timed one an overwrite, another workload).
+   */
+  warm?: boolean;
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -177,6 +186,7 @@ async function measure(
   connections: number,
   direction: 'read' | 'write',
   source: string,
+  warm: boolean,
 ): Promise<Sample> {
   const socket = join(folder, `${server}-${++socketCounter}.sock`);
   const child = startServer(server, format, image, socket, direction === 'read');
@@ -187,6 +197,7 @@ async function measure(
       direction === 'read'
         ? [`--connections=${connections}`, uri, 'null:']
         : [`--connections=${connections}`, '--flush', source, uri];
+    if (warm) execFileSync('nbdcopy', args, { stdio: 'ignore' });
     const cpuBefore = cpuMs(child.pid);
     const started = performance.now();
     execFileSync('nbdcopy', args, { stdio: 'ignore' });
@@ -202,6 +213,7 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
   // make-guest lays the guest out in 4 MiB strides.
   const sizeMib = Math.ceil((options.sizeMib ?? 1024) / 4) * 4;
   const repeat = Math.max(1, options.repeat ?? 3);
+  const warm = options.warm ?? false;
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   for (const tool of ['qemu-img', 'qemu-io', 'nbdcopy', 'qemu-nbd']) {
     if (!hasTool(tool)) throw new Error(`bench/nbd.ts needs ${tool}`);
@@ -247,12 +259,12 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
     const readers = servers.filter((name) => name !== 'nbdkit');
     for (const connections of [1, 4]) {
       const rawResults = await measureRounds(servers, repeat, log, (server) =>
-        measure(server, 'raw', raw, folder, connections, 'read', ''),
+        measure(server, 'raw', raw, folder, connections, 'read', '', warm),
       );
       for (const [server, result] of rawResults) add('read raw', server, connections, result);
       const qcow2Servers = readers.filter((server) => server !== 'vdisk' || qcow2Readable);
       const qcow2Results = await measureRounds(qcow2Servers, repeat, log, (server) =>
-        measure(server, 'qcow2', qcow2, folder, connections, 'read', ''),
+        measure(server, 'qcow2', qcow2, folder, connections, 'read', '', warm),
       );
       for (const [server, result] of qcow2Results) add('read qcow2', server, connections, result);
     }
@@ -262,7 +274,7 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       try {
         // A fresh image each run: rewriting allocated clusters would measure something else.
         execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', target, `${sizeMib}M`]);
-        const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw);
+        const result = await measure(server, 'qcow2', target, folder, 1, 'write', raw, false);
         execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'qcow2', raw, target]);
         return result;
       } finally {
@@ -312,6 +324,7 @@ if (process.argv[1] && import.meta.filename === process.argv[1]) {
     repeat: numberArg('repeat'),
     baseline,
     skipWrite: process.argv.includes('--skip-write'),
+    warm: process.argv.includes('--warm'),
   });
   process.stdout.write(formatNbdBench(rows));
 }
