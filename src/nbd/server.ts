@@ -1,6 +1,7 @@
 // The NBD server as qemu-nbd runs it: unix-socket and TCP listeners (TCP binds 127.0.0.1 unless told
 // otherwise), a connection limit, a handshake time limit, optional TLS, and graceful shutdown (stop
-// accepting, let in-flight requests finish and reply, flush, close). The only file importing node:net.
+// accepting, let in-flight requests finish and reply, flush, close). With static-read.ts (which moves
+// a connection to a socket reading into a reused buffer), the only files importing node:net.
 
 import { lstat, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -18,6 +19,7 @@ import {
 } from './transmission.ts';
 import { StreamClosedError } from './byte-reader.ts';
 import { enlargeSendBuffer, preloadSendBuffer } from './send-buffer.ts';
+import { moveToStaticReads, preloadStaticRead } from './static-read.ts';
 
 export type { NbdExport } from './backend.ts';
 
@@ -147,15 +149,20 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const waiting: Socket[] = [];
   let activeConnections = 0;
 
-  const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+  /** Counts a connection's socket until it closes (the last one closing stops a non-persistent server). */
+  function track(socket: Socket): void {
     sockets.add(socket);
-    if (options.socketPath !== undefined) enlargeSendBuffer(socket);
     socket.once('close', () => {
       sockets.delete(socket);
       const waitingIndex = waiting.indexOf(socket);
       if (waitingIndex >= 0) waiting.splice(waitingIndex, 1);
       if (!persistent && sockets.size === 0 && !shuttingDown) void handle.close();
     });
+  }
+
+  const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    track(socket);
+    if (options.socketPath !== undefined) enlargeSendBuffer(socket);
     if (activeConnections < maxConnections) {
       begin(socket);
     } else if (waiting.length < MAX_WAITING_CLIENTS) {
@@ -178,6 +185,8 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   }
 
   async function serveConnection(socket: Socket, conn: number): Promise<void> {
+    /** The socket the connection is on now (moveToStaticReads may replace the accepted one). */
+    let current = socket;
     const connectionLog = log.child ? log.child({ conn }) : log;
     socket.on('error', (err) => connectionLog.debug({ err }, 'Socket error'));
     const timer = setTimeout(() => {
@@ -185,11 +194,21 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       socket.destroy();
     }, handshakeTimeoutMs);
     try {
-      const session = await negotiate(socket, { exports: backends, tls, isShuttingDown: () => shuttingDown });
+      let session = await negotiate(socket, { exports: backends, tls, isShuttingDown: () => shuttingDown });
       clearTimeout(timer);
       if (!session) return;
-      if (session.socket !== socket)
+      // A plain connection continues on a socket that reads into one reused buffer (static-read.ts).
+      const moved = session.socket === socket && !session.isTls ? moveToStaticReads(socket) : undefined;
+      if (moved) {
+        track(moved.socket);
+        moved.socket.on('error', (err) => connectionLog.debug({ err }, 'Socket error'));
+        const leftover =
+          moved.buffered.length === 0 ? session.leftover : Buffer.concat([session.leftover, moved.buffered]);
+        session = { ...session, socket: moved.socket, leftover };
+        current = moved.socket;
+      } else if (session.socket !== socket) {
         session.socket.on('error', (err) => connectionLog.debug({ err }, 'TLS error'));
+      }
       const sessionLog = connectionLog.child
         ? connectionLog.child({ export: session.exportName })
         : connectionLog;
@@ -198,6 +217,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
         limits: options.limits,
         log: sessionLog,
         budget,
+        borrowedReads: moved,
       });
       sessions.add(transmission);
       if (shuttingDown) void transmission.shutdown('server shutting down');
@@ -212,7 +232,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
           err instanceof HandshakeAbortedError ? 'Handshake refused' : 'Connection failed',
         );
       }
-      socket.destroy();
+      current.destroy();
     }
   }
 
@@ -220,6 +240,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   // first client is accepted, not in its first requests: a fresh server's first copy is otherwise the
   // one that pays ~10 ms of module loading.
   if (options.socketPath !== undefined) preloadSendBuffer();
+  preloadStaticRead();
   nativeFileOps();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -113,6 +113,24 @@ interface PendingPayload {
   remainingBytes: number;
   /** An oversized payload being thrown away as it arrives. */
   discard: boolean;
+  /**
+   * With borrowed reads: the pooled buffer the payload is gathered in as it arrives, and how much of
+   * it is filled. Absent until a read ends inside the payload.
+   */
+  payload?: Buffer;
+  filledBytes?: number;
+}
+
+/**
+ * Borrowed reads (static-read.ts) gather a payload split across reads straight into its pooled buffer
+ * up to this size; a larger one (rare: nbdcopy, qemu and the kernel send at most a few MiB) is held as
+ * copies of what has arrived, so a header claiming 32 MiB still costs only what the client sent.
+ */
+const MAX_GATHERED_PAYLOAD_BYTES = 4 * 1024 * 1024;
+
+/** A source of borrowed reads: views of one reused buffer, valid only during the call (static-read.ts). */
+export interface BorrowedReads {
+  setSink(sink: (bytes: Buffer) => void): void;
 }
 
 /** One connection in transmission: start() resolves when the connection has closed. */
@@ -124,6 +142,8 @@ export class TransmissionSession {
   private readonly limits: TransmissionLimits;
   private readonly log: NbdLogger;
   private readonly budget: ByteBudget | undefined;
+  /** Input arrives as views of a buffer the next read overwrites: nothing may keep one past receive(). */
+  private readonly borrowedReads: BorrowedReads | undefined;
   private readonly onBudgetRoom = (): void => this.pump();
   private corked = false;
   private corkedBytes = 0;
@@ -146,9 +166,16 @@ export class TransmissionSession {
 
   constructor(
     session: NegotiatedSession,
-    options: { limits?: Partial<TransmissionLimits>; log?: NbdLogger; budget?: ByteBudget } = {},
+    options: {
+      limits?: Partial<TransmissionLimits>;
+      log?: NbdLogger;
+      budget?: ByteBudget;
+      /** Where the socket's bytes come from instead of its 'data' events (server.ts, plain sockets). */
+      borrowedReads?: BorrowedReads;
+    } = {},
   ) {
     this.budget = options.budget;
+    this.borrowedReads = options.borrowedReads;
     this.socket = session.socket;
     this.backend = session.backend;
     this.structured = session.structuredReplies;
@@ -167,11 +194,8 @@ export class TransmissionSession {
 
   /** Runs the request loop; resolves once the connection is closed (after in-flight work finished). */
   async start(): Promise<void> {
-    this.socket.on('data', (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.bufferedBytes += chunk.length;
-      this.pump();
-    });
+    if (this.borrowedReads) this.borrowedReads.setSink((bytes) => this.receive(bytes, true));
+    else this.socket.on('data', (chunk: Buffer) => this.receive(chunk, false));
     this.socket.on('end', () => void this.shutdown('client closed the stream'));
     this.socket.on('error', (err: Error) => {
       this.log.warn({ err }, 'Connection failed');
@@ -224,6 +248,35 @@ export class TransmissionSession {
     this.socket.destroy();
   }
 
+  private receive(chunk: Buffer, borrowed: boolean): void {
+    this.chunks.push(chunk);
+    this.bufferedBytes += chunk.length;
+    this.pump();
+    if (borrowed && this.bufferedBytes > 0) this.keepBorrowedBytes();
+  }
+
+  /**
+   * The next read overwrites the borrowed buffer: what pump() left in it moves out now. Bytes of a
+   * payload still arriving go into its pooled buffer; anything else (part of a request header,
+   * requests waiting for the in-flight limits, part of a payload too large to gather) is copied.
+   */
+  private keepBorrowedBytes(): void {
+    const pending = this.pending;
+    if (pending && !pending.discard && pending.request.lengthBytes <= MAX_GATHERED_PAYLOAD_BYTES) {
+      // pump() leaves a pending payload only while fewer bytes than it needs are here: all are its.
+      if (!pending.payload) {
+        pending.payload = takeBuffer(pending.request.lengthBytes);
+        pending.filledBytes = 0;
+      }
+      const filledBytes = pending.filledBytes ?? 0;
+      const movedBytes = this.bufferedBytes;
+      this.fillFromChunks(pending.payload, filledBytes, movedBytes);
+      pending.filledBytes = filledBytes + movedBytes;
+      return;
+    }
+    this.chunks = [Buffer.concat(this.chunks, this.bufferedBytes)];
+  }
+
   private canDispatch(): boolean {
     if (this.waitingForDrain || this.inFlightRequests >= this.limits.maxInFlightRequests) return false;
     if (this.inFlightRequests === 0) return true;
@@ -274,8 +327,18 @@ export class TransmissionSession {
           );
           continue;
         }
-        // The payload buffer is made only once every byte is here: memory follows what the client
-        // actually sent, never the length its header claims.
+        if (pending.payload) {
+          const filledBytes = pending.filledBytes ?? 0;
+          const stepBytes = Math.min(pending.request.lengthBytes - filledBytes, this.bufferedBytes);
+          this.fillFromChunks(pending.payload, filledBytes, stepBytes);
+          pending.filledBytes = filledBytes + stepBytes;
+          if (pending.filledBytes < pending.request.lengthBytes) break;
+          this.pending = undefined;
+          this.dispatch(pending.request, pending.payload, true);
+          continue;
+        }
+        // The payload buffer is made only once every byte is here (or, with borrowed reads, once some
+        // are): memory follows what the client actually sent, never the length its header claims.
         if (this.bufferedBytes < pending.remainingBytes) break;
         this.pending = undefined;
         this.dispatchWrite(pending.request);
@@ -310,12 +373,15 @@ export class TransmissionSession {
     if (!this.stopped && this.socket.isPaused()) this.socket.resume();
   }
 
-  /** Hands a complete write payload out of the receive chunks: a slice when it sits in one, else a pooled copy. */
+  /**
+   * Hands a complete write payload out of the receive chunks: a slice when it sits in one (never with
+   * borrowed reads: the device would see the next read's bytes), else a pooled copy.
+   */
   private dispatchWrite(request: Request): void {
     const lengthBytes = request.lengthBytes;
     if (lengthBytes === 0) {
       this.dispatch(request, Buffer.alloc(0));
-    } else if (this.chunks[0]!.length >= lengthBytes) {
+    } else if (!this.borrowedReads && this.chunks[0]!.length >= lengthBytes) {
       this.dispatch(request, this.take(lengthBytes));
     } else {
       const payload = takeBuffer(lengthBytes);

@@ -176,6 +176,36 @@ describe('NBD server robustness (raw sockets)', () => {
     client.close();
   });
 
+  it('stores payloads that arrive in pieces across many reads, below and above the gathered size', async () => {
+    // The server reads a plain connection into one reused 256 KiB buffer (static-read.ts): a payload
+    // split across reads is gathered into its own buffer (up to 4 MiB) or held as copies (above), and
+    // must never alias bytes a later read overwrites. A byte-by-byte pattern catches any mix-up.
+    const client = await RawClient.connect(socketPath);
+    await handshake(client);
+    const sizes = [300 * 1024 + 7, 6 * MIB + 3];
+    const patterns = sizes.map((sizeBytes, index) => {
+      const bytes = Buffer.alloc(sizeBytes);
+      for (let at = 0; at < sizeBytes; at++) bytes[at] = (at * 31 + index * 7 + (at >> 12)) & 0xff;
+      return bytes;
+    });
+    const offsets = [8 * MIB, 16 * MIB];
+    for (const [index, pattern] of patterns.entries()) {
+      const message = Buffer.concat([request(NBD_CMD_WRITE, offsets[index]!, pattern.length, 70n), pattern]);
+      // Odd-sized pieces with pauses between them, so reads end inside headers and payloads.
+      for (let at = 0; at < message.length; at += 100_003) {
+        client.send(message.subarray(at, Math.min(message.length, at + 100_003)));
+        if (at % 3 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      expect(await readSimpleReply(client)).toEqual({ error: 0, cookie: 70n });
+    }
+    for (const [index, pattern] of patterns.entries()) {
+      const stored = Buffer.alloc(pattern.length);
+      await disk.device.read(offsets[index]!, stored);
+      expect(stored.equals(pattern)).toBe(true);
+    }
+    client.close();
+  });
+
   it('leaves the image untouched when a client vanishes in the middle of a write payload', async () => {
     const client = await RawClient.connect(socketPath);
     await handshake(client);
