@@ -66,10 +66,12 @@ export interface MovedConnection {
 /**
  * Moves a connected, paused plain socket (no 'data' listener) to a new net.Socket that reads into one
  * reused buffer, and closes the old one. Returns undefined, leaving `socket` untouched, where that is
- * not possible (no FFI, no descriptor, dup failed).
+ * not possible (no FFI, no descriptor, writes still queued, dup failed).
  */
 export function moveToStaticReads(socket: Socket): MovedConnection | undefined {
-  if (!preloadStaticRead() || socket.destroyed) return undefined;
+  // Destroying the old socket would drop replies still queued in it (a client that has not read its
+  // handshake replies yet): such a connection stays where it is.
+  if (!preloadStaticRead() || socket.destroyed || socket.writableLength > 0) return undefined;
   const fd = descriptorOf(socket);
   if (fd === undefined) return undefined;
   const copy = calls!.dup(fd);

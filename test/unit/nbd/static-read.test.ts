@@ -64,6 +64,32 @@ describe.skipIf(process.platform !== 'linux')('moveToStaticReads', () => {
     }
   });
 
+  it('leaves a socket with writes still queued alone (moving it would drop them)', async () => {
+    const folder = await mkdtemp(join(tmpdir(), 'vdisk-static-read-'));
+    const path = join(folder, 's.sock');
+    let accepted: Socket | undefined;
+    const server = createServer((socket) => {
+      accepted = socket;
+      socket.pause();
+    });
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    const client = createConnection(path);
+    try {
+      await new Promise<void>((resolve) => client.once('connect', () => resolve()));
+      client.pause();
+      while (!accepted) await new Promise((resolve) => setTimeout(resolve, 5));
+      // More than the kernel buffers hold while the client reads nothing: the rest waits in Node.
+      while (accepted.writableLength === 0) accepted.write(Buffer.alloc(1024 * 1024));
+      expect(moveToStaticReads(accepted)).toBeUndefined();
+      expect(accepted.destroyed).toBe(false);
+    } finally {
+      client.destroy();
+      accepted?.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
   it('leaves a socket without a descriptor alone', () => {
     const detached = createConnection({ path: '/nonexistent/vdisk.sock' });
     detached.on('error', () => undefined);
