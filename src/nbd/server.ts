@@ -201,6 +201,8 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       const moved = session.socket === socket && !session.isTls ? moveToStaticReads(socket) : undefined;
       if (moved) {
         track(moved.socket);
+        // The old socket is closing: one connection, one socket, from now on.
+        sockets.delete(socket);
         moved.socket.on('error', (err) => connectionLog.debug({ err }, 'Socket error'));
         const leftover =
           moved.buffered.length === 0 ? session.leftover : Buffer.concat([session.leftover, moved.buffered]);
