@@ -295,14 +295,18 @@ export interface Request {
 
 /** Decodes a 28-byte request header starting at `at`. */
 export function decodeRequest(bytes: Buffer, at = 0): Request {
-  const offset = bytes.readBigUInt64BE(at + 16);
-  const offsetOverflow = offset > BigInt(Number.MAX_SAFE_INTEGER);
+  // The offset as two 32-bit halves, not a BigInt: this runs for every request. A high half above
+  // 2^21 - 1 puts it past Number.MAX_SAFE_INTEGER (2^53 - 1).
+  const offsetHigh = bytes.readUInt32BE(at + 16);
+  const offsetOverflow = offsetHigh > 0x1fffff;
   return {
     magic: bytes.readUInt32BE(at),
     flags: bytes.readUInt16BE(at + 4),
     type: bytes.readUInt16BE(at + 6),
     cookie: bytes.readBigUInt64BE(at + 8),
-    offsetBytes: offsetOverflow ? Number.MAX_SAFE_INTEGER : Number(offset),
+    offsetBytes: offsetOverflow
+      ? Number.MAX_SAFE_INTEGER
+      : offsetHigh * 0x1_0000_0000 + bytes.readUInt32BE(at + 20),
     lengthBytes: bytes.readUInt32BE(at + 24),
     offsetOverflow,
   };
@@ -355,7 +359,9 @@ export function encodeOffsetDataHeader(
   dataBytes: number,
 ): Buffer {
   const out = encodeStructuredHeader(flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + dataBytes, 8);
-  out.writeBigUInt64BE(BigInt(offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
+  // Two 32-bit halves rather than a BigInt (every READ reply has one); offsets are safe integers.
+  out.writeUInt32BE(Math.floor(offsetBytes / 0x1_0000_0000), STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(offsetBytes % 0x1_0000_0000, STRUCTURED_REPLY_HEADER_BYTES + 4);
   return out;
 }
 
@@ -366,7 +372,8 @@ export function encodeOffsetHole(
   holeBytes: number,
 ): Buffer {
   const out = encodeStructuredHeader(flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12, 12);
-  out.writeBigUInt64BE(BigInt(offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(Math.floor(offsetBytes / 0x1_0000_0000), STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(offsetBytes % 0x1_0000_0000, STRUCTURED_REPLY_HEADER_BYTES + 4);
   out.writeUInt32BE(holeBytes, STRUCTURED_REPLY_HEADER_BYTES + 8);
   return out;
 }

@@ -11,6 +11,7 @@ import {
   encodeBlockStatus,
   encodeExportNameReply,
   encodeGreeting,
+  encodeOffsetDataHeader,
   encodeOffsetHole,
   encodeOptionReply,
   encodeRequest,
@@ -68,6 +69,11 @@ describe('NBD wire format', () => {
     const huge = encodeRequest({ flags: 0, type: 0, cookie: 1n, offsetBytes: 0, lengthBytes: 1 });
     huge.writeBigUInt64BE(2n ** 63n, 16);
     expect(decodeRequest(huge).offsetOverflow).toBe(true);
+    // The edge: 2^53 - 1 is the largest offset a number holds exactly, 2^53 the first that overflows.
+    huge.writeBigUInt64BE(2n ** 53n - 1n, 16);
+    expect(decodeRequest(huge)).toMatchObject({ offsetOverflow: false, offsetBytes: 2 ** 53 - 1 });
+    huge.writeBigUInt64BE(2n ** 53n, 16);
+    expect(decodeRequest(huge).offsetOverflow).toBe(true);
   });
 
   it('round-trips INFO/GO and META_CONTEXT option data', () => {
@@ -108,6 +114,15 @@ describe('NBD wire format', () => {
       [NBD_STRUCTURED_REPLY_MAGIC, 1, 2, 12],
     );
     expect([Number(hole.readBigUInt64BE(20)), hole.readUInt32BE(28)]).toEqual([4096, 512]);
+    // OFFSET_DATA's offset is written as two 32-bit halves: check both across the 2^32 boundary.
+    for (const offsetBytes of [0, 2 ** 32 - 512, 2 ** 32, 2 ** 40 + 4096, 2 ** 53 - 1]) {
+      const data = encodeOffsetDataHeader(1, 9n, offsetBytes, 512);
+      expect([data.readUInt16BE(6), data.readUInt32BE(16), data.readBigUInt64BE(20)]).toEqual([
+        1,
+        8 + 512,
+        BigInt(offsetBytes),
+      ]);
+    }
     const status = encodeBlockStatus(1, 9n, 2, [{ lengthBytes: 512, statusFlags: 3 }]);
     expect([
       status.readUInt16BE(6),

@@ -39,13 +39,19 @@ export function readCachedQcow2(
   let done = 0;
   let tableOffsetBytes = -1;
   let table: Buffer | undefined;
+  // A request's clusters nearly always share one L1 entry: decode it once, not per cluster.
+  let lastL1Index = -1;
+  let l2Offset = 0;
   while (done < lengthBytes) {
     const guestOffsetBytes = offsetBytes + done;
     const guestCluster = Math.floor(guestOffsetBytes / clusterSizeBytes);
     const inClusterBytes = guestOffsetBytes - guestCluster * clusterSizeBytes;
     const pieceBytes = Math.min(clusterSizeBytes - inClusterBytes, lengthBytes - done);
     const l1Index = Math.floor(guestCluster / l2EntryCount);
-    const l2Offset = l1Index < image.l1EntryCount ? l1Offset(image.l1, l1Index) : 0;
+    if (l1Index !== lastL1Index) {
+      lastL1Index = l1Index;
+      l2Offset = l1Index < image.l1EntryCount ? l1Offset(image.l1, l1Index) : 0;
+    }
     let hostOffsetBytes = 0;
     if (l2Offset !== 0) {
       if (l2Offset !== tableOffsetBytes) {
