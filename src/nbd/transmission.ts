@@ -258,11 +258,19 @@ export class TransmissionSession {
   /**
    * The next read overwrites the borrowed buffer: what pump() left in it moves out now. Bytes of a
    * payload still arriving go into its pooled buffer; anything else (part of a request header,
-   * requests waiting for the in-flight limits, part of a payload too large to gather) is copied.
+   * requests waiting for the in-flight limits, the first part of a payload of which less than half
+   * is here, part of a payload too large to gather) is copied.
    */
   private keepBorrowedBytes(): void {
     const pending = this.pending;
-    if (pending && !pending.discard && pending.request.lengthBytes <= MAX_GATHERED_PAYLOAD_BYTES) {
+    // The payload's buffer is taken once at least half of it is here, so memory stays within twice
+    // what the client sent, whatever its header claims (a stalled 4 MiB header costs no 4 MiB).
+    if (
+      pending &&
+      !pending.discard &&
+      pending.request.lengthBytes <= MAX_GATHERED_PAYLOAD_BYTES &&
+      (pending.payload !== undefined || this.bufferedBytes * 2 >= pending.request.lengthBytes)
+    ) {
       // pump() leaves a pending payload only while fewer bytes than it needs are here: all are its.
       if (!pending.payload) {
         pending.payload = takeBuffer(pending.request.lengthBytes);
