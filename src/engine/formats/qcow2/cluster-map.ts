@@ -8,9 +8,9 @@ export const OFLAG_COPIED_HIGH = 0x80000000;
 export const OFLAG_COMPRESSED_HIGH = 0x40000000;
 /** L2 bit 0 (v3): the cluster reads as zeros. */
 export const OFLAG_ZERO_LOW = 1;
-/** Bits 9..55: host offset of an L2 table / standard data cluster. */
-const OFFSET_HIGH_MASK = 0x00ffffff;
-const OFFSET_LOW_MASK = 0xfffffe00;
+/** Bits 9..55: host offset of an L2 table / standard data cluster, as 32-bit halves. */
+export const OFFSET_HIGH_MASK = 0x00ffffff;
+export const OFFSET_LOW_MASK = 0xfffffe00;
 /** L1 reserved bits 1..8 and 56..62. */
 const L1_RESERVED_HIGH = 0x7f000000;
 const L1_RESERVED_LOW = 0x000001fe;
@@ -57,6 +57,11 @@ export function writeExtendedEntry(
 
 function offsetOf(high: number, low: number): number {
   return (high & OFFSET_HIGH_MASK) * 2 ** 32 + ((low & OFFSET_LOW_MASK) >>> 0);
+}
+
+/** Host offset (bits 9..55) of a standard L2 entry given as its two 32-bit halves; 0 when none. */
+export function l2HostOffset(high: number, low: number): number {
+  return offsetOf(high, low);
 }
 
 /** Host offset of the L2 table named by an L1 entry, 0 when unallocated. */
