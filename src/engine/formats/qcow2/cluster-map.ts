@@ -59,11 +59,6 @@ function offsetOf(high: number, low: number): number {
   return (high & OFFSET_HIGH_MASK) * 2 ** 32 + ((low & OFFSET_LOW_MASK) >>> 0);
 }
 
-/** Host offset (bits 9..55) of a standard L2 entry given as its two 32-bit halves; 0 when none. */
-export function l2HostOffset(high: number, low: number): number {
-  return offsetOf(high, low);
-}
-
 /** Host offset of the L2 table named by an L1 entry, 0 when unallocated. */
 export function l1Offset(l1: Buffer, index: number): number {
   return offsetOf(l1.readUInt32BE(index * 8), l1.readUInt32BE(index * 8 + 4));

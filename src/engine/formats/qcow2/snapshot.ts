@@ -8,7 +8,6 @@ import {
   compressedClusterSpan,
   l1Copied,
   l1Offset,
-  l2HostOffset,
   OFFSET_HIGH_MASK,
   OFFSET_LOW_MASK,
   OFLAG_COMPRESSED_HIGH,
@@ -300,32 +299,31 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1, clearCop
       image.l2Cache.drop(l2OffsetBytes);
     if (clearCopied) {
       if (l1Copied(l1, l1Index)) writeEntry(l1, l1Index, l2OffsetBytes, false);
-      if (changed) {
-        // The walk read a copy; the cache's table (clean: the caller flushed first) takes its bytes.
-        const cached = image.l2Cache.peek(l2OffsetBytes);
-        if (cached) {
-          table.copy(cached);
-          image.l2Cache.markDirty(l2OffsetBytes);
-        } else await image.l2Cache.create(l2OffsetBytes, table);
-      }
+      // The walk read a copy; the cache's table (clean: the caller flushed first) takes its bytes.
+      if (changed) await installTable(image, l2OffsetBytes, table);
     }
   }
 }
 
 /**
  * Sets COPIED on active L1/L2 entries exactly where the refcount is 1 (after refcounts changed), in
- * memory: the L2 tables are dirty in the cache, the L1 table is written by the caller. Only the
- * COPIED bit changes; refcounts come from the block in hand while the clusters stay inside it.
+ * memory: changed L2 tables are dirty in the cache, the L1 table is written by the caller. Only the
+ * COPIED bit changes. The caller flushed the cache first: its tables match the file.
  */
 async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
-  const { clusterSizeBytes, refcounts } = image;
+  const { clusterSizeBytes, clusterBits, refcounts } = image;
   const entryBytes = image.extendedL2 ? 16 : 8;
   const tableBytes = image.l2EntryCount * entryBytes;
+  const clustersPerHighUnit = 2 ** (32 - clusterBits);
+  const inClusterMask = (clusterSizeBytes - 1) >>> 0;
   const { entriesPerBlock, refcountOrder } = refcounts;
-  let blockIndex = -1;
+  let blockFirst = 0;
+  let blockEnd = 0;
   let block: Buffer | undefined;
-  // DataView rather than Buffer's read/write calls: the walk runs mostly before V8 optimizes it.
+  // DataView rather than Buffer's read/write calls, integer arithmetic, and the block in hand while
+  // the clusters stay inside it: the walk runs once, mostly before V8 optimizes it.
   let blockView: DataView | undefined;
+  const readL2 = l2ReadAhead(image, image.l1);
   for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++) {
     const l2OffsetBytes = l1Offset(image.l1, l1Index);
     if (l2OffsetBytes === 0) continue;
@@ -333,26 +331,28 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
     const l2Exclusive = (await refcounts.get(l2OffsetBytes / clusterSizeBytes)) === 1;
     if (l1Copied(image.l1, l1Index) !== l2Exclusive)
       writeEntry(image.l1, l1Index, l2OffsetBytes, l2Exclusive);
-    const table = image.l2Cache.peek(l2OffsetBytes) ?? (await image.l2Cache.get(l2OffsetBytes));
+    const table = await readL2(l1Index);
     const view = new DataView(table.buffer, table.byteOffset, table.length);
     let changed = false;
     for (let at = 0; at < tableBytes; at += entryBytes) {
       const high = view.getUint32(at);
       if (high & OFLAG_COMPRESSED_HIGH) continue;
-      const hostOffsetBytes = l2HostOffset(high, view.getUint32(at + 4));
-      if (hostOffsetBytes === 0 || hostOffsetBytes % clusterSizeBytes !== 0) continue;
-      const clusterIndex = hostOffsetBytes / clusterSizeBytes;
-      const tableIndex = Math.floor(clusterIndex / entriesPerBlock);
-      if (tableIndex !== blockIndex) {
+      const offsetHigh = high & OFFSET_HIGH_MASK;
+      const offsetLow = (view.getUint32(at + 4) & OFFSET_LOW_MASK) >>> 0;
+      if ((offsetHigh === 0 && offsetLow === 0) || (offsetLow & inClusterMask) !== 0) continue;
+      const clusterIndex = offsetHigh * clustersPerHighUnit + (offsetLow >>> clusterBits);
+      if (clusterIndex < blockFirst || clusterIndex >= blockEnd) {
         // A block evicted meanwhile still holds the right counts: nothing changes them in this walk.
+        const tableIndex = Math.floor(clusterIndex / entriesPerBlock);
         block = await refcounts.blockAt(tableIndex);
         blockView =
           block && refcountOrder === 4
             ? new DataView(block.buffer, block.byteOffset, block.length)
             : undefined;
-        blockIndex = tableIndex;
+        blockFirst = tableIndex * entriesPerBlock;
+        blockEnd = blockFirst + entriesPerBlock;
       }
-      const index = clusterIndex - tableIndex * entriesPerBlock;
+      const index = clusterIndex - blockFirst;
       const refcount = blockView
         ? blockView.getUint16(index * 2)
         : block
@@ -362,8 +362,19 @@ async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
       view.setUint32(at, (high ^ OFLAG_COPIED_HIGH) >>> 0);
       changed = true;
     }
-    if (changed) image.l2Cache.markDirty(l2OffsetBytes);
+    if (changed) await installTable(image, l2OffsetBytes, table);
   }
+}
+
+/** Puts a changed copy of the L2 table at `l2OffsetBytes` into the cache, dirty (the cached one was clean). */
+async function installTable(image: Qcow2Image, l2OffsetBytes: number, table: Buffer): Promise<void> {
+  const cached = image.l2Cache.peek(l2OffsetBytes);
+  if (!cached) {
+    await image.l2Cache.create(l2OffsetBytes, table);
+    return;
+  }
+  table.copy(cached);
+  image.l2Cache.markDirty(l2OffsetBytes);
 }
 
 /**
