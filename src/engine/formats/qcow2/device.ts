@@ -25,9 +25,12 @@ import { readCachedQcow2 } from './read-cached.ts';
 import { growImage, shrinkImage } from './resize.ts';
 import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
+import { WriteCoalescer } from './write-coalescer.ts';
 
 /** Compressed clusters one read inflates at once (libuv's pool has 4 threads by default). */
 const DECOMPRESS_CONCURRENCY = 4;
+/** Longest plain run writeCompressed's incompressible clusters are joined into (one convert chunk). */
+const INCOMPRESSIBLE_RUN_BYTES = 2 * 1024 * 1024;
 
 type Piece =
   | { kind: 'host'; bufferOffset: number; lengthBytes: number; hostOffsetBytes: number }
@@ -53,6 +56,16 @@ export class Qcow2Device implements BlockDevice {
   private closed = false;
   /** One decompressed cluster, keyed by its host offset: sequential small reads of a compressed cluster. */
   private lastDecompressed: { hostOffsetBytes: number; data: Buffer } | undefined;
+  /** writeCompressed's clusters that did not shrink, written plain in runs (write-coalescer.ts). */
+  private readonly incompressible = new WriteCoalescer(
+    (offsetBytes, data) =>
+      this.lock.run(async () => {
+        await this.image.bitmaps?.markDirty(offsetBytes, data.length);
+        let done = 0;
+        while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
+      }),
+    INCOMPRESSIBLE_RUN_BYTES,
+  );
 
   /** Internal snapshots (list, create, apply, delete, open a read-only view). */
   readonly snapshots: SnapshotOperations | undefined;
@@ -651,14 +664,11 @@ export class Qcow2Device implements BlockDevice {
     }
     // Compress outside the lock so several clusters compress in parallel on the thread pool.
     const compressed = await compressCluster(padded, this.image.header.compressionType);
+    // Clusters that would not shrink are stored plain, joined with their neighbours of the same batch.
+    if (!compressed) return this.incompressible.write(offsetBytes, data);
     await this.lock.run(async () => {
       await this.image.bitmaps?.markDirty(offsetBytes, data.length);
       const guestCluster = Math.floor(offsetBytes / clusterSizeBytes);
-      if (!compressed) {
-        let done = 0;
-        while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
-        return;
-      }
       const { mapping } = await this.image.lookup(guestCluster);
       const l2OffsetBytes = await this.image.writableL2(guestCluster);
       const hostOffsetBytes = await this.image.refcounts.allocateBytes(compressed.length);
