@@ -1,20 +1,62 @@
-// Joins writes that arrive in the same microtask turn and touch adjacent ranges into one write. Used
-// for the clusters `convert -c` could not shrink: they come back from the compression pool a batch
-// at a time, and writing each alone took the device lock, an L2 lookup, an allocation and a pwrite
-// round trip per 64 KiB cluster (8 Ki of them, one after another, for a 1 GiB guest of random data).
+// Work that arrives in the same microtask turn, handled together: `convert -c` clusters come back
+// from the compression pool a batch at a time, and storing each alone took the device lock, an L2
+// lookup, an allocation and a pwrite round trip per cluster (8 Ki of them, one after another, for
+// a 1 GiB guest). TurnBatch gathers a turn's items; WriteCoalescer joins a turn's adjacent writes.
 
-interface Pending {
-  offsetBytes: number;
-  data: Uint8Array;
+interface Waiter {
   resolve: () => void;
   reject: (err: unknown) => void;
 }
 
+/**
+ * Collects what callers add during one microtask turn and hands it to `handle` as one list; each
+ * caller's promise settles with the handling of its list. Work that arrives together (a batch of
+ * clusters back from the compression pool) is then done under one lock, in as few writes as it allows.
+ */
+export class TurnBatch<T> {
+  private readonly handle: (items: T[]) => Promise<void>;
+  private items: T[] = [];
+  private waiters: Waiter[] = [];
+
+  constructor(handle: (items: T[]) => Promise<void>) {
+    this.handle = handle;
+  }
+
+  add(item: T): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.items.push(item);
+      this.waiters.push({ resolve, reject });
+      // After the other continuations already queued: a batch resolved together lands together.
+      if (this.items.length === 1) queueMicrotask(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    const items = this.items;
+    const waiters = this.waiters;
+    this.items = [];
+    this.waiters = [];
+    this.handle(items).then(
+      () => {
+        for (const waiter of waiters) waiter.resolve();
+      },
+      (err: unknown) => {
+        for (const waiter of waiters) waiter.reject(err);
+      },
+    );
+  }
+}
+
+interface Pending {
+  offsetBytes: number;
+  data: Uint8Array;
+}
+
+/** Joins writes of one turn that touch adjacent ranges (in offset order) into one `writeRange` call each. */
 export class WriteCoalescer {
   private readonly writeRange: (offsetBytes: number, data: Uint8Array) => Promise<void>;
   private readonly maxBytes: number;
-  private pending: Pending[] = [];
-  private flushQueued = false;
+  private readonly batch = new TurnBatch<Pending>((writes) => this.writeAll(writes));
 
   /** `writeRange` writes one joined range; ranges are at most `maxBytes` long (unless one write is). */
   constructor(writeRange: (offsetBytes: number, data: Uint8Array) => Promise<void>, maxBytes: number) {
@@ -24,19 +66,12 @@ export class WriteCoalescer {
 
   /** Writes `data` at `offsetBytes`, together with adjacent writes of the same turn; resolves when written. */
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.pending.push({ offsetBytes, data, resolve, reject });
-      if (this.flushQueued) return;
-      this.flushQueued = true;
-      // After the other continuations already queued: a batch resolved together lands together.
-      queueMicrotask(() => this.flush());
-    });
+    return this.batch.add({ offsetBytes, data });
   }
 
-  private flush(): void {
-    this.flushQueued = false;
-    const writes = this.pending.sort((a, b) => a.offsetBytes - b.offsetBytes);
-    this.pending = [];
+  private async writeAll(writes: Pending[]): Promise<void> {
+    writes.sort((a, b) => a.offsetBytes - b.offsetBytes);
+    const runs: Promise<void>[] = [];
     let first = 0;
     while (first < writes.length) {
       let end = first + 1;
@@ -49,16 +84,13 @@ export class WriteCoalescer {
         lengthBytes += next.data.length;
       }
       const group = writes.slice(first, end);
-      this.writeRange((group[0] as Pending).offsetBytes, joined(group, lengthBytes)).then(
-        () => {
-          for (const write of group) write.resolve();
-        },
-        (err: unknown) => {
-          for (const write of group) write.reject(err);
-        },
-      );
+      runs.push(this.writeRange((group[0] as Pending).offsetBytes, joined(group, lengthBytes)));
       first = end;
     }
+    // Every run is tried; the turn fails when any did.
+    const results = await Promise.allSettled(runs);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 }
 
