@@ -316,7 +316,7 @@ async function main(): Promise<void> {
     }
     if (!process.argv.includes('--skip-ops')) {
       const { qcow2OpsBench } = await import('./qcow2-ops.ts');
-      process.stdout.write(await qcow2OpsBench({ repeat, guestMib: sizeMib, log }));
+      process.stdout.write(await qcow2OpsBench({ repeat, guestMib: sizeMib, log, vdiskBin }));
     }
     process.stdout.write(await (await import('./controller.ts')).controllerBenchReport(process.argv, log));
   } finally {

@@ -126,7 +126,12 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
         await base.resize(top.sizeBytes, { shrink: false });
       }
       const above = layers.slice(0, baseIndex);
-      const buffer = new Uint8Array(CHUNK_BYTES);
+      // Two buffers: the top's read of the next chunk overlaps the base's write of the last one. At
+      // most one write is in flight, so writes land in order; a buffer is read into again only after
+      // the write from it (two chunks back) has completed.
+      const buffers = [new Uint8Array(CHUNK_BYTES), new Uint8Array(CHUNK_BYTES)];
+      let next = 0;
+      let writing: Promise<void> = Promise.resolve();
       for (const [layerIndex, layer] of above.entries()) {
         const sizeBytes = Math.min(layer.device.sizeBytes, top.sizeBytes);
         for (let offsetBytes = 0; offsetBytes < sizeBytes; ) {
@@ -136,19 +141,28 @@ export async function commitImage(request: CommitImageRequest): Promise<{ basePa
             offsetBytes = extent.offsetBytes + extent.lengthBytes;
             if (!extent.allocated) continue;
             if (extent.zero && layerIndex === 0) {
+              await writing;
               await base.writeZeroes(extent.offsetBytes, extent.lengthBytes);
               continue;
             }
             // Read through the top: a range a lower layer allocates may be overridden higher up.
             for (let done = 0; done < extent.lengthBytes; done += CHUNK_BYTES) {
-              const view = buffer.subarray(0, Math.min(CHUNK_BYTES, extent.lengthBytes - done));
+              const view = (buffers[next] as Uint8Array).subarray(
+                0,
+                Math.min(CHUNK_BYTES, extent.lengthBytes - done),
+              );
+              next ^= 1;
               await top.read(extent.offsetBytes + done, view);
-              await base.write(extent.offsetBytes + done, view);
+              await writing;
+              writing = base.write(extent.offsetBytes + done, view);
+              // Reported when awaited; never an unhandled rejection meanwhile.
+              writing.catch(() => undefined);
             }
           }
           request.onProgress?.((layerIndex + offsetBytes / sizeBytes) / above.length);
         }
       }
+      await writing;
       await base.flush();
     } finally {
       await base.close();

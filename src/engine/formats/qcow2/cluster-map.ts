@@ -8,9 +8,9 @@ export const OFLAG_COPIED_HIGH = 0x80000000;
 export const OFLAG_COMPRESSED_HIGH = 0x40000000;
 /** L2 bit 0 (v3): the cluster reads as zeros. */
 export const OFLAG_ZERO_LOW = 1;
-/** Bits 9..55: host offset of an L2 table / standard data cluster. */
-const OFFSET_HIGH_MASK = 0x00ffffff;
-const OFFSET_LOW_MASK = 0xfffffe00;
+/** Bits 9..55: host offset of an L2 table / standard data cluster, as 32-bit halves. */
+export const OFFSET_HIGH_MASK = 0x00ffffff;
+export const OFFSET_LOW_MASK = 0xfffffe00;
 /** L1 reserved bits 1..8 and 56..62. */
 const L1_RESERVED_HIGH = 0x7f000000;
 const L1_RESERVED_LOW = 0x000001fe;

@@ -25,9 +25,18 @@ import { readCachedQcow2 } from './read-cached.ts';
 import { growImage, shrinkImage } from './resize.ts';
 import { snapshotOperations } from './snapshot.ts';
 import { collectExtents, describeImage } from './status.ts';
+import { TurnBatch, WriteCoalescer } from './write-coalescer.ts';
 
 /** Compressed clusters one read inflates at once (libuv's pool has 4 threads by default). */
 const DECOMPRESS_CONCURRENCY = 4;
+/** A cluster writeCompressed shrank: its guest range and its compressed bytes. */
+interface CompressedCluster {
+  offsetBytes: number;
+  lengthBytes: number;
+  payload: Buffer;
+}
+/** Longest plain run writeCompressed's incompressible clusters are joined into (one convert chunk). */
+const INCOMPRESSIBLE_RUN_BYTES = 2 * 1024 * 1024;
 
 type Piece =
   | { kind: 'host'; bufferOffset: number; lengthBytes: number; hostOffsetBytes: number }
@@ -53,6 +62,20 @@ export class Qcow2Device implements BlockDevice {
   private closed = false;
   /** One decompressed cluster, keyed by its host offset: sequential small reads of a compressed cluster. */
   private lastDecompressed: { hostOffsetBytes: number; data: Buffer } | undefined;
+  /** writeCompressed's compressed clusters, stored a batch at a time (storeCompressed). */
+  private readonly compressedBatch = new TurnBatch<CompressedCluster>((clusters) =>
+    this.lock.run(() => this.storeCompressed(clusters)),
+  );
+  /** writeCompressed's clusters that did not shrink, written plain in runs (write-coalescer.ts). */
+  private readonly incompressible = new WriteCoalescer(
+    (offsetBytes, data) =>
+      this.lock.run(async () => {
+        await this.image.bitmaps?.markDirty(offsetBytes, data.length);
+        let done = 0;
+        while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
+      }),
+    INCOMPRESSIBLE_RUN_BYTES,
+  );
 
   /** Internal snapshots (list, create, apply, delete, open a read-only view). */
   readonly snapshots: SnapshotOperations | undefined;
@@ -651,27 +674,78 @@ export class Qcow2Device implements BlockDevice {
     }
     // Compress outside the lock so several clusters compress in parallel on the thread pool.
     const compressed = await compressCluster(padded, this.image.header.compressionType);
-    await this.lock.run(async () => {
-      await this.image.bitmaps?.markDirty(offsetBytes, data.length);
-      const guestCluster = Math.floor(offsetBytes / clusterSizeBytes);
-      if (!compressed) {
-        let done = 0;
-        while (done < data.length) done += await this.writeRun(offsetBytes + done, data.subarray(done));
-        return;
-      }
-      const { mapping } = await this.image.lookup(guestCluster);
-      const l2OffsetBytes = await this.image.writableL2(guestCluster);
-      const hostOffsetBytes = await this.image.refcounts.allocateBytes(compressed.length);
-      await this.image.file.write(hostOffsetBytes, compressed);
-      await this.image.setL2Entry(
-        l2OffsetBytes,
-        guestCluster % this.image.l2EntryCount,
-        this.image.entryCompressed(hostOffsetBytes, compressed.length),
-      );
-      this.image.releaseMapping(mapping);
-      this.lastDecompressed = undefined;
-    });
+    // Clusters that would not shrink are stored plain, joined with their neighbours of the same batch;
+    // the others go with the compressed clusters of their batch.
+    if (!compressed) return this.incompressible.write(offsetBytes, data);
+    return this.compressedBatch.add({ offsetBytes, lengthBytes: data.length, payload: compressed });
   };
+
+  /**
+   * Stores a batch of compressed clusters under one lock (writeCompressed): each is mapped and given
+   * packed bytes, payloads whose bytes follow on are written together, and only then do the L2
+   * entries name them. A guest cluster met twice ends the run first, so its second lookup sees the first.
+   */
+  private async storeCompressed(clusters: CompressedCluster[]): Promise<void> {
+    clusters.sort((a, b) => a.offsetBytes - b.offsetBytes);
+    const image = this.image;
+    let parts: Buffer[] = [];
+    let runStartBytes = 0;
+    let runEndBytes = 0;
+    let mapped: Array<{
+      l2OffsetBytes: number;
+      l2Index: number;
+      mapping: L2Mapping;
+      hostOffsetBytes: number;
+      lengthBytes: number;
+    }> = [];
+    const seen = new Set<number>();
+    const finishRun = async (): Promise<void> => {
+      if (parts.length > 0)
+        await image.file.write(
+          runStartBytes,
+          parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts),
+        );
+      for (const entry of mapped) {
+        await image.setL2Entry(
+          entry.l2OffsetBytes,
+          entry.l2Index,
+          image.entryCompressed(entry.hostOffsetBytes, entry.lengthBytes),
+        );
+        image.releaseMapping(entry.mapping);
+      }
+      parts = [];
+      mapped = [];
+      seen.clear();
+      this.lastDecompressed = undefined;
+    };
+    for (const { offsetBytes, lengthBytes, payload } of clusters) {
+      const guestCluster = Math.floor(offsetBytes / this.clusterSizeBytes);
+      if (seen.has(guestCluster)) await finishRun();
+      seen.add(guestCluster);
+      await image.bitmaps?.markDirty(offsetBytes, lengthBytes);
+      const { mapping } = await image.lookup(guestCluster);
+      const l2OffsetBytes = await image.writableL2(guestCluster);
+      const hostOffsetBytes = await image.refcounts.allocateBytes(payload.length);
+      if (parts.length > 0 && hostOffsetBytes !== runEndBytes) {
+        await image.file.write(
+          runStartBytes,
+          parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts),
+        );
+        parts = [];
+      }
+      if (parts.length === 0) runStartBytes = hostOffsetBytes;
+      parts.push(payload);
+      runEndBytes = hostOffsetBytes + payload.length;
+      mapped.push({
+        l2OffsetBytes,
+        l2Index: guestCluster % image.l2EntryCount,
+        mapping,
+        hostOffsetBytes,
+        lengthBytes: payload.length,
+      });
+    }
+    await finishRun();
+  }
 
   /** Grows or (with `shrink`) shrinks the guest size; preallocation other than off is not supported. */
   async resize(
