@@ -47,6 +47,8 @@ export function reportBackingName(info: ImageInfo, name: string | undefined): vo
 
 /** Largest buffer the base class allocates for one copy step (backing copy-in, zero writes). */
 export const COPY_CHUNK_BYTES = 1024 * 1024;
+/** Most bytes one batched allocation covers (bounds the lookups and reservations done at once). */
+const MAX_NEW_UNITS_BYTES = 64 * 1024 * 1024;
 
 const SHARED_ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
 
@@ -136,8 +138,17 @@ export abstract class MappedDevice implements BlockDevice {
     return this.currentSizeBytes;
   }
 
-  /** What backs [offsetBytes, offsetBytes + maxLengthBytes); the answer may cover less (never 0 bytes). */
-  protected abstract mapRange(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping>;
+  /**
+   * What backs [offsetBytes, offsetBytes + maxLengthBytes); the answer may cover less (never 0 bytes).
+   * With `joinRuns` (reads and block status) a driver may answer for several units at once: a run of
+   * unallocated or zero units, or of data units that lie back to back in the file, so one pread or one
+   * extent covers them. Without it (the write paths) a data or unallocated answer stays in one unit.
+   */
+  protected abstract mapRange(
+    offsetBytes: number,
+    maxLengthBytes: number,
+    joinRuns?: boolean,
+  ): Promise<RangeMapping>;
 
   /** What every format reports: its name, the file, the guest size and the host bytes used. */
   async info(): Promise<ImageInfo> {
@@ -182,8 +193,20 @@ export abstract class MappedDevice implements BlockDevice {
     return Promise.resolve();
   }
 
-  private async mapClamped(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping> {
-    const mapping = await this.mapRange(offsetBytes, maxLengthBytes);
+  /**
+   * True when consecutive reserveUnit calls return back-to-back host space (formats that append whole
+   * units at the end of the file): a write covering several new units then reaches the file in one call.
+   */
+  protected reservesContiguousUnits(): boolean {
+    return false;
+  }
+
+  private async mapClamped(
+    offsetBytes: number,
+    maxLengthBytes: number,
+    joinRuns = false,
+  ): Promise<RangeMapping> {
+    const mapping = await this.mapRange(offsetBytes, maxLengthBytes, joinRuns);
     const lengthBytes = Math.max(1, Math.min(mapping.lengthBytes, maxLengthBytes));
     return lengthBytes === mapping.lengthBytes ? mapping : { ...mapping, lengthBytes };
   }
@@ -191,7 +214,7 @@ export abstract class MappedDevice implements BlockDevice {
   async read(offsetBytes: number, buffer: Uint8Array): Promise<void> {
     let done = 0;
     while (done < buffer.length) {
-      const mapping = await this.mapClamped(offsetBytes + done, buffer.length - done);
+      const mapping = await this.mapClamped(offsetBytes + done, buffer.length - done, true);
       const part = buffer.subarray(done, done + mapping.lengthBytes);
       if (mapping.kind === 'data') await readHostZeroFilled(this.file, mapping.hostOffsetBytes, part);
       else if (mapping.kind === 'zero') part.fill(0);
@@ -213,7 +236,7 @@ export abstract class MappedDevice implements BlockDevice {
     // build an unbounded extent list or run an unbounded number of lookups.
     for (let lookups = 0; done < lengthBytes && extents.length < 4096 && lookups < 65536; lookups++) {
       const at = offsetBytes + done;
-      const mapping = await this.mapClamped(at, lengthBytes - done);
+      const mapping = await this.mapClamped(at, lengthBytes - done, true);
       const extent: Extent = {
         offsetBytes: at,
         lengthBytes: mapping.lengthBytes,
@@ -267,11 +290,55 @@ export abstract class MappedDevice implements BlockDevice {
       if (mapping.kind === 'data') {
         await this.file.write(mapping.hostOffsetBytes, data.subarray(done, done + mapping.lengthBytes));
         done += mapping.lengthBytes;
-      } else {
-        done += await this.writeAllocating(at, data.subarray(done));
+        continue;
       }
+      const batchBytes = this.reservesContiguousUnits()
+        ? await this.writeNewUnits(at, data.subarray(done))
+        : 0;
+      done += batchBytes > 0 ? batchBytes : await this.writeAllocating(at, data.subarray(done));
     }
     if (_options?.fua) await this.flushUnlocked();
+  }
+
+  /**
+   * Fast path for sequential writes (convert, large NBD writes): the whole new units `data` covers from
+   * the unit-aligned `offsetBytes` (unallocated without a backing file, or zero: no old content to copy
+   * in) are reserved together, written with one call per host-contiguous run, then committed in guest
+   * order (data before metadata, as writeAllocating). Returns the bytes consumed; 0 when the head is
+   * not such a unit.
+   */
+  private async writeNewUnits(offsetBytes: number, data: Uint8Array): Promise<number> {
+    const unitBytes = this.allocationUnitBytes();
+    if (offsetBytes % unitBytes !== 0) return 0;
+    const firstUnit = offsetBytes / unitBytes;
+    let unitCount = 0;
+    let coveredBytes = 0;
+    while (coveredBytes < data.length && coveredBytes < MAX_NEW_UNITS_BYTES) {
+      const at = offsetBytes + coveredBytes;
+      const unitLengthBytes = Math.min(unitBytes, this.sizeBytes - at);
+      if (data.length - coveredBytes < unitLengthBytes) break;
+      const mapping = await this.mapClamped(at, unitLengthBytes);
+      const isFresh =
+        mapping.lengthBytes === unitLengthBytes &&
+        (mapping.kind === 'zero' || (mapping.kind === 'unallocated' && !this.backing));
+      if (!isFresh) break;
+      unitCount++;
+      coveredBytes += unitLengthBytes;
+    }
+    if (unitCount === 0) return 0;
+    const hostOffsets: number[] = [];
+    for (let index = 0; index < unitCount; index++)
+      hostOffsets.push(await this.reserveUnit(firstUnit + index));
+    for (let runStart = 0; runStart < unitCount; ) {
+      let runEnd = runStart + 1;
+      while (runEnd < unitCount && hostOffsets[runEnd] === hostOffsets[runEnd - 1]! + unitBytes) runEnd++;
+      const runData = data.subarray(runStart * unitBytes, Math.min(runEnd * unitBytes, coveredBytes));
+      await this.file.write(hostOffsets[runStart]!, runData);
+      runStart = runEnd;
+    }
+    for (let index = 0; index < unitCount; index++)
+      await this.commitUnit(firstUnit + index, hostOffsets[index]!);
+    return coveredBytes;
   }
 
   /** Allocates the unit holding `offsetBytes`, fills it, writes `data`'s head into it; returns bytes consumed. */

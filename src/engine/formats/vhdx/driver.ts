@@ -63,6 +63,8 @@ const MAX_METADATA_REGION_BYTES = 32 * MiB;
 const MAX_BAT_BYTES = 512 * MiB;
 /** BAT sectors one log entry carries at most (each covers 512 blocks: 4 GiB at 8 MiB blocks). */
 const MAX_PENDING_BAT_SECTORS = 64;
+/** Most blocks one joined lookup covers (bounds the work of one read or block-status step). */
+const MAX_RUN_BLOCKS = 65536;
 
 interface VhdxLayout {
   header: VhdxHeader;
@@ -199,6 +201,23 @@ function batIndexOf(blockIndex: number, metadata: VhdxMetadata): number {
   return blockIndex + Math.floor(blockIndex / chunkRatio(metadata));
 }
 
+/** How a payload block's BAT state reads (MS-VHDX 2.5.1.1); undefined for states a guest read refuses. */
+function kindOfState(state: number): 'unallocated' | 'zero' | 'data' | undefined {
+  switch (state) {
+    case PAYLOAD_NOT_PRESENT:
+      return 'unallocated';
+    case PAYLOAD_UNDEFINED:
+    case PAYLOAD_ZERO:
+    case PAYLOAD_UNMAPPED:
+    case PAYLOAD_UNMAPPED_V095:
+      return 'zero';
+    case PAYLOAD_FULLY_PRESENT:
+      return 'data';
+    default:
+      return undefined;
+  }
+}
+
 function batEntry(bat: Uint8Array, index: number): { state: number; offsetBytes: number } {
   const value = viewOf(bat).getBigUint64(index * 8, true);
   return { state: Number(value & 7n), offsetBytes: Number(value >> 20n) * MiB };
@@ -230,44 +249,71 @@ class VhdxDevice extends MappedDevice {
     this.fileEndBytes = fileSizeBytes;
   }
 
-  protected async mapRange(offsetBytes: number): Promise<RangeMapping> {
+  protected async mapRange(
+    offsetBytes: number,
+    maxLengthBytes: number,
+    joinRuns = false,
+  ): Promise<RangeMapping> {
     const blockIndex = Math.floor(offsetBytes / this.blockBytes);
     const inBlock = offsetBytes % this.blockBytes;
+    const mapping = this.blockMapping(blockIndex, inBlock);
+    if (!joinRuns) return mapping;
+    // Following blocks of the same kind join the answer (data ones only where they sit right after this
+    // one in the file), so a convert reads them with one pread and block status answers long runs.
+    const blockCount = Math.ceil(this.sizeBytes / this.blockBytes);
+    let lengthBytes = mapping.lengthBytes;
+    for (
+      let next = blockIndex + 1;
+      lengthBytes < maxLengthBytes && next < blockCount && next - blockIndex < MAX_RUN_BLOCKS;
+      next++
+    ) {
+      const { state, offsetBytes: hostBytes } = batEntry(
+        this.layout.bat,
+        batIndexOf(next, this.layout.metadata),
+      );
+      const joins =
+        mapping.kind === 'data'
+          ? state === PAYLOAD_FULLY_PRESENT &&
+            hostBytes === mapping.hostOffsetBytes - inBlock + (next - blockIndex) * this.blockBytes &&
+            hostBytes + this.blockBytes <= this.fileEndBytes
+          : kindOfState(state) === mapping.kind;
+      if (!joins) break;
+      lengthBytes += this.blockBytes;
+    }
+    return { ...mapping, lengthBytes };
+  }
+
+  /** What backs block `blockIndex` from `inBlock` bytes in to its end; throws for a bad BAT entry. */
+  private blockMapping(blockIndex: number, inBlock: number): RangeMapping {
     const lengthBytes = this.blockBytes - inBlock;
     const batIndex = batIndexOf(blockIndex, this.layout.metadata);
     const { state, offsetBytes: hostBlockBytes } = batEntry(this.layout.bat, batIndex);
-    switch (state) {
-      case PAYLOAD_NOT_PRESENT:
-        return { kind: 'unallocated', lengthBytes };
-      case PAYLOAD_UNDEFINED:
-      case PAYLOAD_ZERO:
-      case PAYLOAD_UNMAPPED:
-      case PAYLOAD_UNMAPPED_V095:
-        return { kind: 'zero', lengthBytes };
-      case PAYLOAD_FULLY_PRESENT:
-        if (hostBlockBytes < MiB || hostBlockBytes > this.fileEndBytes) {
-          throw new CorruptImageError({
-            file: this.path,
-            offsetBytes: this.layout.batRegion.offsetBytes + batIndex * 8,
-            lengthBytes: 8,
-            message: `VHDX BAT entry ${batIndex} points to ${hostBlockBytes}, outside the file`,
-          });
-        }
-        return { kind: 'data', lengthBytes, hostOffsetBytes: hostBlockBytes + inBlock };
-      case PAYLOAD_PARTIALLY_PRESENT:
-        throw new UnsupportedError({
-          format: 'vhdx',
-          feature: 'partially present blocks',
-          message: `${this.path}: VHDX block ${blockIndex} is partially present (differencing images are not supported)`,
-        });
-      default:
+    const kind = kindOfState(state);
+    if (kind === 'unallocated' || kind === 'zero') return { kind, lengthBytes };
+    if (kind === 'data') {
+      if (hostBlockBytes < MiB || hostBlockBytes > this.fileEndBytes) {
         throw new CorruptImageError({
           file: this.path,
           offsetBytes: this.layout.batRegion.offsetBytes + batIndex * 8,
           lengthBytes: 8,
-          message: `VHDX BAT entry ${batIndex} has invalid state ${state}`,
+          message: `VHDX BAT entry ${batIndex} points to ${hostBlockBytes}, outside the file`,
         });
+      }
+      return { kind: 'data', lengthBytes, hostOffsetBytes: hostBlockBytes + inBlock };
     }
+    if (state === PAYLOAD_PARTIALLY_PRESENT) {
+      throw new UnsupportedError({
+        format: 'vhdx',
+        feature: 'partially present blocks',
+        message: `${this.path}: VHDX block ${blockIndex} is partially present (differencing images are not supported)`,
+      });
+    }
+    throw new CorruptImageError({
+      file: this.path,
+      offsetBytes: this.layout.batRegion.offsetBytes + batIndex * 8,
+      lengthBytes: 8,
+      message: `VHDX BAT entry ${batIndex} has invalid state ${state}`,
+    });
   }
 
   protected override async writeUnlocked(
@@ -292,6 +338,11 @@ class VhdxDevice extends MappedDevice {
 
   protected override allocationUnitBytes(): number {
     return this.blockBytes;
+  }
+
+  /** New blocks are appended back to back (reserveUnit; block sizes are whole MiB). */
+  protected override reservesContiguousUnits(): boolean {
+    return true;
   }
 
   /**

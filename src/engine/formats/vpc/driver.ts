@@ -63,6 +63,13 @@ class VpcDevice extends MappedDevice {
   private footerBytes: Buffer;
   private readonly dynamic: DynamicState | undefined;
   private readonly backingReference: string | undefined;
+  /** BAT entries [batDirtyFirst, batDirtyEnd) changed in memory since the last flush. */
+  private batDirtyFirst = Number.POSITIVE_INFINITY;
+  private batDirtyEnd = 0;
+  /** The sector bitmap of a new block (all ones), shared by every allocation. */
+  private fullBitmap: Buffer | undefined;
+  /** The bitmap write of the block reserved last, still in flight (see reserveUnit). */
+  private pendingBitmap: Promise<void> | undefined;
 
   constructor(init: VpcInit) {
     super({
@@ -120,24 +127,56 @@ class VpcDevice extends MappedDevice {
     return this.footer.diskType === VPC_TYPE_DYNAMIC ? this.dynamic.blockSizeBytes : 0;
   }
 
+  /**
+   * Places a new block at the end: the footer moves past it first, so the file ends in a footer
+   * whenever the process stops; then the block's sector bitmap (every bit set, as qemu writes it: the
+   * data is authoritative for all its sectors) overwrites the old footer copy while the caller writes
+   * the data. commitUnit waits for the bitmap.
+   */
   protected override async reserveUnit(_unitIndex: number): Promise<number> {
     const dynamic = this.dynamic!;
     const blockStartBytes = dynamic.freeDataBlockOffsetBytes;
-    // Every bit set, as qemu does: the block's data is authoritative for all its sectors. The bitmap
-    // overwrites the footer copy that sat at the old end of file.
-    await this.file.write(blockStartBytes, Buffer.alloc(dynamic.bitmapSizeBytes, 0xff));
-    dynamic.freeDataBlockOffsetBytes = blockStartBytes + dynamic.bitmapSizeBytes + dynamic.blockSizeBytes;
-    await this.file.write(dynamic.freeDataBlockOffsetBytes, this.footerBytes);
+    const nextFreeBytes = blockStartBytes + dynamic.bitmapSizeBytes + dynamic.blockSizeBytes;
+    await this.file.write(nextFreeBytes, this.footerBytes);
+    dynamic.freeDataBlockOffsetBytes = nextFreeBytes;
+    this.fullBitmap ??= Buffer.alloc(dynamic.bitmapSizeBytes, 0xff);
+    const bitmapWritten = this.file.write(blockStartBytes, this.fullBitmap);
+    // Observed by commitUnit; a block whose data write failed first is never committed.
+    bitmapWritten.catch(() => undefined);
+    this.pendingBitmap = bitmapWritten;
     return blockStartBytes + dynamic.bitmapSizeBytes;
   }
 
+  /**
+   * Points the BAT at a new block in memory only; the entries reach the file at the next flush (see
+   * flushMetadata), one write per flush instead of one per 2 MiB block. Unflushed writes may be lost in
+   * a crash, which the contract allows: the appended blocks are then leaked, never half named.
+   */
   protected override async commitUnit(unitIndex: number, hostOffsetBytes: number): Promise<void> {
     const dynamic = this.dynamic!;
-    const entry = (hostOffsetBytes - dynamic.bitmapSizeBytes) / SECTOR_BYTES;
-    dynamic.bat[unitIndex] = entry;
-    const bytes = Buffer.alloc(4);
-    bytes.writeUInt32BE(entry, 0);
-    await this.file.write(dynamic.header.tableOffsetBytes + unitIndex * 4, bytes);
+    const bitmapWritten = this.pendingBitmap;
+    this.pendingBitmap = undefined;
+    await bitmapWritten;
+    dynamic.bat[unitIndex] = (hostOffsetBytes - dynamic.bitmapSizeBytes) / SECTOR_BYTES;
+    this.batDirtyFirst = Math.min(this.batDirtyFirst, unitIndex);
+    this.batDirtyEnd = Math.max(this.batDirtyEnd, unitIndex + 1);
+  }
+
+  /**
+   * Writes the BAT entries changed since the last flush, after a sync: an entry never reaches the disk
+   * before its block's bitmap, data and the footer after it.
+   */
+  protected override async flushMetadata(): Promise<void> {
+    const dynamic = this.dynamic;
+    if (!dynamic || this.batDirtyEnd <= this.batDirtyFirst) return;
+    await this.file.sync();
+    const first = this.batDirtyFirst;
+    const entries = Buffer.alloc((this.batDirtyEnd - first) * 4);
+    for (let index = first; index < this.batDirtyEnd; index++)
+      entries.writeUInt32BE(dynamic.bat[index] ?? VPC_UNALLOCATED, (index - first) * 4);
+    await this.file.write(dynamic.header.tableOffsetBytes + first * 4, entries);
+    this.batDirtyFirst = Number.POSITIVE_INFINITY;
+    this.batDirtyEnd = 0;
   }
 
   /** Grows the guest size (beyond qemu 7.2, which cannot resize VHDs); see resize.ts. */
@@ -152,6 +191,8 @@ class VpcDevice extends MappedDevice {
       });
     }
     await this.writeLock.run(async () => {
+      // The BAT grows in the file from its on-disk state: entries still only in memory go first.
+      await this.flush();
       const grown = await growVpc({
         file: this.file,
         path: this.path,
