@@ -234,7 +234,7 @@ export class VmdkDevice implements BlockDevice {
     data: Uint8Array,
   ): Promise<number> {
     const sparse = extent.sparse;
-    if (!sparse || sparse.isCompressed) return 0;
+    if (!sparse) return 0;
     const inExtentBytes = offsetBytes - extent.startBytes;
     if (inExtentBytes % sparse.grainBytes !== 0) return 0;
     const firstGrain = inExtentBytes / sparse.grainBytes;
@@ -246,6 +246,14 @@ export class VmdkDevice implements BlockDevice {
       count++;
     }
     if (count === 0) return 0;
+    if (sparse.isCompressed) {
+      // Whole grains need nothing from the parent: they are deflated together and appended at once.
+      const grains = Array.from({ length: count }, (_, index) =>
+        data.subarray(index * sparse.grainBytes, (index + 1) * sparse.grainBytes),
+      );
+      await sparse.writeCompressedGrains(firstGrain, grains);
+      return count * sparse.grainBytes;
+    }
     const hostOffsetBytes = await sparse.reserveGrains(count);
     await extent.file!.write(hostOffsetBytes, data.subarray(0, count * sparse.grainBytes));
     await sparse.commitGrains(firstGrain, hostOffsetBytes, count);

@@ -4,6 +4,7 @@
 // Compressed Sparse Extents"; lookups and limits as qemu 7.2's get_cluster_offset/vmdk_read_extent.
 
 import { deflateSync, inflateSync } from '../../lazy-zlib.ts';
+import { deflateAsync } from '../common/zlib-async.ts';
 import { CorruptImageError, ImageFormatError, UnsupportedError } from '../../errors.ts';
 import type { HostFile } from '../../io/host-file.ts';
 import { checkTableSize, readExact, viewOf } from '../common/binary.ts';
@@ -34,6 +35,10 @@ const GRAIN_MARKER_BYTES = 12;
 const READ_AHEAD_BYTES = 1024 * 1024;
 /** Bytes of metadata (a grain table and its marker) that may sit between two grains read in order. */
 const SEQUENTIAL_GAP_BYTES = 64 * 1024;
+/** zlib's Z_SYNC_FLUSH: inflate what a grain holds even when its stream lacks the final block. */
+const Z_SYNC_FLUSH = 2;
+/** node:zlib's smallest chunkSize. */
+const MIN_ZLIB_CHUNK_BYTES = 64;
 
 /** What one lookup found; `lengthBytes` runs to the grain's end at most. */
 export type GrainMapping =
@@ -244,9 +249,12 @@ export class SparseExtent {
     this.lastGrainEndBytes = dataOffsetBytes + dataLengthBytes;
     let bytes: Buffer;
     try {
+      // One output chunk of a whole grain: zlib's default 16 KiB chunks would be concatenated (copied)
+      // into the grain afterwards, which cost as much as the inflate of a stored (incompressible) grain.
       bytes = inflateSync(compressed, {
         maxOutputLength: this.grainBytes,
-        finishFlush: 2 /* Z_SYNC_FLUSH */,
+        finishFlush: Z_SYNC_FLUSH,
+        chunkSize: Math.max(MIN_ZLIB_CHUNK_BYTES, this.grainBytes),
       });
     } catch (cause) {
       throw new CorruptImageError({
@@ -283,12 +291,12 @@ export class SparseExtent {
         offsetBytes - window.offsetBytes,
         offsetBytes - window.offsetBytes + lengthBytes,
       );
-    const bytes = Buffer.alloc(
+    const bytes = Buffer.allocUnsafe(
       isSequential
         ? Math.max(lengthBytes, Math.min(READ_AHEAD_BYTES, this.fileEndBytes - offsetBytes))
         : lengthBytes,
     );
-    await this.file.read(offsetBytes, bytes);
+    bytes.fill(0, await this.file.read(offsetBytes, bytes));
     if (isSequential) this.readAhead = { offsetBytes, bytes };
     return bytes.subarray(0, lengthBytes);
   }
@@ -375,6 +383,22 @@ export class SparseExtent {
    * writing each touched grain table's changed entries once (and the redundant table's).
    */
   async commitGrains(firstGrainIndex: number, hostOffsetBytes: number, count: number): Promise<void> {
+    await this.setGtes(
+      firstGrainIndex,
+      count,
+      (index) => (hostOffsetBytes + index * this.grainBytes) / SECTOR_BYTES,
+    );
+  }
+
+  /**
+   * Sets the entries of grains [firstGrainIndex, firstGrainIndex + count) to `valueOf(i)` (sectors), with
+   * one write per touched grain table (and one per redundant table).
+   */
+  private async setGtes(
+    firstGrainIndex: number,
+    count: number,
+    valueOf: (index: number) => number,
+  ): Promise<void> {
     let done = 0;
     while (done < count) {
       const grainIndex = firstGrainIndex + done;
@@ -385,7 +409,7 @@ export class SparseExtent {
       const table = await this.grainTable(gdIndex, gdEntry);
       const bytes = Buffer.alloc(inThisTable * 4);
       for (let i = 0; i < inThisTable; i++) {
-        const value = (hostOffsetBytes + (done + i) * this.grainBytes) / SECTOR_BYTES;
+        const value = valueOf(done + i);
         table[firstInTable + i] = value;
         bytes.writeUInt32LE(value, i * 4);
       }
@@ -406,20 +430,46 @@ export class SparseExtent {
    * The grain must be unallocated: compressed grains are written once, as qemu writes them.
    */
   async writeCompressedGrain(grainIndex: number, grain: Uint8Array): Promise<void> {
-    const compressed = deflateSync(grain);
-    const marker = Buffer.alloc(GRAIN_MARKER_BYTES);
-    const view = viewOf(marker);
-    view.setBigUint64(0, BigInt((grainIndex * this.grainBytes) / SECTOR_BYTES), true);
-    view.setUint32(8, compressed.length, true);
-    const recordBytes = Math.ceil((GRAIN_MARKER_BYTES + compressed.length) / SECTOR_BYTES) * SECTOR_BYTES;
-    const record = Buffer.alloc(recordBytes);
-    record.set(marker, 0);
-    record.set(compressed, GRAIN_MARKER_BYTES);
+    await this.appendCompressedGrains(grainIndex, [deflateSync(grain)]);
+  }
+
+  /**
+   * Appends whole grains [firstGrainIndex, firstGrainIndex + grains.length) as writeCompressedGrain does
+   * one by one (the same bytes in the same places), but deflated together on node:zlib's thread pool,
+   * with one write for the records and one per grain table for the entries (data before metadata).
+   */
+  async writeCompressedGrains(firstGrainIndex: number, grains: readonly Uint8Array[]): Promise<void> {
+    // One output chunk per grain (an incompressible grain grows by a few bytes per stored block), so no
+    // chunks are concatenated; the chunk size changes nothing in the deflate stream.
+    const chunkSize = this.grainBytes + Math.ceil(this.grainBytes / 64) + 64;
+    const payloads = await Promise.all(grains.map((grain) => deflateAsync(grain, { chunkSize })));
+    await this.appendCompressedGrains(firstGrainIndex, payloads);
+  }
+
+  /** Appends the records (marker, payload, sector padding) of grains deflated already, then their entries. */
+  private async appendCompressedGrains(firstGrainIndex: number, payloads: readonly Buffer[]): Promise<void> {
+    const recordBytesOf = (payload: Buffer): number =>
+      Math.ceil((GRAIN_MARKER_BYTES + payload.length) / SECTOR_BYTES) * SECTOR_BYTES;
+    const records = Buffer.alloc(payloads.reduce((sum, payload) => sum + recordBytesOf(payload), 0));
+    const view = viewOf(records);
+    const recordOffsets: number[] = [];
+    let at = 0;
+    for (const [index, payload] of payloads.entries()) {
+      recordOffsets.push(at);
+      view.setBigUint64(at, BigInt(((firstGrainIndex + index) * this.grainBytes) / SECTOR_BYTES), true);
+      view.setUint32(at + 8, payload.length, true);
+      records.set(payload, at + GRAIN_MARKER_BYTES);
+      at += recordBytesOf(payload);
+    }
     const hostOffsetBytes = Math.ceil(this.fileEndBytes / SECTOR_BYTES) * SECTOR_BYTES;
     this.readAhead = undefined;
-    await this.file.write(hostOffsetBytes, record);
-    this.fileEndBytes = hostOffsetBytes + recordBytes;
-    await this.setGte(grainIndex, hostOffsetBytes / SECTOR_BYTES);
+    await this.file.write(hostOffsetBytes, records);
+    this.fileEndBytes = hostOffsetBytes + records.length;
+    await this.setGtes(
+      firstGrainIndex,
+      payloads.length,
+      (index) => (hostOffsetBytes + recordOffsets[index]!) / SECTOR_BYTES,
+    );
   }
 
   /** Grain index range [first, last] whose tables are absent, for fast skipping in check and status. */
