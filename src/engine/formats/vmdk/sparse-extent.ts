@@ -391,13 +391,13 @@ export class SparseExtent {
   }
 
   /**
-   * Sets the entries of grains [firstGrainIndex, firstGrainIndex + count) to `valueOf(i)` (sectors), with
+   * Sets the entries of grains [firstGrainIndex, firstGrainIndex + count) to `entryOf(i)` (sectors), with
    * one write per touched grain table (and one per redundant table).
    */
   private async setGtes(
     firstGrainIndex: number,
     count: number,
-    valueOf: (index: number) => number,
+    entryOf: (index: number) => number,
   ): Promise<void> {
     let done = 0;
     while (done < count) {
@@ -409,7 +409,7 @@ export class SparseExtent {
       const table = await this.grainTable(gdIndex, gdEntry);
       const bytes = Buffer.alloc(inThisTable * 4);
       for (let i = 0; i < inThisTable; i++) {
-        const value = valueOf(done + i);
+        const value = entryOf(done + i);
         table[firstInTable + i] = value;
         bytes.writeUInt32LE(value, i * 4);
       }
