@@ -45,6 +45,8 @@ const SECTOR_BYTES = 512;
 const DEFAULT_BLOCK_BYTES = 2 * 1024 * 1024;
 /** Largest BAT vdisk loads (qemu's own limit is INT_MAX/4 entries; a 2040 GiB disk of 2 MiB blocks needs 1 Mi). */
 const MAX_BAT_ENTRIES = 64 * 1024 * 1024;
+/** Most blocks one joined lookup covers (bounds the work of one read or block-status step). */
+const MAX_RUN_BLOCKS = 65536;
 /** Largest block size vdisk accepts (the spec's is 2 MiB; qemu only asks for a power of two). */
 const MAX_BLOCK_BYTES = 256 * 1024 * 1024;
 
@@ -86,14 +88,32 @@ class VpcDevice extends MappedDevice {
     this.backingReference = init.backingReference;
   }
 
-  protected async mapRange(offsetBytes: number, maxLengthBytes: number): Promise<RangeMapping> {
+  protected async mapRange(
+    offsetBytes: number,
+    maxLengthBytes: number,
+    joinRuns = false,
+  ): Promise<RangeMapping> {
     const dynamic = this.dynamic;
     if (!dynamic) return { kind: 'data', lengthBytes: maxLengthBytes, hostOffsetBytes: offsetBytes };
     const blockIndex = Math.floor(offsetBytes / dynamic.blockSizeBytes);
     const inBlockBytes = offsetBytes - blockIndex * dynamic.blockSizeBytes;
     const lengthBytes = Math.min(maxLengthBytes, dynamic.blockSizeBytes - inBlockBytes);
     const entry = dynamic.bat[blockIndex] ?? VPC_UNALLOCATED;
-    if (entry === VPC_UNALLOCATED) return { kind: 'unallocated', lengthBytes };
+    if (entry === VPC_UNALLOCATED) {
+      // With joinRuns, the unallocated blocks after this one join the answer (block status steps over a
+      // sparse region at once). Data blocks never join: a sector bitmap sits between any two.
+      let runBytes = lengthBytes;
+      for (
+        let next = blockIndex + 1;
+        joinRuns &&
+        runBytes < maxLengthBytes &&
+        next - blockIndex < MAX_RUN_BLOCKS &&
+        (dynamic.bat[next] ?? VPC_UNALLOCATED) === VPC_UNALLOCATED;
+        next++
+      )
+        runBytes = Math.min(maxLengthBytes, runBytes + dynamic.blockSizeBytes);
+      return { kind: 'unallocated', lengthBytes: runBytes };
+    }
     const blockStartBytes = entry * SECTOR_BYTES;
     const dataBytes = blockStartBytes + dynamic.bitmapSizeBytes;
     if (this.footer.diskType !== VPC_TYPE_DIFFERENCING) {
