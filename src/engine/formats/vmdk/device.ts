@@ -18,13 +18,15 @@ import type { CheckIssue } from '../driver.ts';
 import type { Descriptor } from './descriptor.ts';
 import { growVmdk } from './resize.ts';
 import type { SeSparseExtent } from './sesparse-extent.ts';
-import type { GrainMapping, SparseExtent } from './sparse-extent.ts';
+import type { CompressedGrainRead, GrainMapping, SparseExtent } from './sparse-extent.ts';
 
 /** Smallest run block status reports for a FLAT file (guards against a zero-length SEEK answer). */
 const SECTOR_ALIGN = 512;
 /** Most bytes one batched allocation appends (bounds the lookups done under the write lock). */
 const MAX_BATCH_BYTES = 32 * 1024 * 1024;
 const ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
+/** Most compressed grains one read takes together (bounds its one pread: ~200 KiB a grain at worst). */
+const MAX_READ_GRAINS = 64;
 
 export interface OpenedExtent {
   kind: 'flat' | 'zero' | 'sparse' | 'sesparse';
@@ -175,15 +177,39 @@ export class VmdkDevice implements BlockDevice {
       } else if (piece.kind === 'zero') {
         part.fill(0);
       } else if (piece.kind === 'compressed') {
-        const grain = await piece.extent.sparse!.readCompressedGrain(piece.mapping.grainHostOffsetBytes);
-        part.set(
-          grain.subarray(piece.mapping.offsetInGrainBytes, piece.mapping.offsetInGrainBytes + part.length),
-        );
+        done += await this.readCompressedRun(offsetBytes + done, buffer.subarray(done), piece);
+        continue;
       } else {
         await readFromBacking(this.backing, offsetBytes + done, part);
       }
       done += piece.lengthBytes;
     }
+  }
+
+  /**
+   * Reads the compressed grain `first` starts in and the compressed grains of its extent that follow it
+   * inside `buffer` (at most MAX_READ_GRAINS), which the extent reads together. Returns the bytes filled.
+   */
+  private async readCompressedRun(
+    offsetBytes: number,
+    buffer: Uint8Array,
+    first: Piece & { kind: 'compressed' },
+  ): Promise<number> {
+    const grains: CompressedGrainRead[] = [];
+    let piece: Piece = first;
+    let done = 0;
+    while (piece.kind === 'compressed' && piece.extent === first.extent) {
+      grains.push({
+        grainHostOffsetBytes: piece.mapping.grainHostOffsetBytes,
+        offsetInGrainBytes: piece.mapping.offsetInGrainBytes,
+        target: buffer.subarray(done, done + piece.lengthBytes),
+      });
+      done += piece.lengthBytes;
+      if (done >= buffer.length || grains.length >= MAX_READ_GRAINS) break;
+      piece = await this.pieceAt(offsetBytes + done, buffer.length - done);
+    }
+    await first.extent.sparse!.readCompressedGrains(grains);
+    return done;
   }
 
   private requireWritable(extent: OpenedExtent): void {

@@ -40,6 +40,13 @@ const Z_SYNC_FLUSH = 2;
 /** node:zlib's smallest chunkSize. */
 const MIN_ZLIB_CHUNK_BYTES = 64;
 
+/** One compressed grain a multi-grain read wants: where it sits, and which of its bytes go where. */
+export interface CompressedGrainRead {
+  grainHostOffsetBytes: number;
+  offsetInGrainBytes: number;
+  target: Uint8Array;
+}
+
 /** What one lookup found; `lengthBytes` runs to the grain's end at most. */
 export type GrainMapping =
   | { kind: 'unallocated'; lengthBytes: number }
@@ -217,41 +224,114 @@ export class SparseExtent {
   /** Inflates the grain at `grainHostOffsetBytes` (zlib stream behind a marker when the extent has markers). */
   async readCompressedGrain(grainHostOffsetBytes: number): Promise<Buffer> {
     if (this.lastGrain?.hostOffsetBytes === grainHostOffsetBytes) return this.lastGrain.bytes;
+    this.checkGrainSize();
+    const hasMarker = (this.header.flags & FLAG_MARKER) !== 0;
+    const gapBytes = grainHostOffsetBytes - this.lastGrainEndBytes;
+    const isSequential = this.lastGrainEndBytes >= 0 && gapBytes >= 0 && gapBytes <= SEQUENTIAL_GAP_BYTES;
+    const marker = hasMarker
+      ? await this.compressedBytes(grainHostOffsetBytes, GRAIN_MARKER_BYTES, isSequential)
+      : undefined;
+    const payload = this.payloadAt(grainHostOffsetBytes, marker);
+    const compressed = await this.compressedBytes(payload.offsetBytes, payload.lengthBytes, isSequential);
+    this.lastGrainEndBytes = payload.offsetBytes + payload.lengthBytes;
+    let bytes = this.inflateGrain(grainHostOffsetBytes, compressed);
+    if (bytes.length < this.grainBytes)
+      bytes = Buffer.concat([bytes, Buffer.alloc(this.grainBytes - bytes.length)]);
+    this.lastGrain = { hostOffsetBytes: grainHostOffsetBytes, bytes };
+    return bytes;
+  }
+
+  /**
+   * Fills each target with its grain's bytes (a convert's multi-grain read). Grains laid out in file
+   * order close together, as every stream-optimized writer lays them out, are read with one pread for
+   * all their records: concurrent readers (convert's parallel chunks) would otherwise take turns
+   * replacing the one read-ahead window. Other grains go one by one through readCompressedGrain.
+   */
+  async readCompressedGrains(grains: readonly CompressedGrainRead[]): Promise<void> {
+    const recordLimitBytes = GRAIN_MARKER_BYTES + 2 * this.grainBytes;
+    const first = grains[0];
+    const last = grains[grains.length - 1];
+    const isCompact = grains.every((grain, index) => {
+      const gapBytes = grain.grainHostOffsetBytes - (grains[index - 1]?.grainHostOffsetBytes ?? 0);
+      return index === 0 || (gapBytes > 0 && gapBytes <= recordLimitBytes + SEQUENTIAL_GAP_BYTES);
+    });
+    if (!first || !last || grains.length === 1 || !isCompact) {
+      for (const grain of grains) {
+        const bytes = await this.readCompressedGrain(grain.grainHostOffsetBytes);
+        grain.target.set(
+          bytes.subarray(grain.offsetInGrainBytes, grain.offsetInGrainBytes + grain.target.length),
+        );
+      }
+      return;
+    }
+    this.checkGrainSize();
+    const spanStartBytes = first.grainHostOffsetBytes;
+    const span = Buffer.allocUnsafe(
+      Math.min(this.fileEndBytes, last.grainHostOffsetBytes + recordLimitBytes) - spanStartBytes,
+    );
+    span.fill(0, await this.file.read(spanStartBytes, span));
+    const hasMarker = (this.header.flags & FLAG_MARKER) !== 0;
+    for (const grain of grains) {
+      const at = grain.grainHostOffsetBytes - spanStartBytes;
+      const payload = this.payloadAt(
+        grain.grainHostOffsetBytes,
+        hasMarker ? span.subarray(at, at + GRAIN_MARKER_BYTES) : undefined,
+      );
+      const from = payload.offsetBytes - spanStartBytes;
+      const plain = this.inflateGrain(
+        grain.grainHostOffsetBytes,
+        span.subarray(from, from + payload.lengthBytes),
+      );
+      const wanted = plain.subarray(grain.offsetInGrainBytes, grain.offsetInGrainBytes + grain.target.length);
+      grain.target.set(wanted);
+      // A grain whose stream ends early reads as zeros after it, as readCompressedGrain pads it.
+      grain.target.fill(0, wanted.length);
+    }
+  }
+
+  private checkGrainSize(): void {
     if (this.grainBytes > MAX_COMPRESSED_GRAIN_BYTES) {
       throw new UnsupportedError({
         format: 'vmdk',
         feature: `compressed grains of ${this.grainBytes} bytes`,
       });
     }
-    const hasMarker = (this.header.flags & FLAG_MARKER) !== 0;
-    const gapBytes = grainHostOffsetBytes - this.lastGrainEndBytes;
-    const isSequential = this.lastGrainEndBytes >= 0 && gapBytes >= 0 && gapBytes <= SEQUENTIAL_GAP_BYTES;
-    let dataOffsetBytes = grainHostOffsetBytes;
-    let dataLengthBytes = Math.min(2 * this.grainBytes, this.fileEndBytes - grainHostOffsetBytes);
-    if (hasMarker) {
-      const marker = await this.compressedBytes(grainHostOffsetBytes, GRAIN_MARKER_BYTES, isSequential);
-      dataLengthBytes = marker.readUInt32LE(8);
-      dataOffsetBytes += GRAIN_MARKER_BYTES;
-    }
+  }
+
+  /**
+   * Where the compressed payload of the grain at `grainHostOffsetBytes` lies: after its marker, as long
+   * as the marker says; without markers, up to two grains' worth (zlib stops at the stream's end).
+   * Throws CorruptImageError for a length that is 0, too large or past the end of the file.
+   */
+  private payloadAt(
+    grainHostOffsetBytes: number,
+    marker: Buffer | undefined,
+  ): { offsetBytes: number; lengthBytes: number } {
+    const offsetBytes = marker ? grainHostOffsetBytes + GRAIN_MARKER_BYTES : grainHostOffsetBytes;
+    const lengthBytes = marker
+      ? marker.readUInt32LE(8)
+      : Math.min(2 * this.grainBytes, this.fileEndBytes - grainHostOffsetBytes);
     if (
-      dataLengthBytes === 0 ||
-      dataLengthBytes > 2 * this.grainBytes ||
-      dataOffsetBytes + dataLengthBytes > this.fileEndBytes
+      lengthBytes === 0 ||
+      lengthBytes > 2 * this.grainBytes ||
+      offsetBytes + lengthBytes > this.fileEndBytes
     ) {
       throw new CorruptImageError({
         file: this.file.path,
         offsetBytes: grainHostOffsetBytes,
-        lengthBytes: dataLengthBytes,
+        lengthBytes,
         message: 'compressed grain size is invalid',
       });
     }
-    const compressed = await this.compressedBytes(dataOffsetBytes, dataLengthBytes, isSequential);
-    this.lastGrainEndBytes = dataOffsetBytes + dataLengthBytes;
-    let bytes: Buffer;
+    return { offsetBytes, lengthBytes };
+  }
+
+  /** Inflates one grain's payload (at most a grain; shorter when its stream ends early). */
+  private inflateGrain(grainHostOffsetBytes: number, compressed: Uint8Array): Buffer {
     try {
       // One output chunk of a whole grain: zlib's default 16 KiB chunks would be concatenated (copied)
       // into the grain afterwards, which cost as much as the inflate of a stored (incompressible) grain.
-      bytes = inflateSync(compressed, {
+      return inflateSync(compressed, {
         maxOutputLength: this.grainBytes,
         finishFlush: Z_SYNC_FLUSH,
         chunkSize: Math.max(MIN_ZLIB_CHUNK_BYTES, this.grainBytes),
@@ -260,15 +340,11 @@ export class SparseExtent {
       throw new CorruptImageError({
         file: this.file.path,
         offsetBytes: grainHostOffsetBytes,
-        lengthBytes: dataLengthBytes,
+        lengthBytes: compressed.length,
         message: 'compressed grain does not inflate',
         cause,
       });
     }
-    if (bytes.length < this.grainBytes)
-      bytes = Buffer.concat([bytes, Buffer.alloc(this.grainBytes - bytes.length)]);
-    this.lastGrain = { hostOffsetBytes: grainHostOffsetBytes, bytes };
-    return bytes;
   }
 
   /**

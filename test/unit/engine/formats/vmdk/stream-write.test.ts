@@ -1,6 +1,7 @@
 // Stream-optimized writes of many whole grains: deflated together and appended with one write for the
 // records and one per grain table (and redundant table), where grain-by-grain writing made three writes
-// per grain. qemu-img checks the image and reads the same guest bytes.
+// per grain. Reads spanning grains (in file order and out of it, from and to the middle of a grain) give
+// the written bytes, and qemu-img checks the image and reads the same guest bytes.
 
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -72,8 +73,30 @@ describe.skipIf(!HAS_QEMU)('stream-optimized writes', () => {
       // A partial grain still goes grain by grain (the rest of it read from the parent: zeros here).
       await device.write(3 * MiB + 100, single);
       expected.set(single, 3 * MiB + 100);
+      // A grain just before the run, appended after it: guest order is no longer file order there.
+      const ahead = seededBytes(GRAIN_BYTES, 5);
+      await device.write(MiB - GRAIN_BYTES, ahead);
+      expected.set(ahead, MiB - GRAIN_BYTES);
     } finally {
       await device.close();
+    }
+    // Reads across grains, starting and ending inside grains, in file order and out of it.
+    const reader = await openImage(path, { format: 'vmdk', readOnly: true });
+    try {
+      for (const [offsetBytes, lengthBytes] of [
+        [MiB + 1000, 5 * GRAIN_BYTES],
+        [MiB - GRAIN_BYTES + 7, 3 * GRAIN_BYTES],
+        [0, SIZE_BYTES],
+      ] as const) {
+        const actual = new Uint8Array(lengthBytes);
+        await reader.read(offsetBytes, actual);
+        const same = Buffer.from(actual).equals(
+          Buffer.from(expected.subarray(offsetBytes, offsetBytes + lengthBytes)),
+        );
+        expect({ offsetBytes, same }).toEqual({ offsetBytes, same: true });
+      }
+    } finally {
+      await reader.close();
     }
     const rawPath = join(dir, 'expected.raw');
     await writeFile(rawPath, expected);
