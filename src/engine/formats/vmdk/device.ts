@@ -28,6 +28,15 @@ const ZEROS = new Uint8Array(COPY_CHUNK_BYTES);
 /** Most compressed grains one read takes together (bounds its one pread: ~200 KiB a grain at worst). */
 const MAX_READ_GRAINS = 64;
 
+/** qemu's refusal to write a stream-optimized grain a second time. */
+function rewriteRefused(extent: OpenedExtent): UnsupportedError {
+  return new UnsupportedError({
+    format: 'vmdk',
+    feature: 'rewriting a compressed grain',
+    message: `${extent.path}: Could not write to allocated cluster for streamOptimized`,
+  });
+}
+
 export interface OpenedExtent {
   kind: 'flat' | 'zero' | 'sparse' | 'sesparse';
   /** Guest offset where the extent starts. */
@@ -302,13 +311,7 @@ export class VmdkDevice implements BlockDevice {
       extent.startBytes + extent.sizeBytes - grainGuestBytes,
     );
     if (sparse.isCompressed) {
-      if (piece.kind === 'compressed') {
-        throw new UnsupportedError({
-          format: 'vmdk',
-          feature: 'rewriting a compressed grain',
-          message: `${extent.path}: Could not write to allocated cluster for streamOptimized`,
-        });
-      }
+      if (piece.kind === 'compressed') throw rewriteRefused(extent);
       const grain = new Uint8Array(sparse.grainBytes);
       if (piece.kind === 'unallocated')
         await readFromBacking(this.backing, grainGuestBytes, grain.subarray(0, grainLengthBytes));
@@ -338,7 +341,26 @@ export class VmdkDevice implements BlockDevice {
   }
 
   writeCompressed(offsetBytes: number, data: Uint8Array): Promise<void> {
-    return this.writeLock.run(() => this.writeCompressedUnlocked(offsetBytes, data));
+    const extent = this.extentAt(offsetBytes);
+    const sparse = extent.sparse;
+    const isWholeGrain =
+      sparse?.isCompressed === true &&
+      (offsetBytes - extent.startBytes) % sparse.grainBytes === 0 &&
+      data.length === sparse.grainBytes;
+    if (!sparse || !isWholeGrain)
+      return this.writeLock.run(() => this.writeCompressedUnlocked(offsetBytes, data));
+    // The deflate starts now, on the thread pool, so the grains of concurrent calls (convert -c sends a
+    // chunk's at once) compress in parallel; they are still appended in call order, under the lock.
+    const payload = sparse.deflateGrain(data);
+    payload.catch(() => undefined); // awaited below; a refused write must not leave it unhandled
+    return this.writeLock.run(async () => {
+      this.requireWritable(extent);
+      const piece = await this.pieceAt(offsetBytes, data.length);
+      if (piece.kind === 'compressed') throw rewriteRefused(extent);
+      await sparse.appendCompressedGrains((offsetBytes - extent.startBytes) / sparse.grainBytes, [
+        await payload,
+      ]);
+    });
   }
 
   private async writeCompressedUnlocked(offsetBytes: number, data: Uint8Array): Promise<void> {

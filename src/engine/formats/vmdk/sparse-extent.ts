@@ -515,15 +515,22 @@ export class SparseExtent {
    * with one write for the records and one per grain table for the entries (data before metadata).
    */
   async writeCompressedGrains(firstGrainIndex: number, grains: readonly Uint8Array[]): Promise<void> {
-    // One output chunk per grain (an incompressible grain grows by a few bytes per stored block), so no
-    // chunks are concatenated; the chunk size changes nothing in the deflate stream.
-    const chunkSize = this.grainBytes + Math.ceil(this.grainBytes / 64) + 64;
-    const payloads = await Promise.all(grains.map((grain) => deflateAsync(grain, { chunkSize })));
+    const payloads = await Promise.all(grains.map((grain) => this.deflateGrain(grain)));
     await this.appendCompressedGrains(firstGrainIndex, payloads);
   }
 
-  /** Appends the records (marker, payload, sector padding) of grains deflated already, then their entries. */
-  private async appendCompressedGrains(firstGrainIndex: number, payloads: readonly Buffer[]): Promise<void> {
+  /** One whole grain deflated on node:zlib's thread pool: the payload appendCompressedGrains takes. */
+  deflateGrain(grain: Uint8Array): Promise<Buffer> {
+    // One output chunk per grain (an incompressible grain grows by a few bytes per stored block), so no
+    // chunks are concatenated; the chunk size changes nothing in the deflate stream.
+    return deflateAsync(grain, { chunkSize: this.grainBytes + Math.ceil(this.grainBytes / 64) + 64 });
+  }
+
+  /**
+   * Appends the records (marker, payload, sector padding) of grains [firstGrainIndex, +payloads.length)
+   * deflated already, then points their entries at them. The grains must be unallocated.
+   */
+  async appendCompressedGrains(firstGrainIndex: number, payloads: readonly Buffer[]): Promise<void> {
     const recordBytesOf = (payload: Buffer): number =>
       Math.ceil((GRAIN_MARKER_BYTES + payload.length) / SECTOR_BYTES) * SECTOR_BYTES;
     const records = Buffer.alloc(payloads.reduce((sum, payload) => sum + recordBytesOf(payload), 0));
