@@ -186,7 +186,7 @@ export class Qcow2Device implements BlockDevice {
       const guestCluster = Math.floor(guestOffsetBytes / clusterSizeBytes);
       const inClusterBytes = guestOffsetBytes % clusterSizeBytes;
       const pieceBytes = Math.min(clusterSizeBytes - inClusterBytes, lengthBytes - done);
-      const { mapping } = await this.image.lookup(guestCluster);
+      const { mapping } = this.image.lookupCached(guestCluster) ?? (await this.image.lookup(guestCluster));
       if (mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed') {
         for (const run of splitSubclusters(mapping, this.image.clusterBits, inClusterBytes, pieceBytes)) {
           this.addPiece(
@@ -432,7 +432,7 @@ export class Qcow2Device implements BlockDevice {
     const headBytes = offsetBytes % clusterSizeBytes;
     const l2OffsetBytes = await this.image.writableL2(firstCluster);
     const l2Index = firstCluster % this.image.l2EntryCount;
-    const table = await this.image.l2Cache.get(l2OffsetBytes);
+    const table = this.image.l2Cache.peek(l2OffsetBytes) ?? (await this.image.l2Cache.get(l2OffsetBytes));
     const maxClusters = Math.min(
       this.image.clustersLeftInL2(firstCluster),
       Math.ceil((headBytes + data.length) / clusterSizeBytes),
@@ -496,14 +496,14 @@ export class Qcow2Device implements BlockDevice {
         content,
       );
     }
+    // Every entry of the run in one table visit (the table is fetched again: the awaits above may
+    // have evicted it), and one dirty mark.
+    const l2Table = this.image.l2Cache.peek(l2OffsetBytes) ?? (await this.image.l2Cache.get(l2OffsetBytes));
     for (let index = 0; index < clusterCount; index++) {
-      await this.image.setL2Entry(
-        l2OffsetBytes,
-        l2Index + index,
-        this.image.entryNormal(hostOffsetBytes + index * clusterSizeBytes),
-      );
+      this.image.entryNormal(hostOffsetBytes + index * clusterSizeBytes)(l2Table, l2Index + index);
       this.image.releaseMapping(olds[index] as L2Mapping);
     }
+    this.image.l2Cache.markDirty(l2OffsetBytes);
     this.lastDecompressed = undefined;
     return lengthBytes;
   }

@@ -90,7 +90,7 @@ export async function collectExtents(
   let clustersSeen = 0;
   while (position < end && clustersSeen < BLOCK_STATUS_MAX_CLUSTERS) {
     const guestCluster = Math.floor(position / clusterSizeBytes);
-    const { mapping, l2OffsetBytes } = await image.lookup(guestCluster);
+    const { mapping, l2OffsetBytes } = image.lookupCached(guestCluster) ?? (await image.lookup(guestCluster));
     // Without an L2 table the whole range it would map is unallocated: skip it in one step.
     const clusterCount = l2OffsetBytes === 0 ? image.clustersLeftInL2(guestCluster) : 1;
     const pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
