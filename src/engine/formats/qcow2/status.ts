@@ -173,7 +173,13 @@ export async function collectExtents(
     const { mapping, l2OffsetBytes } = image.lookupCached(guestCluster) ?? (await image.lookup(guestCluster));
     // Without an L2 table the whole range it would map is unallocated: skip it in one step.
     const clusterCount = l2OffsetBytes === 0 ? image.clustersLeftInL2(guestCluster) : 1;
-    const pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
+    let pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
+    // Unallocated reads as zeros only from the first cluster past the backing file's end (as
+    // extentFor says of single clusters): a skip over a missing L2 table stops there.
+    const backingEndCluster =
+      backingSizeBytes === undefined ? undefined : Math.ceil(backingSizeBytes / clusterSizeBytes);
+    if (backingEndCluster !== undefined && guestCluster < backingEndCluster)
+      pieceEnd = Math.min(pieceEnd, backingEndCluster * clusterSizeBytes);
     clustersSeen += clusterCount;
     const inClusterBytes = position - guestCluster * clusterSizeBytes;
     const runs =
