@@ -233,8 +233,14 @@ export async function convertDevice(
   }
 
   const zeroBuffer = Buffer.from(zeroBlock.buffer, zeroBlock.byteOffset, zeroBlock.length);
-  /** Whether `buffer[offsetBytes, +lengthBytes)` is all zeros (a memcmp; no views allocated). */
+  /**
+   * Whether `buffer[offsetBytes, +lengthBytes)` is all zeros (a memcmp; no views allocated). Its first
+   * and last bytes are looked at first: data blocks almost always fail there, and Buffer.compare's
+   * argument checks cost more than the memcmp (~150 ns a call, 200,000 calls a GiB at 4 KiB).
+   */
   const isZero = (buffer: Buffer, offsetBytes: number, lengthBytes: number): boolean =>
+    buffer[offsetBytes] === 0 &&
+    buffer[offsetBytes + lengthBytes - 1] === 0 &&
     buffer.compare(zeroBuffer, 0, lengthBytes, offsetBytes, offsetBytes + lengthBytes) === 0;
   const asBuffer = (data: Uint8Array): Buffer =>
     Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);

@@ -54,6 +54,22 @@ export class NativeCallError extends Error {
   }
 }
 
+/**
+ * koffi's native addon. It ships in a per-platform package (an optional dependency of koffi) whose
+ * entry point loads it directly; koffi's own entry wraps that in JavaScript that loads node:util and
+ * more, ~3 of the ~7 ms of CPU loading costs. The wrapper is the fallback where the package can't be
+ * found by name; both expose the same functions (load, struct, pointer, errno).
+ */
+function loadKoffi(require: NodeJS.Require): typeof import('koffi') {
+  try {
+    const native = require(`@koromix/koffi-${process.platform}-${process.arch}`) as typeof import('koffi');
+    if (typeof native.load === 'function' && typeof native.struct === 'function') return native;
+  } catch {
+    // Not installed under that name: the wrapper finds the addon its own way.
+  }
+  return require('koffi') as typeof import('koffi');
+}
+
 let loaded: NativeFileOps | undefined;
 let attempted = false;
 
@@ -61,7 +77,7 @@ function load(): NativeFileOps | undefined {
   if (process.platform !== 'linux' || process.env.VDISK_NO_NATIVE === '1') return undefined;
   // koffi is CommonJS; createRequire keeps this module loadable where koffi is absent.
   const require = createRequire(import.meta.url);
-  const koffi = require('koffi') as typeof import('koffi');
+  const koffi = loadKoffi(require);
   const libc = koffi.load('libc.so.6');
   const lseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)') as (
     fd: number,

@@ -3,11 +3,19 @@
 // stored refcounts, verify COPIED flags; repair leaks and, with `all`, refcounts and flags. qcow2.txt + qcow2-refcount.c.
 
 import type { CheckIssue, CheckReport, OpenContext, RepairMode } from '../driver.ts';
-import { decodeL2, l1Copied, l1Offset, writeEntry } from './cluster-map.ts';
+import {
+  decodeL2,
+  l1Copied,
+  l1Offset,
+  OFLAG_COMPRESSED_HIGH,
+  OFLAG_COPIED_HIGH,
+  writeEntry,
+} from './cluster-map.ts';
 import { cryptoHeaderRange } from './encryption.ts';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, HEADER_FIELD } from './header.ts';
 import type { Qcow2Image } from './image.ts';
 import { loadImage } from './load.ts';
+import { readRefcountEntry } from './refcount.ts';
 
 /** Issues kept in a report (counts go on past it). */
 const MAX_ISSUES = 1000;
@@ -55,6 +63,16 @@ function reference(walk: Walk, clusterSizeBytes: number, offsetBytes: number, le
   }
 }
 
+function misalignedDataCluster(hostOffsetBytes: number, entryOffsetBytes: number): CheckIssue {
+  return {
+    code: 'corruption',
+    message: `data cluster offset ${hostOffsetBytes} is not cluster aligned`,
+    offsetBytes: entryOffsetBytes,
+    lengthBytes: 8,
+    fixable: false,
+  };
+}
+
 /** Walks one L1 table (the active one, or a snapshot's) and its L2 tables. */
 async function walkL1(
   image: Qcow2Image,
@@ -64,6 +82,8 @@ async function walkL1(
   isActive: boolean,
 ): Promise<void> {
   const clusterSizeBytes = image.clusterSizeBytes;
+  // Standard entries of a file that holds its own data take the fast path in the loop below.
+  const standard = !image.extendedL2 && !image.hasDataFile;
   reference(walk, clusterSizeBytes, l1OffsetBytes, l1.length);
   let nextContiguousOffset = 0;
   for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
@@ -85,6 +105,24 @@ async function walkL1(
     (await image.l2Cache.get(l2OffsetBytes)).copy(table);
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       if (isEmptyEntry(table, l2Index, image.extendedL2)) continue;
+      if (standard && (table.readUInt32BE(l2Index * 8) & OFLAG_COMPRESSED_HIGH) === 0) {
+        // A standard, uncompressed entry is a data or zero cluster: only its host offset matters
+        // here, read without decoding the entry into an object (as the switch below would).
+        const hostOffsetBytes = l1Offset(table, l2Index);
+        if (hostOffsetBytes === 0) continue;
+        if (isActive) {
+          walk.allocatedClusters++;
+          if (nextContiguousOffset !== 0 && hostOffsetBytes !== nextContiguousOffset)
+            walk.fragmentedClusters++;
+          nextContiguousOffset = hostOffsetBytes + clusterSizeBytes;
+        }
+        if (hostOffsetBytes % clusterSizeBytes !== 0) {
+          addIssue(walk, misalignedDataCluster(hostOffsetBytes, l2OffsetBytes + l2Index * 8));
+          continue;
+        }
+        reference(walk, clusterSizeBytes, hostOffsetBytes, clusterSizeBytes);
+        continue;
+      }
       let mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       // Offset 0 with COPIED is a data cluster in an external data file (as image.ts decodes it).
       if (image.hasDataFile && mapping.kind === 'unallocated' && mapping.copied)
@@ -118,13 +156,7 @@ async function walkL1(
           // Clusters of an external data file are not counted in this file's refcounts.
           if (image.hasDataFile) break;
           if (mapping.hostOffsetBytes % clusterSizeBytes !== 0) {
-            addIssue(walk, {
-              code: 'corruption',
-              message: `data cluster offset ${mapping.hostOffsetBytes} is not cluster aligned`,
-              offsetBytes: entryOffset,
-              lengthBytes: 8,
-              fixable: false,
-            });
+            addIssue(walk, misalignedDataCluster(mapping.hostOffsetBytes, entryOffset));
             break;
           }
           reference(walk, clusterSizeBytes, mapping.hostOffsetBytes, clusterSizeBytes);
@@ -308,19 +340,49 @@ async function compareRefcounts(
     clusterIndex < walk.fileClusters
       ? (walk.computed[clusterIndex] ?? 0)
       : (walk.beyondEnd.get(clusterIndex) ?? 0);
-  // Every cluster of the file, then the referenced ones past its end (no array of all indexes: files can be huge).
+  // Every cluster of the file, then the referenced ones past its end (no array of all indexes: files
+  // can be huge). Clusters whose refcount matches are skipped in a plain loop: check runs cold, and a
+  // generator step per cluster cost more than the comparison.
   const beyondEnd = [...walk.beyondEnd.keys()].sort((a, b) => a - b);
-  function* indexes(): Generator<number> {
-    for (let clusterIndex = 0; clusterIndex < walk.fileClusters; clusterIndex++) yield clusterIndex;
-    yield* beyondEnd;
-  }
-  if (repair !== 'none') image.refcounts.inUseHint = (clusterIndex) => expected(clusterIndex) > 0;
-  try {
-    for (const clusterIndex of indexes()) {
+  const fileClusters = walk.fileClusters;
+  const computedRefcounts = walk.computed;
+  let fileIndex = 0;
+  let beyondIndex = 0;
+  /** The next cluster whose stored refcount differs from the computed one, or -1 at the end. */
+  const nextMismatch = async (): Promise<{ clusterIndex: number; stored: number; computed: number } | -1> => {
+    const { entriesPerBlock, refcountOrder } = image.refcounts;
+    while (fileIndex < fileClusters) {
+      // One refcount block at a time (fetched again on every call: a repair may have changed it).
+      const blockFirst = fileIndex - (fileIndex % entriesPerBlock);
+      const block = await image.refcounts.blockAt(blockFirst / entriesPerBlock);
+      const blockEnd = Math.min(fileClusters, blockFirst + entriesPerBlock);
+      for (; fileIndex < blockEnd; fileIndex++) {
+        const clusterIndex = fileIndex;
+        const stored = block ? readRefcountEntry(block, clusterIndex - blockFirst, refcountOrder) : 0;
+        const computed = computedRefcounts[clusterIndex] ?? 0;
+        if (stored > 0 || computed > 0) result.highestCluster = clusterIndex;
+        if (stored !== computed) {
+          fileIndex++;
+          return { clusterIndex, stored, computed };
+        }
+      }
+    }
+    for (; beyondIndex < beyondEnd.length; beyondIndex++) {
+      const clusterIndex = beyondEnd[beyondIndex] ?? 0;
       const stored = image.refcounts.peekRefcount(clusterIndex) ?? (await image.refcounts.get(clusterIndex));
       const computed = expected(clusterIndex);
       if (stored > 0 || computed > 0) result.highestCluster = Math.max(result.highestCluster, clusterIndex);
-      if (stored === computed) continue;
+      if (stored !== computed) {
+        beyondIndex++;
+        return { clusterIndex, stored, computed };
+      }
+    }
+    return -1;
+  };
+  if (repair !== 'none') image.refcounts.inUseHint = (clusterIndex) => expected(clusterIndex) > 0;
+  try {
+    for (let mismatch = await nextMismatch(); mismatch !== -1; mismatch = await nextMismatch()) {
+      const { clusterIndex, stored, computed } = mismatch;
       const offsetBytes = clusterIndex * clusterSizeBytes;
       if (stored > computed) {
         if (repair !== 'none') {
@@ -370,6 +432,7 @@ async function checkCopiedFlags(
   let wrong = 0;
   const clusterSizeBytes = image.clusterSizeBytes;
   const fix = repair === 'all';
+  const standard = !image.extendedL2 && !image.hasDataFile;
   let l1Changed = false;
   for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++) {
     const l2OffsetBytes = l1Offset(image.l1, l1Index);
@@ -400,6 +463,18 @@ async function checkCopiedFlags(
     let tableChanged = false;
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
       if (isEmptyEntry(table, l2Index, image.extendedL2)) continue;
+      if (standard) {
+        // The common answer (flag right, or nothing to check) from the entry's words; anything else
+        // is decoded below.
+        const high = table.readUInt32BE(l2Index * 8);
+        if ((high & OFLAG_COMPRESSED_HIGH) !== 0) continue;
+        const hostOffsetBytes = l1Offset(table, l2Index);
+        if (hostOffsetBytes === 0 || hostOffsetBytes % clusterSizeBytes !== 0) continue;
+        const hostCluster = hostOffsetBytes / clusterSizeBytes;
+        const refcount =
+          image.refcounts.peekRefcount(hostCluster) ?? (await image.refcounts.get(hostCluster));
+        if ((refcount === 1) === ((high & OFLAG_COPIED_HIGH) !== 0)) continue;
+      }
       const mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
       if (mapping.kind !== 'normal' && mapping.kind !== 'zero-alloc') continue;
       if (mapping.hostOffsetBytes % clusterSizeBytes !== 0 || image.hasDataFile) continue;

@@ -145,6 +145,31 @@ export function decodeL2(table: Buffer, index: number, clusterBits: number, exte
   return { kind, hostOffsetBytes, copied, compressedSizeBytes: 0, hasReservedBits };
 }
 
+/** classifyStandardEntry: the entry reads as zeros (zero flag, with or without a host cluster). */
+export const ENTRY_READS_ZERO = -1;
+/** classifyStandardEntry: the entry is unallocated (the backing file, or zeros without one). */
+export const ENTRY_UNALLOCATED = -2;
+/** classifyStandardEntry: anything else (compressed, or an offset decodeChecked refuses): decode it. */
+export const ENTRY_OTHER = -3;
+
+/**
+ * What standard (8-byte) L2 entry `index` of `table` maps, from its two words without building an
+ * L2Mapping: a data cluster's host offset (> 0), ENTRY_READS_ZERO, ENTRY_UNALLOCATED, or ENTRY_OTHER.
+ * For scans over thousands of entries; only valid for images without extended L2 or a data file.
+ */
+export function classifyStandardEntry(table: Buffer, index: number, clusterSizeBytes: number): number {
+  const high = table.readUInt32BE(index * 8);
+  if ((high & OFLAG_COMPRESSED_HIGH) !== 0) return ENTRY_OTHER;
+  const hostOffsetBytes = offsetOf(high, table.readUInt32BE(index * 8 + 4));
+  if (
+    hostOffsetBytes % clusterSizeBytes !== 0 ||
+    hostOffsetBytes > Number.MAX_SAFE_INTEGER - 4 * clusterSizeBytes
+  )
+    return ENTRY_OTHER;
+  if ((table.readUInt32BE(index * 8 + 4) & OFLAG_ZERO_LOW) !== 0) return ENTRY_READS_ZERO;
+  return hostOffsetBytes === 0 ? ENTRY_UNALLOCATED : hostOffsetBytes;
+}
+
 /** Encodes a compressed descriptor for `lengthBytes` of compressed data at `hostOffsetBytes`. */
 export function writeCompressedEntry(
   table: Buffer,

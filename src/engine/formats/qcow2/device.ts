@@ -13,7 +13,15 @@ import type {
 import { InvalidOptionError, PermissionError, UnsupportedError } from '../../errors.ts';
 import { amendQcow2 } from './amend.ts';
 import { setQcow2BackingFile } from './backing.ts';
-import { ALL_SUBCLUSTERS, type L2Mapping, splitSubclusters } from './cluster-map.ts';
+import {
+  ALL_SUBCLUSTERS,
+  classifyStandardEntry,
+  ENTRY_READS_ZERO,
+  ENTRY_UNALLOCATED,
+  type L2Mapping,
+  l1Offset,
+  splitSubclusters,
+} from './cluster-map.ts';
 import { compressCluster, decompressCluster } from './compress.ts';
 import { isDataFileRaw, zeroDataFileRange } from './data-file.ts';
 import { makeQcow2Empty } from './empty.ts';
@@ -186,7 +194,13 @@ export class Qcow2Device implements BlockDevice {
       const guestCluster = Math.floor(guestOffsetBytes / clusterSizeBytes);
       const inClusterBytes = guestOffsetBytes % clusterSizeBytes;
       const pieceBytes = Math.min(clusterSizeBytes - inClusterBytes, lengthBytes - done);
-      const { mapping } = await this.image.lookup(guestCluster);
+      const previous = pieces[pieces.length - 1];
+      if (previous && this.continuesPiece(previous, guestCluster, inClusterBytes)) {
+        previous.lengthBytes += pieceBytes;
+        done += pieceBytes;
+        continue;
+      }
+      const { mapping } = this.image.lookupCached(guestCluster) ?? (await this.image.lookup(guestCluster));
       if (mapping.subclusterAllocated !== undefined && mapping.kind !== 'compressed') {
         for (const run of splitSubclusters(mapping, this.image.clusterBits, inClusterBytes, pieceBytes)) {
           this.addPiece(
@@ -204,6 +218,34 @@ export class Qcow2Device implements BlockDevice {
       done += pieceBytes;
     }
     return pieces;
+  }
+
+  /**
+   * Whether guest cluster `guestCluster` (from `inClusterBytes` on) extends `previous` as addPiece()
+   * would merge it, judged from its standard L2 entry's words when the table is cached: a 2 MiB read
+   * maps 32 clusters, and most continue the piece before them. False when unsure (the caller decodes).
+   */
+  private continuesPiece(previous: Piece, guestCluster: number, inClusterBytes: number): boolean {
+    const image = this.image;
+    if (image.extendedL2 || image.hasDataFile || previous.kind === 'compressed') return false;
+    const l2EntryCount = image.l2EntryCount;
+    const l1Index = Math.floor(guestCluster / l2EntryCount);
+    const l2OffsetBytes = l1Index < image.l1EntryCount ? l1Offset(image.l1, l1Index) : 0;
+    let entry = ENTRY_UNALLOCATED;
+    if (l2OffsetBytes !== 0) {
+      // A table in the cache had its offset checked when lookup() loaded it.
+      const table = image.l2Cache.peek(l2OffsetBytes);
+      if (!table) return false;
+      entry = classifyStandardEntry(table, guestCluster % l2EntryCount, image.clusterSizeBytes);
+    }
+    switch (previous.kind) {
+      case 'host':
+        return entry > 0 && previous.hostOffsetBytes + previous.lengthBytes === entry + inClusterBytes;
+      case 'zero':
+        return entry === ENTRY_READS_ZERO || (entry === ENTRY_UNALLOCATED && !this.backing);
+      case 'backing':
+        return entry === ENTRY_UNALLOCATED && this.backing !== undefined;
+    }
   }
 
   /** Appends how to fill `lengthBytes` at `bufferOffset`, merging with the previous piece when contiguous. */
@@ -432,7 +474,7 @@ export class Qcow2Device implements BlockDevice {
     const headBytes = offsetBytes % clusterSizeBytes;
     const l2OffsetBytes = await this.image.writableL2(firstCluster);
     const l2Index = firstCluster % this.image.l2EntryCount;
-    const table = await this.image.l2Cache.get(l2OffsetBytes);
+    const table = this.image.l2Cache.peek(l2OffsetBytes) ?? (await this.image.l2Cache.get(l2OffsetBytes));
     const maxClusters = Math.min(
       this.image.clustersLeftInL2(firstCluster),
       Math.ceil((headBytes + data.length) / clusterSizeBytes),
@@ -496,14 +538,14 @@ export class Qcow2Device implements BlockDevice {
         content,
       );
     }
+    // Every entry of the run in one table visit (the table is fetched again: the awaits above may
+    // have evicted it), and one dirty mark.
+    const l2Table = this.image.l2Cache.peek(l2OffsetBytes) ?? (await this.image.l2Cache.get(l2OffsetBytes));
     for (let index = 0; index < clusterCount; index++) {
-      await this.image.setL2Entry(
-        l2OffsetBytes,
-        l2Index + index,
-        this.image.entryNormal(hostOffsetBytes + index * clusterSizeBytes),
-      );
+      this.image.entryNormal(hostOffsetBytes + index * clusterSizeBytes)(l2Table, l2Index + index);
       this.image.releaseMapping(olds[index] as L2Mapping);
     }
+    this.image.l2Cache.markDirty(l2OffsetBytes);
     this.lastDecompressed = undefined;
     return lengthBytes;
   }

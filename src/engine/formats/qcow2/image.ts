@@ -176,17 +176,31 @@ export class Qcow2Image {
     }
   }
 
-  /** The mapping of guest cluster `guestCluster` (no allocation). Throws CorruptImageError on bad tables. */
-  async lookup(guestCluster: number): Promise<ClusterLookup> {
+  /**
+   * lookup() without awaiting, when the answer is in memory (no L2 table, or its table cached);
+   * undefined when the table must be read. Sequential I/O maps thousands of clusters per table, and
+   * an await per cluster (a promise and a microtask turn each) cost more than the decoding.
+   */
+  lookupCached(guestCluster: number): ClusterLookup | undefined {
     const l1Index = Math.floor(guestCluster / this.l2EntryCount);
     const l2Index = guestCluster % this.l2EntryCount;
     if (l1Index >= this.l1EntryCount) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
     const l2OffsetBytes = l1Offset(this.l1, l1Index);
     if (l2OffsetBytes === 0) return { mapping: UNALLOCATED, l2OffsetBytes: 0, l2Index };
     this.checkL2Offset(l1Index, l2OffsetBytes);
-    const table = this.l2Cache.peek(l2OffsetBytes) ?? (await this.l2Cache.get(l2OffsetBytes));
-    const mapping = this.decodeChecked(table, l2Index, l2OffsetBytes);
-    return { mapping, l2OffsetBytes, l2Index };
+    const table = this.l2Cache.peek(l2OffsetBytes);
+    if (!table) return undefined;
+    return { mapping: this.decodeChecked(table, l2Index, l2OffsetBytes), l2OffsetBytes, l2Index };
+  }
+
+  /** The mapping of guest cluster `guestCluster` (no allocation). Throws CorruptImageError on bad tables. */
+  async lookup(guestCluster: number): Promise<ClusterLookup> {
+    const cached = this.lookupCached(guestCluster);
+    if (cached) return cached;
+    const l2OffsetBytes = l1Offset(this.l1, Math.floor(guestCluster / this.l2EntryCount));
+    const l2Index = guestCluster % this.l2EntryCount;
+    const table = await this.l2Cache.get(l2OffsetBytes);
+    return { mapping: this.decodeChecked(table, l2Index, l2OffsetBytes), l2OffsetBytes, l2Index };
   }
 
   /**

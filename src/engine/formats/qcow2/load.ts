@@ -28,14 +28,25 @@ import { Qcow2Image } from './image.ts';
 /** Incompatible features vdisk implements. */
 const KNOWN_INCOMPATIBLE = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION;
 
+/** Bytes read first: the header cluster of an image with the default cluster size. */
+const FIRST_READ_BYTES = 64 * 1024;
+
 /** Reads the header cluster (or the whole file when shorter) and parses it. */
 export async function readHeader(
   file: HostFile,
   path: string,
 ): Promise<{ header: Qcow2Header; fileSizeBytes: number }> {
   const fileSizeBytes = await file.sizeBytes();
-  const head = Buffer.alloc(Math.min(fileSizeBytes, 2 ** QCOW2_MAX_CLUSTER_BITS));
-  const count = await file.read(0, head);
+  // parseHeader looks at the first cluster only. Its size is in the header, so most opens read
+  // 64 KiB once instead of the largest cluster size (2 MiB, allocated and copied on every open).
+  let head = Buffer.alloc(Math.min(fileSizeBytes, FIRST_READ_BYTES));
+  let count = await file.read(0, head);
+  const clusterBits = count >= 24 ? head.readUInt32BE(20) : QCOW2_MAX_CLUSTER_BITS;
+  const clusterSizeBytes = 2 ** Math.min(Math.max(clusterBits, 0), QCOW2_MAX_CLUSTER_BITS);
+  if (count === head.length && head.length < Math.min(fileSizeBytes, clusterSizeBytes)) {
+    head = Buffer.alloc(Math.min(fileSizeBytes, clusterSizeBytes));
+    count = await file.read(0, head);
+  }
   const header = parseHeader(head.subarray(0, count), path);
   return { header, fileSizeBytes };
 }

@@ -383,10 +383,9 @@ export class RefcountManager {
    */
   async allocateClusters(count: number): Promise<number> {
     const start = await this.findFree(count);
-    await this.withReserved(start, start + count, async () => {
-      for (let clusterIndex = start; clusterIndex < start + count; clusterIndex++)
-        await this.adjust(clusterIndex, 1);
-    });
+    // One block lookup per refcount block, not an await per cluster (a convert allocates a chunk's
+    // 32 clusters at once); a block allocated on the way must not be placed inside the run.
+    await this.withReserved(start, start + count, () => this.adjustRun(start, count, 1));
     if (this.freeClusterHint === start) this.freeClusterHint = start + count;
     return start;
   }

@@ -5,7 +5,13 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { Extent, ImageInfo } from '../../block-device.ts';
 import { bitmapFlagNames } from './bitmaps.ts';
-import { type L2Mapping, splitSubclusters } from './cluster-map.ts';
+import {
+  type L2Mapping,
+  l1Offset,
+  OFLAG_COMPRESSED_HIGH,
+  OFLAG_ZERO_LOW,
+  splitSubclusters,
+} from './cluster-map.ts';
 import { compressionTypeName } from './compress.ts';
 import { dataFileName, isDataFileRaw } from './data-file.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header.ts';
@@ -74,6 +80,51 @@ function canMerge(previous: Extent, next: Extent): boolean {
 }
 
 /**
+ * Whether standard (8-byte) L2 entry `l2Index` of `table`, mapping the guest bytes at `runOffsetBytes`
+ * (`inClusterBytes` into their cluster), continues `previous`: the extent extentFor() would give it
+ * merges with `previous` under canMerge(). Reads the entry's two words and builds no objects; false
+ * for anything else (another kind, a compressed entry, an offset decodeChecked() would refuse), which
+ * the caller decodes in full. Long runs are most of a map, so this is most of block status's work.
+ */
+function continuesRun(
+  image: Qcow2Image,
+  backingSizeBytes: number | undefined,
+  table: Buffer,
+  l2Index: number,
+  previous: Extent,
+  runOffsetBytes: number,
+  inClusterBytes: number,
+): boolean {
+  if (previous.compressed) return false;
+  if ((table.readUInt32BE(l2Index * 8) & OFLAG_COMPRESSED_HIGH) !== 0) return false;
+  const isZero = (table.readUInt32BE(l2Index * 8 + 4) & OFLAG_ZERO_LOW) !== 0;
+  // Standard L2 entries keep the host offset in the same bits (9..55) as L1 entries.
+  const hostOffsetBytes = l1Offset(table, l2Index);
+  if (hostOffsetBytes === 0) {
+    if (previous.hostOffsetBytes !== undefined || previous.data) return false;
+    // zero-plain: allocated zeros.
+    if (isZero) return previous.allocated && previous.zero;
+    // unallocated: zeros unless the backing file lies under it.
+    const readsZero = backingSizeBytes === undefined || runOffsetBytes >= backingSizeBytes;
+    return !previous.allocated && previous.zero === readsZero;
+  }
+  const clusterSizeBytes = image.clusterSizeBytes;
+  if (
+    hostOffsetBytes % clusterSizeBytes !== 0 ||
+    hostOffsetBytes > Number.MAX_SAFE_INTEGER - 4 * clusterSizeBytes
+  )
+    return false;
+  // normal (data) or zero-alloc (zeros keeping a host cluster): the host bytes must follow on.
+  return (
+    previous.allocated &&
+    previous.zero === isZero &&
+    previous.data === !isZero &&
+    previous.hostOffsetBytes !== undefined &&
+    previous.hostOffsetBytes + previous.lengthBytes === hostOffsetBytes + inClusterBytes
+  );
+}
+
+/**
  * Extents of [offsetBytes, offsetBytes + lengthBytes), merged where kind and host contiguity allow; stops early
  * after BLOCK_STATUS_MAX_CLUSTERS clusters. `backingSizeBytes` is undefined when the image has no backing device.
  */
@@ -88,12 +139,47 @@ export async function collectExtents(
   const end = offsetBytes + lengthBytes;
   let position = offsetBytes;
   let clustersSeen = 0;
+  // Clusters that continue the last extent are checked in place (continuesRun); extended L2 entries
+  // and external data files always take the full decode.
+  const canContinue = !image.extendedL2 && !image.hasDataFile;
   while (position < end && clustersSeen < BLOCK_STATUS_MAX_CLUSTERS) {
     const guestCluster = Math.floor(position / clusterSizeBytes);
-    const { mapping, l2OffsetBytes } = await image.lookup(guestCluster);
+    const previous = extents[extents.length - 1];
+    if (canContinue && previous) {
+      const l1Index = Math.floor(guestCluster / image.l2EntryCount);
+      const l2OffsetBytes = l1Index < image.l1EntryCount ? l1Offset(image.l1, l1Index) : 0;
+      // A table in the cache had its offset checked when lookup() loaded it.
+      const table = l2OffsetBytes === 0 ? undefined : image.l2Cache.peek(l2OffsetBytes);
+      const inClusterBytes = position - guestCluster * clusterSizeBytes;
+      if (
+        table &&
+        continuesRun(
+          image,
+          backingSizeBytes,
+          table,
+          guestCluster % image.l2EntryCount,
+          previous,
+          position,
+          inClusterBytes,
+        )
+      ) {
+        const pieceEnd = Math.min(end, (guestCluster + 1) * clusterSizeBytes);
+        previous.lengthBytes += pieceEnd - position;
+        clustersSeen++;
+        position = pieceEnd;
+        continue;
+      }
+    }
+    const { mapping, l2OffsetBytes } = image.lookupCached(guestCluster) ?? (await image.lookup(guestCluster));
     // Without an L2 table the whole range it would map is unallocated: skip it in one step.
     const clusterCount = l2OffsetBytes === 0 ? image.clustersLeftInL2(guestCluster) : 1;
-    const pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
+    let pieceEnd = Math.min(end, (guestCluster + clusterCount) * clusterSizeBytes);
+    // Unallocated reads as zeros only from the first cluster past the backing file's end (as
+    // extentFor says of single clusters): a skip over a missing L2 table stops there.
+    const backingEndCluster =
+      backingSizeBytes === undefined ? undefined : Math.ceil(backingSizeBytes / clusterSizeBytes);
+    if (backingEndCluster !== undefined && guestCluster < backingEndCluster)
+      pieceEnd = Math.min(pieceEnd, backingEndCluster * clusterSizeBytes);
     clustersSeen += clusterCount;
     const inClusterBytes = position - guestCluster * clusterSizeBytes;
     const runs =
