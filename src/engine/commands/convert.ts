@@ -16,6 +16,8 @@ export const DEFAULT_MIN_SPARSE_BYTES = 4096;
 export const DEFAULT_PARALLEL_REQUESTS = 8;
 /** qemu-img accepts -m 1..16. */
 export const MAX_PARALLEL_REQUESTS = 16;
+/** The largest unit uncompressed writes are aligned to (see alignBytes). */
+const MAX_WRITE_UNIT_BYTES = 64 * 1024;
 /** One zero-write request covers at most this much (bounded work per request on any driver). */
 const MAX_ZERO_REQUEST_BYTES = 1024 * 1024 * 1024;
 
@@ -110,13 +112,17 @@ export async function convertDevice(
   const targetHasBacking = options.targetHasBacking ?? false;
   // As qemu's has_zero_init: -S 0 asks for a fully allocated target, so zero ranges are written too.
   const targetIsZeroed = (options.targetIsZeroed ?? true) && !targetHasBacking && minSparseBytes > 0;
-  // The write unit: whole clusters of the target (no partial-cluster read-modify-write), at least
-  // the sparse granularity, at most one chunk.
+  // The write unit: whole clusters of the target up to 64 KiB (no partial-cluster read-modify-write
+  // for qcow2's default and smaller clusters), at least the sparse granularity, at most one chunk.
   const targetClusterBytes = compressed
     ? (compressedUnitBytes ?? 512)
     : ((await target.info()).clusterSizeBytes ?? target.preferredBlockSizeBytes);
   const requestedChunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-  const alignBytes = Math.max(512, pow2Floor(minSparseBytes), targetClusterBytes);
+  // Compressed units are written whole; otherwise the unit is capped at 64 KiB, as qemu-img aligns only
+  // to -S and the device's request size: a format with 8-32 MiB blocks (vhdx) would else be sent whole
+  // blocks, zeros and all, and store them (a 1 GiB guest with half zeros: 1.0 GiB vhdx, not 514 MiB).
+  const writeUnitBytes = compressed ? targetClusterBytes : Math.min(targetClusterBytes, MAX_WRITE_UNIT_BYTES);
+  const alignBytes = Math.max(512, pow2Floor(minSparseBytes), writeUnitBytes);
   const chunkBytes = Math.max(alignBytes, roundDown(requestedChunkBytes, alignBytes));
   const zeroBlock = new Uint8Array(alignBytes);
 
