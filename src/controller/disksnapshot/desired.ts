@@ -168,7 +168,8 @@ export function desiredSnapshot(observed: ObservedSnapshot): DesiredSnapshot {
       desired.status.creationTime = result.snapshot?.creationTime ?? now;
       const sizeBytes = result.image?.virtualSize ?? disk?.status?.image?.virtualSize;
       if (sizeBytes !== undefined) desired.status.restoreSize = formatQuantityBytes(sizeBytes);
-      desired.deleteJobs.push(createJob.name);
+      // As for disks: a reconcile before the informer has this status sees the Job again; delete once.
+      if (!createJob.isDeleting) desired.deleteJobs.push(createJob.name);
       setReady(
         'True',
         Reason.SnapshotTaken,

@@ -219,7 +219,9 @@ export function desiredDisk(observed: ObservedDisk): DesiredDisk {
       desired.status.progress = '100%';
       const made = imageStatusOf(result.image, image?.sha256);
       desired.status.image = made;
-      desired.deleteJobs.push(currentJob.name);
+      // A reconcile that runs before the informer has this status (the Job's own delete event re-queues
+      // the disk) sees the Job again: one delete is enough.
+      if (!currentJob.isDeleting) desired.deleteJobs.push(currentJob.name);
       if (made.virtualSize >= specSizeBytes) {
         set(
           ConditionType.Ready,

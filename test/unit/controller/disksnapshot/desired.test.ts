@@ -136,6 +136,18 @@ describe('desiredSnapshot', () => {
     expect(result.deleteJobs).toEqual(['vds-s1-create']);
   });
 
+  it('does not delete the succeeded Job again while its first delete is in progress', () => {
+    const succeeded = job('vds-s1-create', 'succeeded', {
+      ok: true,
+      operation: 'snapshot-create',
+      snapshot: { name: 's1', creationTime: NOW },
+      image: readyImage,
+    });
+    const result = desiredSnapshot(observed({ jobs: [{ ...succeeded, isDeleting: true }] }));
+    expect(result.status).toMatchObject({ readyToUse: true, phase: 'Ready' });
+    expect(result.deleteJobs).toEqual([]);
+  });
+
   it('removes the snapshot from the image before dropping the finalizer', () => {
     const taken = { readyToUse: true, snapshotName: 's1' };
     const first = desiredSnapshot(observed({ deleting: true, status: taken }));

@@ -167,6 +167,17 @@ describe('desiredDisk', () => {
     expect(result.events).toEqual([expect.objectContaining({ type: 'Normal', reason: 'ImageReady' })]);
   });
 
+  it('does not delete a finished Job again while its first delete is in progress (status not seen yet)', () => {
+    const deleting = {
+      ...job('vd-d1-create', 'succeeded', { ok: true, operation: 'create', image: readyImage }),
+      isDeleting: true,
+    };
+    const result = desiredDisk(observed(disk(blank), { jobs: [deleting] }));
+    expect(result.status.image).toEqual(readyImage);
+    expect(result.status.phase).toBe('Ready');
+    expect(result.deleteJobs).toEqual([]);
+  });
+
   it('fails with ChecksumMismatch naming both sums', () => {
     const expected = 'a'.repeat(64);
     const actual = 'b'.repeat(64);
