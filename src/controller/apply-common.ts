@@ -133,9 +133,11 @@ export async function createJob(context: ReconcileContext, job: V1Job): Promise<
 /** Deletes a Job and (in the background) its pods; a missing Job is fine. */
 export async function deleteJob(context: ReconcileContext, namespace: string, name: string): Promise<void> {
   context.metrics.apiRequestsTotal.inc({ verb: 'delete', resource: 'jobs' });
+  const uid = context.caches.jobs.get(name, namespace)?.metadata?.uid;
   await ignoreNotFound(
     context.clients.batch.deleteNamespacedJob({ name, namespace, propagationPolicy: 'Background' }),
   );
+  context.overlay.rememberDeleted(uid, context.now().getTime());
 }
 
 /** Creates each imager Job (by deterministic name); the ones this call created are logged and get an Event. */

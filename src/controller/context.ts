@@ -60,4 +60,26 @@ export class WriteOverlay {
   forget(uid: string | undefined): void {
     if (uid) this.objects.delete(uid);
   }
+
+  /**
+   * Objects (by uid) this controller asked the API to delete, until the cache shows them deleting or
+   * gone: a reconcile that runs before the watch event arrives must not delete them again.
+   */
+  private readonly deleted = new Map<string, number>();
+
+  rememberDeleted(uid: string | undefined, nowMs: number): void {
+    if (!uid) return;
+    // Old entries go here rather than on a timer: the map only grows by deletes, each one prunes.
+    for (const [known, atMs] of this.deleted) if (nowMs - atMs > DELETE_MEMORY_MS) this.deleted.delete(known);
+    this.deleted.set(uid, nowMs);
+  }
+
+  /** True while a delete of `uid` this controller sent is younger than DELETE_MEMORY_MS. */
+  wasDeleted(uid: string | undefined, nowMs: number): boolean {
+    const atMs = uid === undefined ? undefined : this.deleted.get(uid);
+    return atMs !== undefined && nowMs - atMs <= DELETE_MEMORY_MS;
+  }
 }
+
+/** How long a sent delete is remembered: far longer than a watch event takes, short enough not to matter. */
+const DELETE_MEMORY_MS = 5 * 60_000;

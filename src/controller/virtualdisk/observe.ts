@@ -57,7 +57,14 @@ export function jobsOnDisk(context: ReconcileContext, namespace: string, diskNam
   const pods = context.caches.pods
     .list(namespace)
     .filter((pod: V1Pod) => pod.metadata?.labels?.[LABEL_DISK] === value);
-  return jobs.map((job) => observeJob(job, pods, (pod) => context.reports?.get(pod.metadata?.uid)?.progress));
+  const nowMs = context.now().getTime();
+  return jobs.map((job) => {
+    const observed = observeJob(job, pods, (pod) => context.reports?.get(pod.metadata?.uid)?.progress);
+    // A Job this controller has just deleted counts as deleting before the watch says so.
+    if (!observed.isDeleting && context.overlay.wasDeleted(job.metadata?.uid, nowMs))
+      return { ...observed, isDeleting: true };
+    return observed;
+  });
 }
 
 export async function observeDisk(
