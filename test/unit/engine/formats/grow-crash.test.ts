@@ -8,9 +8,7 @@
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodeHostFile } from '../../../../src/engine/io/host-file.ts';
-import { openImage } from '../../../../src/engine/open.ts';
-import { CuttingFile } from '../../../helpers/cutting-file.ts';
+import { type CuttingFile, openWithCut } from '../../../helpers/cutting-file.ts';
 import { haveTools, run, runStatus, scratchDir } from '../../../helpers/format-harness.ts';
 
 const HAS_QEMU = haveTools(['qemu-img', 'qemu-io'], 'grow-crash.test.ts');
@@ -64,17 +62,11 @@ const CASES: SweepCase[] = [
 
 /** Opens read-write through a CuttingFile, grows, flushes and closes; stops quietly after the cut. */
 async function growWithCut(path: string, format: string, newSizeBytes: number, cut: number): Promise<number> {
-  let cutting: CuttingFile | undefined;
+  let cutting: () => CuttingFile | undefined = () => undefined;
   try {
-    const device = await openImage(path, {
-      format,
-      openFile: async (filePath, readOnly) => {
-        const file = await NodeHostFile.open(filePath, { readOnly });
-        if (readOnly) return file;
-        cutting = new CuttingFile(file, cut);
-        return cutting;
-      },
-    });
+    const opened = await openWithCut(path, cut, { format });
+    const device = opened.device;
+    cutting = opened.cutting;
     try {
       await device.resize!(newSizeBytes, { shrink: false });
       await device.flush();
@@ -83,9 +75,9 @@ async function growWithCut(path: string, format: string, newSizeBytes: number, c
     }
   } catch (err) {
     // After the cut the driver may read back what it believes it wrote: a dead process does nothing more.
-    if (!cutting?.isCut) throw err;
+    if (!cutting()?.isCut) throw err;
   }
-  return cutting?.writeCount ?? 0;
+  return cutting()?.writeCount ?? 0;
 }
 
 /** qemu-io reads: each written range as written, zero windows around the old end and at the new end. */

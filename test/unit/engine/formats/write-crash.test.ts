@@ -8,9 +8,8 @@
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodeHostFile } from '../../../../src/engine/io/host-file.ts';
 import { openImage } from '../../../../src/engine/open.ts';
-import { CuttingFile } from '../../../helpers/cutting-file.ts';
+import { openWithCut } from '../../../helpers/cutting-file.ts';
 import { haveTools, prng, run, runStatus, scratchDir, seededBytes } from '../../../helpers/format-harness.ts';
 
 const HAS_QEMU = haveTools(['qemu-img'], 'write-crash.test.ts');
@@ -24,16 +23,7 @@ async function workload(
   path: string,
   cut: number,
 ): Promise<{ flushed: Uint8Array; touched: Set<number>; writes: number }> {
-  let cutting: CuttingFile | undefined;
-  const device = await openImage(path, {
-    format,
-    openFile: async (filePath, readOnly) => {
-      const file = await NodeHostFile.open(filePath, { readOnly });
-      if (readOnly) return file;
-      cutting = new CuttingFile(file, cut);
-      return cutting;
-    },
-  });
+  const { device, cutting: cutFile } = await openWithCut(path, cut, { format });
   const current = new Uint8Array(SIZE_BYTES);
   await device.read(0, current);
   let flushed = current.slice();
@@ -43,7 +33,7 @@ async function workload(
     for (let step = 0; step < 40; step++) {
       if (random() < 0.2) {
         await device.flush();
-        if (!cutting?.isCut) {
+        if (!cutFile()?.isCut) {
           flushed = current.slice();
           touched = new Set();
         }
@@ -62,15 +52,15 @@ async function workload(
       current.set(data, offsetBytes);
     }
     await device.close();
-    if (!cutting?.isCut) {
+    if (!cutFile()?.isCut) {
       flushed = current.slice();
       touched = new Set();
     }
   } catch (err) {
     // After the cut the driver may read back what it believes it wrote: a dead process does nothing more.
-    if (!cutting?.isCut) throw err;
+    if (!cutFile()?.isCut) throw err;
   }
-  return { flushed, touched, writes: cutting?.writeCount ?? 0 };
+  return { flushed, touched, writes: cutFile()?.writeCount ?? 0 };
 }
 
 /** `qemuChecks`: qemu-img check knows the format (for vpc, qemu's reading must agree with vdisk's instead). */

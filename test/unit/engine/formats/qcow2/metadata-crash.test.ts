@@ -8,10 +8,8 @@ import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../../../src/engine/block-device.ts';
-import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
-import { openImage } from '../../../../../src/engine/open.ts';
 import { has, run, runStatus, scratchDir } from '../../../../helpers/format-harness.ts';
-import { CuttingFile } from '../../../../helpers/cutting-file.ts';
+import { runCutOperation } from '../../../../helpers/cutting-file.ts';
 
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
 if (!HAS_QEMU)
@@ -53,31 +51,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 metadata operations survive a crash after any 
     return top;
   }
 
-  async function runCut(path: string, cut: number, operation: Operation): Promise<number> {
-    let cutting: CuttingFile | undefined;
-    const device = await openImage(path, {
-      noBacking: true,
-      openFile: async (filePath, readOnly) => {
-        const file = await NodeHostFile.open(filePath, { readOnly });
-        if (readOnly) return file;
-        cutting = new CuttingFile(file, cut);
-        return cutting;
-      },
-    });
-    const isCut = (): boolean => cutting?.isCut ?? false;
-    try {
-      await operation(device);
-      await device.flush();
-    } catch (err) {
-      if (!isCut()) throw err;
-    }
-    try {
-      await device.close();
-    } catch (err) {
-      if (!isCut()) throw err;
-    }
-    return cutting?.writeCount ?? 0;
-  }
+  const runCut = (path: string, cut: number, operation: Operation): Promise<number> =>
+    runCutOperation(path, cut, operation, { noBacking: true });
 
   async function sweep(
     name: string,

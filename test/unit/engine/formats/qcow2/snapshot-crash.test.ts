@@ -14,9 +14,7 @@ import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../../../src/engine/block-device.ts';
-import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
-import { openImage } from '../../../../../src/engine/open.ts';
-import { CuttingFile } from '../../../../helpers/cutting-file.ts';
+import { runCutOperation } from '../../../../helpers/cutting-file.ts';
 import { has, run, runStatus, scratchDir } from '../../../../helpers/format-harness.ts';
 
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
@@ -66,30 +64,8 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
     return (info.snapshots ?? []).map((entry) => entry.name);
   }
 
-  async function runCut(path: string, cut: number, operation: Operation): Promise<number> {
-    let cutting: CuttingFile | undefined;
-    const device = await openImage(path, {
-      openFile: async (filePath, readOnly) => {
-        const file = await NodeHostFile.open(filePath, { readOnly });
-        if (readOnly) return file;
-        cutting = new CuttingFile(file, cut);
-        return cutting;
-      },
-    });
-    const isCut = (): boolean => cutting?.isCut ?? false;
-    try {
-      await operation(device);
-      await device.flush();
-    } catch (err) {
-      if (!isCut()) throw err;
-    }
-    try {
-      await device.close();
-    } catch (err) {
-      if (!isCut()) throw err;
-    }
-    return cutting?.writeCount ?? 0;
-  }
+  const runCut = (path: string, cut: number, operation: Operation): Promise<number> =>
+    runCutOperation(path, cut, operation);
 
   /**
    * Runs `operation` cut after every write. `states` lists what may be seen: snapshot names, and
