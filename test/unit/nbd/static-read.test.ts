@@ -9,20 +9,36 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { moveToStaticReads, STATIC_READ_BUFFER_BYTES } from '../../../src/nbd/static-read.ts';
 
+/** A connected unix-socket pair: the server side accepted and paused, as the NBD server leaves it. */
+async function connectedPair(): Promise<{ accepted: Socket; client: Socket; close: () => Promise<void> }> {
+  const folder = await mkdtemp(join(tmpdir(), 'vdisk-static-read-'));
+  const path = join(folder, 's.sock');
+  let accepted: Socket | undefined;
+  const server = createServer((socket) => {
+    accepted = socket;
+    socket.pause();
+  });
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  const client = createConnection(path);
+  await new Promise<void>((resolve) => client.once('connect', () => resolve()));
+  while (!accepted) await new Promise((resolve) => setTimeout(resolve, 5));
+  const socket: Socket = accepted;
+  return {
+    accepted: socket,
+    client,
+    close: async () => {
+      client.destroy();
+      socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      await rm(folder, { recursive: true, force: true });
+    },
+  };
+}
+
 describe.skipIf(process.platform !== 'linux')('moveToStaticReads', () => {
   it('hands on buffered bytes, then every later byte in order through one reused buffer', async () => {
-    const folder = await mkdtemp(join(tmpdir(), 'vdisk-static-read-'));
-    const path = join(folder, 's.sock');
-    let accepted: Socket | undefined;
-    const server = createServer((socket) => {
-      accepted = socket;
-      socket.pause();
-    });
-    await new Promise<void>((resolve) => server.listen(path, resolve));
-    const client = createConnection(path);
+    const { accepted, client, close } = await connectedPair();
     try {
-      await new Promise<void>((resolve) => client.once('connect', () => resolve()));
-      while (!accepted) await new Promise((resolve) => setTimeout(resolve, 5));
       const first = Buffer.from('before the move');
       client.write(first);
       // Let the old socket read it into its own (paused) buffer.
@@ -57,36 +73,20 @@ describe.skipIf(process.platform !== 'linux')('moveToStaticReads', () => {
       expect(reply.toString()).toBe('reply');
       moved!.socket.destroy();
     } finally {
-      client.destroy();
-      accepted?.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      await rm(folder, { recursive: true, force: true });
+      await close();
     }
   });
 
   it('leaves a socket with writes still queued alone (moving it would drop them)', async () => {
-    const folder = await mkdtemp(join(tmpdir(), 'vdisk-static-read-'));
-    const path = join(folder, 's.sock');
-    let accepted: Socket | undefined;
-    const server = createServer((socket) => {
-      accepted = socket;
-      socket.pause();
-    });
-    await new Promise<void>((resolve) => server.listen(path, resolve));
-    const client = createConnection(path);
+    const { accepted, client, close } = await connectedPair();
     try {
-      await new Promise<void>((resolve) => client.once('connect', () => resolve()));
       client.pause();
-      while (!accepted) await new Promise((resolve) => setTimeout(resolve, 5));
       // More than the kernel buffers hold while the client reads nothing: the rest waits in Node.
       while (accepted.writableLength === 0) accepted.write(Buffer.alloc(1024 * 1024));
       expect(moveToStaticReads(accepted)).toBeUndefined();
       expect(accepted.destroyed).toBe(false);
     } finally {
-      client.destroy();
-      accepted?.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      await rm(folder, { recursive: true, force: true });
+      await close();
     }
   });
 
