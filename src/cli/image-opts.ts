@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { defineSecret } from '../engine/crypto/secrets.ts';
 import { InvalidOptionError } from '../engine/errors.ts';
 import { parseOptionList } from './common.ts';
+import { hasFlag, lastValue, type ParsedArgs } from './getopt.ts';
 import { qdictKeyOrder } from './qemu-json.ts';
 
 /** Set by runCli when argv has `--image-opts`: openForCli then reads operands as option lists. */
@@ -32,6 +33,25 @@ export function parseImageOpts(text: string): ImageOpts {
   for (const [key, value] of Object.entries(options))
     if (key !== 'driver' && key !== 'file' && !key.startsWith('file.')) driverOptions[key] = value;
   return { path, format: options.driver, driverOptions };
+}
+
+/** The image one operand names: its path, its format (or undefined: probe) and driver options. */
+export interface ImageOperand {
+  path: string;
+  format: string | undefined;
+  /** From --image-opts only (encrypt.key-secret, ...); undefined without it. */
+  driverOptions: Record<string, string> | undefined;
+}
+
+/**
+ * Reads an image operand as every qemu-img command does: with `--image-opts` an option list giving the
+ * file, the driver and its options; otherwise a file name, with `-f` (key `format`) as the format.
+ */
+export function imageOperand(parsed: ParsedArgs, operand: string): ImageOperand {
+  if (!hasFlag(parsed, 'image-opts'))
+    return { path: operand, format: lastValue(parsed, 'format'), driverOptions: undefined };
+  const { path, format, driverOptions } = parseImageOpts(operand);
+  return { path, format, driverOptions };
 }
 
 /**

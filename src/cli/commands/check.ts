@@ -6,7 +6,7 @@ import { checkImage } from '../../engine/commands/check.ts';
 import { isVdiskError } from '../../engine/errors.ts';
 import type { CheckIssue, CheckReport, RepairMode } from '../../engine/formats/driver.ts';
 import { formatFixed } from '../c-format.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { imageOperand } from '../image-opts.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { outputFormat, printHelpIfAsked, requireOperands } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
@@ -99,14 +99,12 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   const [operand = ''] = requireOperands(parsed, 1, 1, 'filename');
   // Checking reads only metadata: with --image-opts the key options are not needed, only file and driver.
   // (qemu-img check --output=json names the image by the operand as given, option list and all.)
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
-  const path = imageOpts?.path ?? operand;
+  const { path, format } = imageOperand(parsed, operand);
   const repairText = lastValue(parsed, 'repair');
   if (repairText !== undefined && repairText !== 'leaks' && repairText !== 'all')
     throw new CliUsageError(`Invalid option for -r: ${repairText}`);
   const repair: RepairMode = repairText ?? 'none';
   const quiet = hasFlag(parsed, 'quiet');
-  const format = imageOpts?.format ?? lastValue(parsed, 'format');
   let result: Awaited<ReturnType<typeof checkImage>>;
   try {
     result = await checkImage(path, { format, repair });

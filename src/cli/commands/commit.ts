@@ -4,7 +4,7 @@ import { commitImage } from '../../engine/commands/commit.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, printHelpIfAsked } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { imageOperand } from '../image-opts.ts';
 
 const HELP = `usage: vdisk commit [-f fmt] [-q] [-p] [-b base] [-d] filename
 
@@ -29,8 +29,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   if (printHelpIfAsked(parsed, io, HELP)) return 0;
   if (parsed.operands.length !== 1) throw new CliUsageError('Expecting one image file name');
   const [operand = ''] = parsed.operands;
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
-  const path = imageOpts?.path ?? operand;
+  const { path, format, driverOptions } = imageOperand(parsed, operand);
   const quiet = hasFlag(parsed, 'quiet');
   const progress = hasFlag(parsed, 'progress') && !quiet;
   let shown = -1;
@@ -41,8 +40,8 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   }
   await commitImage({
     path,
-    format: imageOpts?.format ?? lastValue(parsed, 'format'),
-    driverOptions: imageOpts?.driverOptions,
+    format,
+    driverOptions,
     base: lastValue(parsed, 'base'),
     drop: hasFlag(parsed, 'drop'),
     allowBackingEscape: backingPolicy.allowEscape,

@@ -5,7 +5,7 @@ import { rebaseImage } from '../../engine/commands/rebase.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, printHelpIfAsked } from '../common.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { imageOperand } from '../image-opts.ts';
 
 const HELP = `usage: vdisk rebase [-f fmt] [-p] [-q] [-u] -b backing_file [-F backing_fmt] filename
 
@@ -38,8 +38,7 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   if (!unsafe && backing === undefined)
     throw new CliUsageError('Must specify backing file (-b) or use unsafe mode (-u)');
   const [operand = ''] = parsed.operands;
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
-  const path = imageOpts?.path ?? operand;
+  const { path, format, driverOptions } = imageOperand(parsed, operand);
   const progress = hasFlag(parsed, 'progress') && !hasFlag(parsed, 'quiet');
   let shown = -1;
   // qemu-img prints 0% before any work.
@@ -49,8 +48,8 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   }
   await rebaseImage({
     path,
-    format: imageOpts?.format ?? lastValue(parsed, 'format'),
-    driverOptions: imageOpts?.driverOptions,
+    format,
+    driverOptions,
     backing: backing ?? '',
     backingFormat: lastValue(parsed, 'backingFormat'),
     unsafe,

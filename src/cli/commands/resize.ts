@@ -5,7 +5,7 @@ import { resizeImage } from '../../engine/commands/resize.ts';
 import { parseSizeChange } from '../../engine/size.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, printHelpIfAsked, requireOperands } from '../common.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { imageOperand } from '../image-opts.ts';
 import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
 
 const HELP = `usage: vdisk resize [-f fmt] [--preallocation=off|metadata|falloc|full] [-q] [--shrink] filename [+ | -]size
@@ -25,16 +25,14 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   ]);
   if (printHelpIfAsked(parsed, io, HELP)) return 0;
   const [operand = ''] = requireOperands(parsed, 1, 1, 'image file name and size');
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
+  const image = imageOperand(parsed, operand);
   if (sizeText === undefined) throw new CliUsageError('Expecting image file name and size');
   const preallocation = lastValue(parsed, 'preallocation');
   if (preallocation !== undefined && !['off', 'metadata', 'falloc', 'full'].includes(preallocation)) {
     throw new CliUsageError(`Invalid preallocation mode '${preallocation}'`);
   }
   await resizeImage({
-    path: imageOpts?.path ?? operand,
-    format: imageOpts?.format ?? lastValue(parsed, 'format'),
-    driverOptions: imageOpts?.driverOptions,
+    ...image,
     change: parseSizeChange(sizeText, 'size'),
     shrink: hasFlag(parsed, 'shrink'),
     ...(preallocation === undefined ? {} : { preallocation }),

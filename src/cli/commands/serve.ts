@@ -17,7 +17,7 @@ import { type NbdServerHandle, type NbdTlsOptions, startNbdServer } from '../../
 import type { NbdLogger } from '../../nbd/transmission.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy } from '../common.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { imageOperand } from '../image-opts.ts';
 import { CliUsageError, getopt, hasFlag, lastValue, type OptionSpec } from '../getopt.ts';
 
 const SYNOPSIS =
@@ -300,9 +300,7 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
   if (!operand || extra.length > 0)
     throw new CliUsageError('Expecting exactly one image file name (try --help)');
   // qemu-nbd --image-opts: driver=FMT,file.filename=PATH,encrypt.key-secret=ID (secrets from --object).
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
-  const path = imageOpts?.path ?? operand;
-  const driverOptions = imageOpts?.driverOptions;
+  const { path, format, driverOptions } = imageOperand(parsed, operand);
   const socketPath = lastValue(parsed, 'socket');
   if (socketPath !== undefined && (hasFlag(parsed, 'port') || hasFlag(parsed, 'bind'))) {
     throw new CliUsageError('-k cannot be combined with -b or -p');
@@ -332,7 +330,6 @@ async function runServe(argv: string[], io: CliIo): Promise<number> {
   const tls = credsId === undefined ? undefined : await loadTls(parsed.options.get('object') ?? [], credsId);
   if (hasFlag(parsed, 'fork') && !process.env[FORK_CHILD_ENV]) return forkIntoBackground(argv, io);
 
-  const format = imageOpts?.format ?? lastValue(parsed, 'format');
   const readOnly = hasFlag(parsed, 'read-only');
   const snapshotName = lastValue(parsed, 'load-snapshot');
   let device: BlockDevice;

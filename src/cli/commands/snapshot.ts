@@ -4,8 +4,8 @@
 import { type SnapshotAction, snapshotImage } from '../../engine/commands/snapshot.ts';
 import type { CliCommand, CliIo } from '../command.ts';
 import { backingPolicy, printHelpIfAsked } from '../common.ts';
-import { COMMON_OPTIONS, CliUsageError, getopt, hasFlag, lastValue } from '../getopt.ts';
-import { parseImageOpts } from '../image-opts.ts';
+import { COMMON_OPTIONS, CliUsageError, getopt } from '../getopt.ts';
+import { imageOperand } from '../image-opts.ts';
 import { snapshotRow } from './info.ts';
 
 const HELP = `usage: vdisk snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
@@ -38,13 +38,13 @@ async function run(argv: string[], io: CliIo): Promise<number> {
   if (actions.length > 1) throw new CliUsageError("Cannot mix '-l', '-a', '-c', '-d'");
   if (parsed.operands.length !== 1) throw new CliUsageError('Expecting one image file name');
   const [operand = ''] = parsed.operands;
-  const imageOpts = hasFlag(parsed, 'image-opts') ? parseImageOpts(operand) : undefined;
+  const { path, format } = imageOperand(parsed, operand);
   const action = actions[0];
   // Without an action qemu-img opens nothing and succeeds; so does vdisk.
   if (!action) return 0;
   const table = await snapshotImage({
-    path: imageOpts?.path ?? operand,
-    format: imageOpts?.format ?? lastValue(parsed, 'format'),
+    path,
+    format,
     action,
     allowBackingEscape: backingPolicy.allowEscape,
   });
