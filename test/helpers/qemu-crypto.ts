@@ -15,12 +15,16 @@ export function imageOpts(path: string, format: 'qcow2' | 'luks' | 'qcow', id = 
   return `driver=${format},file.filename=${path},${key}=${id}`;
 }
 
-/** Runs a qemu tool, retrying (up to 5 times) only qemu's spurious PBKDF2 timing failure; throws on failure. */
+/**
+ * Runs a qemu tool, retrying (up to 20 times) only qemu's spurious PBKDF2 timing failure; throws on
+ * failure. The calibration's first round is ~10 ms of CPU, the thread clock ticks in 4-10 ms steps,
+ * and a round read as 0 ms fails the command: under load five tries in a row failed.
+ */
 export function qemuRun(command: string, args: string[]): string {
   for (let attempt = 1; ; attempt++) {
     const result = runStatus(command, args);
     if (result.status === 0) return result.stdout;
-    if (!result.stderr.includes('Unable to get accurate CPU usage') || attempt >= 5)
+    if (!result.stderr.includes('Unable to get accurate CPU usage') || attempt >= 20)
       throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
   }
 }
