@@ -4,12 +4,14 @@
 // (half seeded random data, half zeros: written zeros and holes). Servers take turns within each
 // round, so a busy spell on a shared machine hits all of them; the best of the rounds counts.
 // Reports MiB/s, the ratio to qemu-nbd and the server's peak RSS.
-// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3] [--baseline=DIR] [--skip-write] [--warm]`;
-// --baseline also serves with the vdisk checkout in DIR (row `vdisk-base`), so before/after share the
-// same rounds. Every copy gets a fresh server, for every server alike: vdisk's rows then include its
-// JIT warm-up (V8 compiling the request path during the first ~2,000 requests, ~70 ms of CPU on this
-// 1 GiB copy) that a C server doesn't have. --warm runs one untimed read copy on each fresh server
-// first, so the timed read measures a server in its steady state, as a long-running attach pod is.
+// Run alone: `node bench/nbd.ts [--size-mib=1024] [--repeat=3] [--baseline=DIR] [--skip-write]
+// [--warm | --fresh]`; --baseline also serves with the vdisk checkout in DIR (row `vdisk-base`), so
+// before/after share the same rounds. Every copy gets a fresh server, for every server alike. The
+// plain read rows time the first copy a fresh server makes: vdisk's then include its JIT warm-up (V8
+// compiling the request path during the first ~2,000 requests, ~50-70 ms on this 1 GiB copy) that a
+// C server doesn't have. The `warm` rows run one untimed copy on each fresh server first, so they
+// measure a server in its steady state, as a long-running attach pod is. Both kinds run by default;
+// --fresh or --warm keeps one.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -53,10 +55,12 @@ export interface NbdBenchOptions {
   /** Only the read workloads. */
   skipWrite?: boolean;
   /**
-   * Reads: one untimed copy on each fresh server before the timed one. Writes stay fresh (a warm-up
-   * copy into the same image would make the timed one an overwrite, another workload).
+   * Reads: true, one untimed copy on each fresh server before the timed one (a long-running server's
+   * steady state, as an attach pod is); false, the first copy a fresh server makes (start-up and JIT
+   * warm-up included); 'both' (the default), a row of each. Writes stay fresh (a warm-up copy into
+   * the same image would make the timed one an overwrite, another workload).
    */
-  warm?: boolean;
+  warm?: boolean | 'both';
   /** Progress lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -213,7 +217,7 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
   // make-guest lays the guest out in 4 MiB strides.
   const sizeMib = Math.ceil((options.sizeMib ?? 1024) / 4) * 4;
   const repeat = Math.max(1, options.repeat ?? 3);
-  const warm = options.warm ?? false;
+  const warmModes = options.warm === 'both' || options.warm === undefined ? [false, true] : [options.warm];
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   for (const tool of ['qemu-img', 'qemu-io', 'nbdcopy', 'qemu-nbd']) {
     if (!hasTool(tool)) throw new Error(`bench/nbd.ts needs ${tool}`);
@@ -252,21 +256,24 @@ export async function runNbdBench(options: NbdBenchOptions = {}): Promise<NbdBen
       };
       rows.push(row);
       log(
-        `${workload.padEnd(12)} ${server.padEnd(9)} x${connections}  ${String(row.mibPerSecond).padStart(6)} MiB/s  cpu ${sample.cpuMs} ms  rss ${sample.rssMib} MiB`,
+        `${workload.padEnd(17)} ${server.padEnd(9)} x${connections}  ${String(row.mibPerSecond).padStart(6)} MiB/s  cpu ${sample.cpuMs} ms  rss ${sample.rssMib} MiB`,
       );
     };
 
     const readers = servers.filter((name) => name !== 'nbdkit');
-    for (const connections of [1, 4]) {
-      const rawResults = await measureRounds(servers, repeat, log, (server) =>
-        measure(server, 'raw', raw, folder, connections, 'read', '', warm),
-      );
-      for (const [server, result] of rawResults) add('read raw', server, connections, result);
-      const qcow2Servers = readers.filter((server) => server !== 'vdisk' || qcow2Readable);
-      const qcow2Results = await measureRounds(qcow2Servers, repeat, log, (server) =>
-        measure(server, 'qcow2', qcow2, folder, connections, 'read', '', warm),
-      );
-      for (const [server, result] of qcow2Results) add('read qcow2', server, connections, result);
+    for (const warm of warmModes) {
+      const suffix = warm ? ' warm' : '';
+      for (const connections of [1, 4]) {
+        const rawResults = await measureRounds(servers, repeat, log, (server) =>
+          measure(server, 'raw', raw, folder, connections, 'read', '', warm),
+        );
+        for (const [server, result] of rawResults) add(`read raw${suffix}`, server, connections, result);
+        const qcow2Servers = readers.filter((server) => server !== 'vdisk' || qcow2Readable);
+        const qcow2Results = await measureRounds(qcow2Servers, repeat, log, (server) =>
+          measure(server, 'qcow2', qcow2, folder, connections, 'read', '', warm),
+        );
+        for (const [server, result] of qcow2Results) add(`read qcow2${suffix}`, server, connections, result);
+      }
     }
     const writers = options.skipWrite ? [] : readers;
     const writeResults = await measureRounds(writers, repeat, log, async (server) => {
@@ -324,7 +331,7 @@ if (process.argv[1] && import.meta.filename === process.argv[1]) {
     repeat: numberArg('repeat'),
     baseline,
     skipWrite: process.argv.includes('--skip-write'),
-    warm: process.argv.includes('--warm'),
+    warm: process.argv.includes('--warm') ? true : process.argv.includes('--fresh') ? false : 'both',
   });
   process.stdout.write(formatNbdBench(rows));
 }
