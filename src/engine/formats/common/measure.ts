@@ -4,7 +4,11 @@
 
 import type { BlockDevice } from '../../block-device.ts';
 
-async function forEachStoredRun(
+/**
+ * Calls `visit(start, end)` for each run of [offsetBytes, endBytes) that reads as stored, non-zero data,
+ * chain-wide: an unallocated run descends to the backing file, zeros are skipped. In ascending order.
+ */
+export async function forEachStoredRun(
   device: BlockDevice,
   offsetBytes: number,
   endBytes: number,

@@ -2,8 +2,8 @@
 // source's allocated ranges. Same arithmetic as qemu 7.2's qcow2_measure, qcow2_calc_prealloc_size and
 // qcow2_refcount_metadata_size (block/qcow2.c, block/qcow2-refcount.c), so the numbers match exactly.
 
-import type { BlockDevice } from '../../block-device.ts';
 import { InvalidOptionError } from '../../errors.ts';
+import { forEachStoredRun } from '../common/measure.ts';
 import type { MeasureInput, MeasureResult } from '../driver.ts';
 import { luksHeaderClusterBytes, takeEncryptOptions } from './encryption.ts';
 import { parseCreateSettings } from './options.ts';
@@ -55,34 +55,6 @@ export function fullyAllocatedBytes(
   return metaBytes + alignedBytes;
 }
 
-/** Calls `visit` for each chain-wide data run of `device` in [offset, end) (unallocated runs descend to the backing). */
-async function forEachDataRun(
-  device: BlockDevice,
-  offsetBytes: number,
-  endBytes: number,
-  visit: (offsetBytes: number, lengthBytes: number) => void,
-): Promise<void> {
-  let position = offsetBytes;
-  while (position < endBytes) {
-    const extents = await device.blockStatus(position, endBytes - position);
-    if (extents.length === 0) break;
-    for (const extent of extents) {
-      const extentEnd = Math.min(endBytes, extent.offsetBytes + extent.lengthBytes);
-      if (extent.allocated || !device.backing) {
-        if (!extent.zero && extent.data) visit(extent.offsetBytes, extentEnd - extent.offsetBytes);
-      } else if (extent.offsetBytes < device.backing.sizeBytes) {
-        await forEachDataRun(
-          device.backing,
-          extent.offsetBytes,
-          Math.min(extentEnd, device.backing.sizeBytes),
-          visit,
-        );
-      }
-      position = extentEnd;
-    }
-  }
-}
-
 /** qemu-img measure -O qcow2: required and fully-allocated host bytes. Throws InvalidOptionError for bad options. */
 export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
   const options = { ...input.options };
@@ -110,9 +82,8 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
     else {
       // As qemu: each data run is extended to the end of its last cluster and counted from its cluster start.
       let countedEnd = 0;
-      await forEachDataRun(input.source, 0, input.source.sizeBytes, (offsetBytes, lengthBytes) => {
+      await forEachStoredRun(input.source, 0, input.source.sizeBytes, (offsetBytes, end) => {
         const start = Math.max(offsetBytes, countedEnd);
-        const end = offsetBytes + lengthBytes;
         if (start >= end) return;
         const extendedEnd = roundUp(end, clusterSizeBytes);
         requiredDataBytes += (start % clusterSizeBytes) + (extendedEnd - start);
