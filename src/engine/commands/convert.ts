@@ -251,29 +251,36 @@ export async function convertDevice(
   const asBuffer = (data: Uint8Array): Buffer =>
     Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
 
+  /**
+   * Where the run of blocks of one kind (all-zero or not, as `zero` says) that starts at `startBytes`
+   * ends. Synchronous and small on purpose: the scan is the hot loop, and outside the async writeSpan
+   * V8 optimizes a small loop instead of the whole state machine (TurboFan spent 9-19 ms on writeSpan
+   * per convert before).
+   */
+  const sameKindEnd = (bytes: Buffer, startBytes: number, zero: boolean): number => {
+    let end = startBytes;
+    while (end < bytes.length && isZero(bytes, end, Math.min(alignBytes, bytes.length - end)) === zero)
+      end += alignBytes;
+    return Math.min(end, bytes.length);
+  };
+
+  /** Writes one run: data as data; zeros skipped (target reads zeros) or zero-written. */
+  async function writeRun(offsetBytes: number, piece: Uint8Array, zero: boolean): Promise<void> {
+    if (!zero) {
+      await target.write(offsetBytes, piece);
+      stats.bytesWritten += piece.length;
+    } else if (targetIsZeroed) {
+      stats.bytesSkipped += piece.length;
+    } else {
+      await target.writeZeroes(offsetBytes, piece.length, { mayUnmap: true });
+      stats.bytesZeroWritten += piece.length;
+    }
+  }
+
   /** Writes a read span: runs of non-zero blocks as data, zero blocks skipped or zero-written. */
   async function writeSpan(offsetBytes: number, data: Uint8Array): Promise<void> {
-    const bytes = asBuffer(data);
     if (compressed && writeCompressed && compressedUnitBytes) {
-      // The units of one chunk compress concurrently (the driver compresses off the event loop and
-      // allocates under its own lock), so both cores work while chunks still land in guest order.
-      const writes: Promise<void>[] = [];
-      for (let at = 0; at < data.length; at += compressedUnitBytes) {
-        const lengthBytes = Math.min(compressedUnitBytes, data.length - at);
-        if (isZero(bytes, at, lengthBytes)) {
-          if (targetIsZeroed) stats.bytesSkipped += lengthBytes;
-          else {
-            writes.push(target.writeZeroes(offsetBytes + at, lengthBytes, { mayUnmap: true }));
-            stats.bytesZeroWritten += lengthBytes;
-          }
-          continue;
-        }
-        writes.push(writeCompressed(offsetBytes + at, data.subarray(at, at + lengthBytes)));
-        stats.bytesWritten += lengthBytes;
-      }
-      const results = await Promise.allSettled(writes);
-      const failed = results.find((result) => result.status === 'rejected');
-      if (failed) throw (failed as PromiseRejectedResult).reason;
+      await writeCompressedSpan(offsetBytes, data, writeCompressed, compressedUnitBytes);
       return;
     }
     if (minSparseBytes === 0) {
@@ -281,31 +288,44 @@ export async function convertDevice(
       stats.bytesWritten += data.length;
       return;
     }
-    let runStart = 0;
-    let runIsZero: boolean | undefined;
-    const flushRun = async (runEnd: number): Promise<void> => {
-      const lengthBytes = runEnd - runStart;
-      if (lengthBytes <= 0) return;
-      if (!runIsZero) {
-        await target.write(offsetBytes + runStart, data.subarray(runStart, runEnd));
-        stats.bytesWritten += lengthBytes;
-      } else if (targetIsZeroed) {
-        stats.bytesSkipped += lengthBytes;
-      } else {
-        await target.writeZeroes(offsetBytes + runStart, lengthBytes, { mayUnmap: true });
-        stats.bytesZeroWritten += lengthBytes;
-      }
-    };
-    for (let at = 0; at < data.length; at += alignBytes) {
+    const bytes = asBuffer(data);
+    for (let at = 0; at < data.length; ) {
       const zero = isZero(bytes, at, Math.min(alignBytes, data.length - at));
-      if (runIsZero === undefined) runIsZero = zero;
-      else if (zero !== runIsZero) {
-        await flushRun(at);
-        runStart = at;
-        runIsZero = zero;
-      }
+      const end = sameKindEnd(bytes, at + alignBytes, zero);
+      await writeRun(offsetBytes + at, data.subarray(at, end), zero);
+      at = end;
     }
-    await flushRun(data.length);
+  }
+
+  /**
+   * A span for a compressed target: the units of one chunk compress concurrently (the driver
+   * compresses off the event loop and allocates under its own lock), so both cores work while chunks
+   * still land in guest order.
+   */
+  async function writeCompressedSpan(
+    offsetBytes: number,
+    data: Uint8Array,
+    writeUnit: (offsetBytes: number, data: Uint8Array) => Promise<void>,
+    unitBytes: number,
+  ): Promise<void> {
+    const bytes = asBuffer(data);
+    const writes: Promise<void>[] = [];
+    for (let at = 0; at < data.length; at += unitBytes) {
+      const lengthBytes = Math.min(unitBytes, data.length - at);
+      if (isZero(bytes, at, lengthBytes)) {
+        if (targetIsZeroed) stats.bytesSkipped += lengthBytes;
+        else {
+          writes.push(target.writeZeroes(offsetBytes + at, lengthBytes, { mayUnmap: true }));
+          stats.bytesZeroWritten += lengthBytes;
+        }
+        continue;
+      }
+      writes.push(writeUnit(offsetBytes + at, data.subarray(at, at + lengthBytes)));
+      stats.bytesWritten += lengthBytes;
+    }
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   const tasks = produce();
