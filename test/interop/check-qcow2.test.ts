@@ -227,6 +227,69 @@ describe.skipIf(!HAS_QEMU)('qcow2 check agrees with qemu-img check', () => {
     expect(data.every((byte) => byte === 0x77)).toBe(true);
   });
 
+  /** Offset of the first L1 entry and of the first L2 entry that maps a data cluster. */
+  async function firstEntries(path: string): Promise<{ l1Entry: number; l2Entry: number }> {
+    const handle = await open(path, 'r');
+    try {
+      const header = Buffer.alloc(64);
+      await handle.read(header, 0, 64, 0);
+      const l1Entry = Number(header.readBigUInt64BE(40));
+      const l1 = Buffer.alloc(8);
+      await handle.read(l1, 0, 8, l1Entry);
+      const l2Table = Number(l1.readBigUInt64BE(0) & 0x00fffffffffffe00n);
+      const l2 = Buffer.alloc(65536);
+      await handle.read(l2, 0, l2.length, l2Table);
+      for (let index = 0; index < 8192; index++) {
+        if ((l2.readBigUInt64BE(index * 8) & 0x00fffffffffffe00n) !== 0n)
+          return { l1Entry, l2Entry: l2Table + index * 8 };
+      }
+      throw new Error('no data cluster in the first L2 table');
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Flips bit 63 (COPIED) of the 8-byte entry at `offsetBytes`. */
+  async function flipCopied(path: string, offsetBytes: number): Promise<void> {
+    const handle = await open(path, 'r+');
+    const entry = Buffer.alloc(1);
+    await handle.read(entry, 0, 1, offsetBytes);
+    await handle.close();
+    await patch(path, offsetBytes, Buffer.from([(entry[0] ?? 0) ^ 0x80]));
+  }
+
+  // Refcounts all right, one flag wrong: only the COPIED pass can see it.
+  it('an L2 entry without COPIED although its refcount is 1, repaired by -r all', async () => {
+    const path = await damaged('l2-copied', async (image) =>
+      flipCopied(image, (await firstEntries(image)).l2Entry),
+    );
+    const ours = await vdiskCheck(path);
+    expectAgreement(ours, qemuCheck(path));
+    expect(ours.corruptions).toBe(1);
+    expect(ours.issues.map((issue) => issue.message).join()).toMatch(/OFLAG_COPIED data cluster/);
+    expect((await vdiskCheck(path, 'all')).corruptions).toBe(0);
+    expect(runStatus('qemu-img', ['check', path]).status).toBe(0);
+  });
+
+  it('an L1 entry without COPIED although its L2 table has refcount 1', async () => {
+    const path = await damaged('l1-copied', async (image) =>
+      flipCopied(image, (await firstEntries(image)).l1Entry),
+    );
+    const ours = await vdiskCheck(path);
+    expectAgreement(ours, qemuCheck(path));
+    expect(ours.corruptions).toBe(1);
+  });
+
+  it('an L2 entry with COPIED set on a cluster a snapshot shares (refcount 2)', async () => {
+    const path = join(dir, 'shared-copied.qcow2');
+    await copyFile(pristine, path);
+    run('qemu-img', ['snapshot', '-c', 'keep', path]);
+    await flipCopied(path, (await firstEntries(path)).l2Entry);
+    const ours = await vdiskCheck(path);
+    expectAgreement(ours, qemuCheck(path));
+    expect(ours.corruptions).toBeGreaterThan(0);
+  });
+
   it('the refcount of the L1 table cluster cleared', async () => {
     const path = await damaged('l1-ref', async (image) => {
       await patch(image, (await refcountBlockOffset(image)) + 3 * 2, u16(0));

@@ -7,6 +7,8 @@ import {
   decodeL2,
   l1Copied,
   l1Offset,
+  OFFSET_HIGH_MASK,
+  OFFSET_LOW_MASK,
   OFLAG_COMPRESSED_HIGH,
   OFLAG_COPIED_HIGH,
   writeEntry,
@@ -22,9 +24,21 @@ const MAX_ISSUES = 1000;
 /** qemu's QCOW_MAX_SNAPSHOTS. */
 const MAX_SNAPSHOTS = 65536;
 
+/** copiedSeen bits: an active L2 entry maps the cluster with COPIED set / with it clear. */
+const SEEN_COPIED = 1;
+const SEEN_NOT_COPIED = 2;
+
 export interface Walk {
   fileClusters: number;
   computed: Uint32Array;
+  /**
+   * Per host cluster, how the active L2 entries that map it carry COPIED (SEEN_* bits), noted while
+   * walking so that the refcount comparison can tell whether any flag can be wrong; only then does
+   * checkCopiedFlags walk the L2 tables a second time (one pass of three, on a clean image).
+   */
+  copiedSeen: Uint8Array;
+  /** An active entry the bits above can't vouch for (a data cluster past the end of the file). */
+  copiedUnknown: boolean;
   /** References to clusters at or past the end of the file. */
   beyondEnd: Map<number, number>;
   issues: CheckIssue[];
@@ -61,6 +75,13 @@ function reference(walk: Walk, clusterSizeBytes: number, offsetBytes: number, le
       walk.computed[clusterIndex] = (walk.computed[clusterIndex] ?? 0) + 1;
     else walk.beyondEnd.set(clusterIndex, (walk.beyondEnd.get(clusterIndex) ?? 0) + 1);
   }
+}
+
+function noteCopied(walk: Walk, hostCluster: number, copied: boolean): void {
+  if (hostCluster < walk.fileClusters)
+    walk.copiedSeen[hostCluster] =
+      (walk.copiedSeen[hostCluster] ?? 0) | (copied ? SEEN_COPIED : SEEN_NOT_COPIED);
+  else walk.copiedUnknown = true;
 }
 
 function misalignedDataCluster(hostOffsetBytes: number, entryOffsetBytes: number): CheckIssue {
@@ -101,14 +122,21 @@ async function walkL1(
     }
     reference(walk, clusterSizeBytes, l2OffsetBytes, clusterSizeBytes);
     if (l2OffsetBytes / clusterSizeBytes >= walk.fileClusters) continue;
-    const table = Buffer.alloc(clusterSizeBytes);
-    (await image.l2Cache.get(l2OffsetBytes)).copy(table);
+    // Used in place: nothing below awaits, so the cache can't evict or reuse it mid-loop.
+    const table = await image.l2Cache.get(l2OffsetBytes);
+    // Each entry's two words are read once, through a DataView: its getUint32 is a builtin, fast even
+    // in the interpreter a cold `vdisk check` runs in, where Buffer.readUInt32BE is JavaScript.
+    const words = new DataView(table.buffer, table.byteOffset, table.length);
+    const entryBytes = image.extendedL2 ? 16 : 8;
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
-      if (isEmptyEntry(table, l2Index, image.extendedL2)) continue;
-      if (standard && (table.readUInt32BE(l2Index * 8) & OFLAG_COMPRESSED_HIGH) === 0) {
+      const high = words.getUint32(l2Index * entryBytes);
+      const low = words.getUint32(l2Index * entryBytes + 4);
+      // An all-zero descriptor: unallocated, not an external data file's cluster (see isEmptyEntry).
+      if (high === 0 && low === 0) continue;
+      if (standard && (high & OFLAG_COMPRESSED_HIGH) === 0) {
         // A standard, uncompressed entry is a data or zero cluster: only its host offset matters
         // here, read without decoding the entry into an object (as the switch below would).
-        const hostOffsetBytes = l1Offset(table, l2Index);
+        const hostOffsetBytes = (high & OFFSET_HIGH_MASK) * 2 ** 32 + ((low & OFFSET_LOW_MASK) >>> 0);
         if (hostOffsetBytes === 0) continue;
         if (isActive) {
           walk.allocatedClusters++;
@@ -121,6 +149,7 @@ async function walkL1(
           continue;
         }
         reference(walk, clusterSizeBytes, hostOffsetBytes, clusterSizeBytes);
+        if (isActive) noteCopied(walk, hostOffsetBytes / clusterSizeBytes, (high & OFLAG_COPIED_HIGH) !== 0);
         continue;
       }
       let mapping = decodeL2(table, l2Index, image.clusterBits, image.extendedL2);
@@ -160,6 +189,7 @@ async function walkL1(
             break;
           }
           reference(walk, clusterSizeBytes, mapping.hostOffsetBytes, clusterSizeBytes);
+          if (isActive) noteCopied(walk, mapping.hostOffsetBytes / clusterSizeBytes, mapping.copied);
           break;
         default:
           break;
@@ -279,6 +309,8 @@ export async function walkImage(image: Qcow2Image): Promise<Walk> {
   const walk: Walk = {
     fileClusters,
     computed: new Uint32Array(fileClusters),
+    copiedSeen: new Uint8Array(fileClusters),
+    copiedUnknown: false,
     beyondEnd: new Map(),
     issues: [],
     corruptions: 0,
@@ -326,6 +358,8 @@ interface Comparison {
   leaks: number;
   corruptions: number;
   highestCluster: number;
+  /** Some active L2 entry's COPIED flag may disagree with the stored refcount (see Walk.copiedSeen). */
+  copiedSuspect: boolean;
 }
 
 async function compareRefcounts(
@@ -335,7 +369,13 @@ async function compareRefcounts(
   fixed: { leaks: number; corruptions: number },
 ): Promise<Comparison> {
   const clusterSizeBytes = image.clusterSizeBytes;
-  const result: Comparison = { leaks: 0, corruptions: 0, highestCluster: -1 };
+  const result: Comparison = {
+    leaks: 0,
+    corruptions: 0,
+    highestCluster: -1,
+    copiedSuspect: walk.copiedUnknown,
+  };
+  const copiedSeen = walk.copiedSeen;
   const expected = (clusterIndex: number): number =>
     clusterIndex < walk.fileClusters
       ? (walk.computed[clusterIndex] ?? 0)
@@ -356,11 +396,21 @@ async function compareRefcounts(
       const blockFirst = fileIndex - (fileIndex % entriesPerBlock);
       const block = await image.refcounts.blockAt(blockFirst / entriesPerBlock);
       const blockEnd = Math.min(fileClusters, blockFirst + entriesPerBlock);
+      // The default 16-bit refcounts through a DataView (a builtin, fast when cold); other widths decode.
+      const words =
+        block && refcountOrder === 4 ? new DataView(block.buffer, block.byteOffset, block.length) : undefined;
       for (; fileIndex < blockEnd; fileIndex++) {
         const clusterIndex = fileIndex;
-        const stored = block ? readRefcountEntry(block, clusterIndex - blockFirst, refcountOrder) : 0;
+        const stored = words
+          ? words.getUint16((clusterIndex - blockFirst) * 2)
+          : block
+            ? readRefcountEntry(block, clusterIndex - blockFirst, refcountOrder)
+            : 0;
         const computed = computedRefcounts[clusterIndex] ?? 0;
         if (stored > 0 || computed > 0) result.highestCluster = clusterIndex;
+        const seen = copiedSeen[clusterIndex] ?? 0;
+        if (seen !== 0 && (seen & (stored === 1 ? SEEN_NOT_COPIED : SEEN_COPIED)) !== 0)
+          result.copiedSuspect = true;
         if (stored !== computed) {
           fileIndex++;
           return { clusterIndex, stored, computed };
@@ -422,12 +472,16 @@ async function compareRefcounts(
   return result;
 }
 
-/** COPIED must be set exactly when the refcount is 1 (active L1 and L2 entries; compressed excluded). */
+/**
+ * COPIED must be set exactly when the refcount is 1 (active L1 and L2 entries; compressed excluded).
+ * The L2 entries are visited only with `scanL2` (a repair, or a comparison that found a suspect flag).
+ */
 async function checkCopiedFlags(
   image: Qcow2Image,
   walk: Walk,
   repair: RepairMode,
   fixed: { corruptions: number },
+  scanL2: boolean,
 ): Promise<number> {
   let wrong = 0;
   const clusterSizeBytes = image.clusterSizeBytes;
@@ -459,6 +513,7 @@ async function checkCopiedFlags(
         });
       }
     }
+    if (!scanL2) continue;
     const table = await image.l2Cache.get(l2OffsetBytes);
     let tableChanged = false;
     for (let l2Index = 0; l2Index < image.l2EntryCount; l2Index++) {
@@ -510,7 +565,7 @@ async function runCheck(image: Qcow2Image, repair: RepairMode): Promise<CheckRep
   const fixed = { leaks: 0, corruptions: 0 };
   let walk = await walkImage(image);
   let comparison = await compareRefcounts(image, walk, repair, fixed);
-  await checkCopiedFlags(image, walk, repair, fixed);
+  await checkCopiedFlags(image, walk, repair, fixed, repair !== 'none' || comparison.copiedSuspect);
   if (fixed.leaks + fixed.corruptions > 0) {
     // Repairs may have allocated refcount blocks: write everything, then check again as qemu-img does.
     await image.refcounts.flush();
@@ -518,7 +573,7 @@ async function runCheck(image: Qcow2Image, repair: RepairMode): Promise<CheckRep
     await image.file.sync();
     walk = await walkImage(image);
     comparison = await compareRefcounts(image, walk, 'none', { leaks: 0, corruptions: 0 });
-    await checkCopiedFlags(image, walk, 'none', { corruptions: 0 });
+    await checkCopiedFlags(image, walk, 'none', { corruptions: 0 }, comparison.copiedSuspect);
   }
   const totalClusters = Math.ceil(image.header.virtualSizeBytes / image.clusterSizeBytes);
   return {
