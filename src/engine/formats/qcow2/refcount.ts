@@ -157,6 +157,11 @@ export class RefcountManager {
     return indexes;
   }
 
+  /** Copies the refcount table's bytes into the start of `target`. */
+  copyTable(target: Buffer): void {
+    this.table.copy(target);
+  }
+
   /** Offset of refcount block `tableIndex`, 0 when none is allocated. */
   blockOffset(tableIndex: number): number {
     if (tableIndex >= this.tableEntryCount) return 0;
@@ -543,6 +548,20 @@ export class RefcountManager {
     await this.options.file.sync();
     await this.free(oldOffsetBytes / this.clusterSizeBytes, oldClusters);
     this.freeClusterHint = Math.min(this.freeClusterHint, oldOffsetBytes / this.clusterSizeBytes);
+  }
+
+  /**
+   * Switches to a refcount table already written at `offsetBytes` and named by the header (a metadata
+   * commit wrote new blocks beside the old ones): forgets the cached blocks, which may be the freed
+   * old ones, and the free-space hints. Nothing may be dirty.
+   */
+  adoptTable(table: Buffer, offsetBytes: number): void {
+    this.table = table;
+    this.tableOffsetBytes = offsetBytes;
+    this.dirtyTableIndexes.clear();
+    this.blocks.clear();
+    this.freeClusterHint = 0;
+    this.freeByteOffset = 0;
   }
 
   /** Writes dirty refcount blocks (no sync). */
