@@ -371,11 +371,12 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
           });
         }
         const snapshotL1 = await readL1(image, entry);
-        // The snapshot's tree gains the active image's reference, the old active tree and L1 lose
-        // theirs; the new active L1 is the snapshot's, padded with empty entries to the image's size.
+        // The old active tree and L1 lose the active image's reference, the snapshot's tree gains it;
+        // the new active L1 is the snapshot's, padded with empty entries to the image's size. Dropping
+        // first keeps a shared cluster's count within narrow refcounts (2 bits) on the way.
         const shadow = new RefcountShadow(image.refcounts, image.path);
-        await adjustTree(image, snapshotL1, 1, shadow);
         await adjustTree(image, image.l1, -1, shadow);
+        await adjustTree(image, snapshotL1, 1, shadow);
         await dropClusters(image, shadow, image.header.l1TableOffsetBytes, image.l1.length);
         const l1 = Buffer.alloc(image.l1.length);
         snapshotL1.copy(l1);
