@@ -34,6 +34,8 @@ export interface MetadataChange {
 
 /** L2 tables read ahead of a walk: a pread per table in turn left the walk idle. */
 const READ_AHEAD_TABLES = 8;
+/** Bytes of changed L2 tables kept between deciding to copy them and writing the copies (the L2 cache's default). */
+const KEPT_COPIES_BYTES = 16 * 1024 * 1024;
 /** Placement rounds before giving up (each grows the refcount blocks or table; two are the norm). */
 const MAX_PLACEMENT_ROUNDS = 64;
 
@@ -226,16 +228,21 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
   const clustersOf = (bytes: number): number => Math.ceil(bytes / clusterSizeBytes);
 
   // The active L2 tables whose COPIED flags change are copied; the old state keeps the originals, and
-  // the active L1's reference moves from each to its copy.
-  const copied: Array<{ l1Index: number; fromBytes: number }> = [];
+  // the active L1's reference moves from each to its copy. The new bytes are kept up to a budget,
+  // past it derived again when written (the data refcounts do not move in between).
+  const copied: Array<{ l1Index: number; fromBytes: number; table: Buffer | undefined }> = [];
+  let keptBytes = 0;
   const readActive = tableReadAhead(image, l1EntryCount, (index) => l1Offset(l1, index));
   for (let l1Index = 0; l1Index < l1EntryCount; l1Index++) {
     const l2OffsetBytes = l1Offset(l1, l1Index);
     if (l2OffsetBytes === 0) continue;
     if (l2OffsetBytes % clusterSizeBytes !== 0)
       throw image.corrupt(`L2 table offset ${l2OffsetBytes} of L1 entry ${l1Index} is not cluster aligned`);
-    if (!(await deriveCopiedFlags(image, shadow, await readActive(l1Index)))) continue;
-    copied.push({ l1Index, fromBytes: l2OffsetBytes });
+    const table = await readActive(l1Index);
+    if (!(await deriveCopiedFlags(image, shadow, table))) continue;
+    const keep = keptBytes + table.length <= KEPT_COPIES_BYTES;
+    if (keep) keptBytes += table.length;
+    copied.push({ l1Index, fromBytes: l2OffsetBytes, table: keep ? table : undefined });
     await shadow.adjust(l2OffsetBytes / clusterSizeBytes, -1);
   }
   for (let l1Index = 0; l1Index < l1EntryCount; l1Index++) {
@@ -260,11 +267,16 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
   const tableStart = start + payloadClusters;
   const blocksStart = tableStart + tableClusters;
 
-  // The copies of the changed L2 tables, flags derived again (the data refcounts have not moved).
-  const readCopied = tableReadAhead(image, copied.length, (index) => copied[index]?.fromBytes ?? 0);
-  for (const [index, { l1Index }] of copied.entries()) {
-    const copy = await readCopied(index);
-    await deriveCopiedFlags(image, shadow, copy);
+  // The copies of the changed L2 tables.
+  const readCopied = tableReadAhead(image, copied.length, (index) =>
+    copied[index]?.table ? 0 : (copied[index]?.fromBytes ?? 0),
+  );
+  for (const [index, { l1Index, table: kept }] of copied.entries()) {
+    let copy = kept;
+    if (!copy) {
+      copy = await readCopied(index);
+      await deriveCopiedFlags(image, shadow, copy);
+    }
     const toBytes = (copiesStart + index) * clusterSizeBytes;
     await image.file.write(toBytes, copy);
     writeEntry(l1, l1Index, toBytes, true);
