@@ -142,4 +142,31 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot changes on every table layout', () =>
     expectNothingFound(path, 'delete');
     expect((await content(path)).equals(before)).toBe(true);
   });
+
+  it('copies more changed L2 tables than it keeps in memory (2 MiB clusters, 20 MiB of tables)', async () => {
+    // Ten L2 tables of 2 MiB, one cluster written under each: past the 16 MiB of copies the commit
+    // keeps, the rest are derived again when written.
+    const path = join(dir, 'wide.qcow2');
+    run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', path, '5T']);
+    const at = (index: number): string => `${index * 512}G`;
+    const writes = (pattern: number): string[] =>
+      Array.from({ length: 10 }, (_, index) => ['-c', `write -P ${pattern + index} ${at(index)} 4k`]).flat();
+    const reads = (pattern: number): string[] =>
+      Array.from({ length: 10 }, (_, index) => ['-c', `read -P ${pattern + index} ${at(index)} 4k`]).flat();
+    run('qemu-io', ['-f', 'qcow2', ...writes(0x10), path]);
+    const device = await openImage(path);
+    await device.snapshots?.create('s');
+    for (let index = 0; index < 10; index++)
+      await device.write(index * 512 * 2 ** 30, new Uint8Array(4096).fill(0x40 + index));
+    await device.close();
+    expectNothingFound(path, 'create');
+    expect(run('qemu-io', ['-f', 'qcow2', '-r', ...reads(0x40), path])).not.toMatch(/verification failed/);
+    run('qemu-img', ['snapshot', '-a', 's', path]);
+    expectNothingFound(path, 'qemu reverts');
+    expect(run('qemu-io', ['-f', 'qcow2', '-r', ...reads(0x10), path])).not.toMatch(/verification failed/);
+    const again = await openImage(path);
+    await again.snapshots?.delete('s');
+    await again.close();
+    expectNothingFound(path, 'delete');
+  });
 });
