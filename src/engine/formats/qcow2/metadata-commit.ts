@@ -128,63 +128,111 @@ async function deriveCopiedFlags(image: Qcow2Image, shadow: RefcountShadow, tabl
   return changed;
 }
 
-/** Where the commit's clusters go: one run from `start`, and which refcount blocks get a new copy. */
+/** Where the commit's clusters go: runs for the tables, single clusters for L2 copies and refcount blocks. */
 interface Placement {
-  start: number;
+  l1: number;
+  snapshotTable: number;
+  copies: number[];
+  table: number;
   tableClusters: number;
-  /** Refcount-table indexes whose block is written anew, ascending. */
+  /** Refcount-table indexes whose block is written anew, ascending, and the cluster of each. */
   blockIndexes: number[];
-}
-
-/** First cluster at or after `from` starting `count` clusters that are free both before and after the change. */
-async function findFreeRun(
-  image: Qcow2Image,
-  shadow: RefcountShadow,
-  from: number,
-  count: number,
-): Promise<number> {
-  let start = from;
-  let runLength = 0;
-  for (let clusterIndex = from; runLength < count; clusterIndex++) {
-    if ((await image.refcounts.get(clusterIndex)) === 0 && (await shadow.get(clusterIndex)) === 0) {
-      runLength++;
-      continue;
-    }
-    runLength = 0;
-    start = clusterIndex + 1;
-  }
-  return start;
+  blocks: number[];
+  /** Every cluster the commit writes, as [first, count] runs: each gets refcount 1. */
+  runs: Array<[number, number]>;
 }
 
 /**
- * Places `payloadClusters` clusters, then a refcount table, then the new refcount blocks, in one run
- * past `from`. Every block with a count that changes is copied: the ones the operation changed, the
- * ones covering the run (its clusters become used), the old table's (it is freed), and, since a
- * replaced block frees its own cluster, the blocks counting replaced blocks. More blocks may need a
- * bigger table and run: iterate to the fixed point (refcount.ts's table growth solves the same).
+ * First cluster at or after `from` that is free both before and after the change (refcount 0 in the
+ * image's blocks and in the changed copies) and no metadata of the old state (`avoid`, in case a
+ * damaged refcount says otherwise). Whole runs of used clusters are skipped with a native search.
+ */
+async function nextFree(
+  image: Qcow2Image,
+  shadow: RefcountShadow,
+  from: number,
+  avoid: (clusterIndex: number) => boolean,
+): Promise<number> {
+  const { refcounts } = image;
+  const { entriesPerBlock, refcountOrder } = refcounts;
+  for (let tableIndex = Math.floor(from / entriesPerBlock); ; tableIndex++) {
+    const old = await refcounts.blockAt(tableIndex);
+    const changed = shadow.changed.get(tableIndex);
+    const blockFirst = tableIndex * entriesPerBlock;
+    let index = Math.max(0, from - blockFirst);
+    while (index < entriesPerBlock) {
+      if (old) index = refcounts.nextZeroEntry(old, index);
+      if (index >= entriesPerBlock) break;
+      const clusterIndex = blockFirst + index;
+      if ((!changed || readRefcountEntry(changed, index, refcountOrder) === 0) && !avoid(clusterIndex))
+        return clusterIndex;
+      index++;
+    }
+  }
+}
+
+/**
+ * Places the commit's clusters, each in the first place free before and after the change past the
+ * previous one: the L1 table and snapshot table (contiguous runs), the L2 copies, a refcount table
+ * (a run), the new refcount blocks. Every block with a count that changes is copied: the ones the
+ * operation changed, the ones counting the placed clusters, the old table's (it is freed), and,
+ * since a replaced block frees its own cluster, the blocks counting replaced blocks. More blocks may
+ * need a bigger table and more clusters: iterate to the fixed point (as refcount.ts grows its table).
  */
 async function place(
   image: Qcow2Image,
   shadow: RefcountShadow,
-  from: number,
-  payloadClusters: number,
+  sizes: { l1Clusters: number; snapshotClusters: number; copyCount: number },
 ): Promise<Placement> {
-  const { refcounts, clusterSizeBytes } = image;
+  const { refcounts, clusterSizeBytes, header } = image;
   const { entriesPerBlock } = refcounts;
   const oldTable = refcounts.tableLocation;
+  const oldTableFirst = Math.floor(oldTable.offsetBytes / clusterSizeBytes);
+  const within = (clusterIndex: number, offsetBytes: number, lengthBytes: number): boolean =>
+    clusterIndex * clusterSizeBytes < offsetBytes + lengthBytes &&
+    (clusterIndex + 1) * clusterSizeBytes > offsetBytes;
+  const avoid = (clusterIndex: number): boolean =>
+    clusterIndex === 0 ||
+    (clusterIndex >= oldTableFirst && clusterIndex < oldTableFirst + oldTable.clusterCount) ||
+    within(clusterIndex, header.l1TableOffsetBytes, header.l1EntryCount * 8) ||
+    (refcounts.metadataHint?.(clusterIndex) ?? false);
   let tableClusters = oldTable.clusterCount;
   let blockCount = 0;
   for (let round = 0; round < MAX_PLACEMENT_ROUNDS; round++) {
-    const total = payloadClusters + tableClusters + blockCount;
-    const start = await findFreeRun(image, shadow, from, total);
+    const runs: Array<[number, number]> = [];
+    let cursor = Math.max(1, refcounts.freeHint);
+    const claim = async (count: number, joinRun = true): Promise<number> => {
+      if (count === 0) return 0;
+      let start = await nextFree(image, shadow, cursor, avoid);
+      for (let next = 1; next < count; next++) {
+        const found = await nextFree(image, shadow, start + next, avoid);
+        if (found === start + next) continue;
+        start = found;
+        next = 0;
+      }
+      cursor = start + count;
+      const last = runs[runs.length - 1];
+      if (joinRun && last && last[0] + last[1] === start) last[1] += count;
+      else runs.push([start, count]);
+      return start;
+    };
+    const l1 = await claim(sizes.l1Clusters);
+    const snapshotTable = await claim(sizes.snapshotClusters);
+    const copies: number[] = [];
+    for (let copy = 0; copy < sizes.copyCount; copy++) copies.push(await claim(1));
+    const table = await claim(tableClusters);
+    const blocks: number[] = [];
+    // One run each: the slots past the ones needed are dropped from the end.
+    for (let block = 0; block < blockCount; block++) blocks.push(await claim(1, false));
+
     const indexes = new Set(shadow.changed.keys());
     const addRun = (firstCluster: number, clusterCount: number): void => {
       if (clusterCount <= 0) return;
       const last = Math.floor((firstCluster + clusterCount - 1) / entriesPerBlock);
       for (let index = Math.floor(firstCluster / entriesPerBlock); index <= last; index++) indexes.add(index);
     };
-    addRun(Math.floor(oldTable.offsetBytes / clusterSizeBytes), oldTable.clusterCount);
-    addRun(start, total);
+    addRun(oldTableFirst, oldTable.clusterCount);
+    for (const [first, count] of runs) addRun(first, count);
     const pending = [...indexes];
     for (let index = pending.pop(); index !== undefined; index = pending.pop()) {
       const blockOffsetBytes = refcounts.blockOffset(index);
@@ -204,8 +252,20 @@ async function place(
         fatal: true,
       });
     }
-    if (indexes.size <= blockCount && neededTable <= tableClusters)
-      return { start, tableClusters, blockIndexes: [...indexes].sort((a, b) => a - b) };
+    if (indexes.size <= blockCount && neededTable <= tableClusters) {
+      // Block slots past the ones needed stay unused: not written, not counted.
+      const unused = blockCount - indexes.size;
+      return {
+        l1,
+        snapshotTable,
+        copies,
+        table,
+        tableClusters,
+        blockIndexes: [...indexes].sort((a, b) => a - b),
+        blocks: blocks.slice(0, indexes.size),
+        runs: runs.slice(0, runs.length - unused),
+      };
+    }
     blockCount = Math.max(blockCount, indexes.size);
     tableClusters = Math.max(tableClusters, neededTable);
   }
@@ -254,18 +314,13 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
   const l1Clusters = clustersOf(l1.length);
   const table = change.snapshotTable;
   const snapshotClusters = table ? clustersOf(table.bytes.length) : 0;
-  const payloadClusters = l1Clusters + copied.length + snapshotClusters;
-  const firstFree = Math.max(1, clustersOf(await image.file.sizeBytes()));
-  const { start, tableClusters, blockIndexes } = await place(image, shadow, firstFree, payloadClusters);
-  const l1OffsetBytes = l1Clusters > 0 ? start * clusterSizeBytes : header.l1TableOffsetBytes;
-  const copiesStart = start + l1Clusters;
+  const placement = await place(image, shadow, { l1Clusters, snapshotClusters, copyCount: copied.length });
+  const l1OffsetBytes = l1Clusters > 0 ? placement.l1 * clusterSizeBytes : header.l1TableOffsetBytes;
   const snapshotsOffsetBytes = table
     ? snapshotClusters > 0
-      ? (copiesStart + copied.length) * clusterSizeBytes
+      ? placement.snapshotTable * clusterSizeBytes
       : 0
     : header.snapshotsOffsetBytes;
-  const tableStart = start + payloadClusters;
-  const blocksStart = tableStart + tableClusters;
 
   // The copies of the changed L2 tables.
   const readCopied = tableReadAhead(image, copied.length, (index) =>
@@ -277,17 +332,18 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
       copy = await readCopied(index);
       await deriveCopiedFlags(image, shadow, copy);
     }
-    const toBytes = (copiesStart + index) * clusterSizeBytes;
+    const toBytes = (placement.copies[index] ?? 0) * clusterSizeBytes;
     await image.file.write(toBytes, copy);
     writeEntry(l1, l1Index, toBytes, true);
   }
   if (l1Clusters > 0) await image.file.write(l1OffsetBytes, l1);
   if (table && snapshotClusters > 0) await image.file.write(snapshotsOffsetBytes, table.bytes);
 
-  // Refcounts of the commit's own clusters: the run is used, the old table and replaced blocks are free.
+  // Refcounts of the commit's own clusters: they are used, the old table and replaced blocks are free.
   const oldTable = refcounts.tableLocation;
-  await shadow.adjustRun(start, payloadClusters + tableClusters + blockIndexes.length, 1);
+  for (const [first, count] of placement.runs) await shadow.adjustRun(first, count, 1);
   await shadow.adjustRun(oldTable.offsetBytes / clusterSizeBytes, oldTable.clusterCount, -1);
+  const { blockIndexes, tableClusters } = placement;
   for (const index of blockIndexes) {
     const oldBlockBytes = refcounts.blockOffset(index);
     if (oldBlockBytes !== 0) await shadow.adjust(Math.floor(oldBlockBytes / clusterSizeBytes), -1);
@@ -302,13 +358,12 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
         message: `refcount block ${index} changed outside the plan`,
       });
   }
-  for (let slot = 0; slot < blockIndexes.length; slot++) {
-    const index = blockIndexes[slot] ?? 0;
-    const offsetBytes = (blocksStart + slot) * clusterSizeBytes;
+  for (const [slot, index] of blockIndexes.entries()) {
+    const offsetBytes = (placement.blocks[slot] ?? 0) * clusterSizeBytes;
     await image.file.write(offsetBytes, await shadow.writable(index));
     newTable.writeBigUInt64BE(BigInt(offsetBytes), index * 8);
   }
-  const tableOffsetBytes = tableStart * clusterSizeBytes;
+  const tableOffsetBytes = placement.table * clusterSizeBytes;
   await image.file.write(tableOffsetBytes, newTable);
   await image.file.sync();
 

@@ -132,6 +132,11 @@ export class RefcountManager {
     });
   }
 
+  /** No cluster below this one is free (a lower bound, qemu's free_cluster_index). */
+  get freeHint(): number {
+    return this.freeClusterHint;
+  }
+
   get tableEntryCount(): number {
     return this.table.length / 8;
   }
@@ -310,7 +315,7 @@ export class RefcountManager {
   }
 
   /** Index of the first zero entry of `block` at or after `fromIndex`; entriesPerBlock when none. */
-  private nextZeroEntry(block: Buffer, fromIndex: number): number {
+  nextZeroEntry(block: Buffer, fromIndex: number): number {
     if (this.refcountOrder < 3) {
       for (let index = fromIndex; index < this.entriesPerBlock; index++)
         if (readRefcountEntry(block, index, this.refcountOrder) === 0) return index;

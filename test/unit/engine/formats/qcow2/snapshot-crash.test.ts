@@ -1,8 +1,8 @@
 // Crash consistency of internal snapshot create, delete and apply: a HostFile that silently stops
 // persisting after its N-th write is swept over each (every N from 0 to the operation's last write).
-// Each operation writes its new metadata as copies past the end of the file and switches to them with
-// one write of the header's first sector (metadata-commit.ts), so every cut must leave either the old
-// image exactly (the bytes of the original file unchanged) or the new state, in that order as N grows,
+// Each operation writes its new metadata as copies in clusters the image leaves free and switches to
+// them with one write of the header's first sector (metadata-commit.ts), so every cut must leave either
+// the old image exactly (every cluster it uses unchanged) or the new state, in that order as N grows,
 // and `qemu-img check` must find nothing at all: no corruption (COPIED flags included) and no leak.
 // Every snapshot listed, and the active image, must read as the state says. The image has small
 // clusters (several L2 tables and refcount blocks), data shared with a snapshot, data the active
@@ -12,6 +12,8 @@ import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../../../src/engine/block-device.ts';
+import { loadImage } from '../../../../../src/engine/formats/qcow2/load.ts';
+import { NodeHostFile } from '../../../../../src/engine/io/host-file.ts';
 import { runCutOperation } from '../../../../helpers/cutting-file.ts';
 import { has, run, runStatus, scratchDir } from '../../../../helpers/format-harness.ts';
 
@@ -58,6 +60,22 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
     return readFile(out);
   }
 
+  /** The clusters `path` uses (refcount > 0), as the engine reads its refcounts. */
+  async function usedClusters(path: string): Promise<{ clusterSizeBytes: number; clusters: number[] }> {
+    const file = await NodeHostFile.open(path, { readOnly: true });
+    try {
+      const { refcounts, clusterSizeBytes } = await loadImage({ file, path, readOnly: true }, async () => {});
+      const clusters: number[] = [];
+      const count = Math.ceil((await file.sizeBytes()) / clusterSizeBytes);
+      for (let cluster = 0; cluster < count; cluster++)
+        if ((await refcounts.get(cluster)) > 0) clusters.push(cluster);
+      expect(clusters.length).toBeGreaterThan(10);
+      return { clusterSizeBytes, clusters };
+    } finally {
+      await file.close();
+    }
+  }
+
   function snapshotNames(path: string): string[] {
     const info = JSON.parse(run('qemu-img', ['info', '--output=json', path])) as {
       snapshots?: Array<{ name: string }>;
@@ -83,6 +101,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
     const totalWrites = await runCut(dry, Number.POSITIVE_INFINITY, operation);
     expect(totalWrites).toBeGreaterThan(2);
     const original = await readFile(pristine);
+    const used = await usedClusters(pristine);
     let seenNew = false;
     for (let cut = 0; cut <= totalWrites; cut++) {
       const path = join(dir, 'cut.qcow2');
@@ -99,14 +118,26 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
         status: 0,
         errors: null,
       });
-      // Until the commit the original bytes are untouched (new clusters go past its end).
-      const isOld = (await readFile(path)).subarray(0, original.length).equals(original);
+      // Until the commit (the header's first sector) every cluster the original uses is untouched:
+      // the new tables went to clusters it leaves free.
+      const bytes = await readFile(path);
+      const isOld = bytes.subarray(0, 512).equals(original.subarray(0, 512));
       expect(isOld || cut > 0, 'cut 0 leaves the original').toBe(true);
       if (!isOld) seenNew = true;
       expect(isOld && seenNew, `cut ${cut}: old state after the new one`).toBe(false);
-      // The original bytes with unreferenced clusters after them (refcount 0, check said so) read as
-      // the original: read them once, at cut 0, and every state that is not the original.
-      if (isOld && cut > 0) continue;
+      if (isOld) {
+        const { clusterSizeBytes, clusters } = used;
+        const changed = clusters.filter((cluster) => {
+          const at = cluster * clusterSizeBytes;
+          return !bytes
+            .subarray(at, at + clusterSizeBytes)
+            .equals(original.subarray(at, at + clusterSizeBytes));
+        });
+        expect(changed, `cut ${cut}: clusters of the original state written`).toEqual([]);
+        // The original's clusters with free ones (refcount 0, check said so) written elsewhere read as
+        // the original: read them once, at cut 0, and every state that is not the original.
+        if (cut > 0) continue;
+      }
       const names = snapshotNames(path);
       const state = states[isOld ? 0 : 1];
       expect(names, `cut ${cut}: snapshots`).toEqual(state?.names);
