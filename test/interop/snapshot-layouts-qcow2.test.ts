@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../src/engine/open.ts';
-import { has, run, runStatus, scratchDir } from '../helpers/format-harness.ts';
+import { checkWithDriver, has, run, runStatus, scratchDir } from '../helpers/format-harness.ts';
 
 const HAS_QEMU = has('qemu-img') && has('qemu-io');
 if (!HAS_QEMU)
@@ -15,7 +15,15 @@ if (!HAS_QEMU)
     'SKIPPED snapshot-layouts-qcow2.test.ts: qemu-img/qemu-io not found (apt-get install qemu-utils)',
   );
 
-function expectNothingFound(path: string, step: string): void {
+/** qemu-img check and vdisk's own check find nothing: no corruption, no COPIED mismatch, no leak. */
+async function expectNothingFound(path: string, step: string): Promise<void> {
+  const ours = await checkWithDriver('qcow2', path);
+  expect({ step, issues: ours.issues, leaks: ours.leaks, corruptions: ours.corruptions }).toEqual({
+    step,
+    issues: [],
+    leaks: 0,
+    corruptions: 0,
+  });
   const check = runStatus('qemu-img', ['check', path]);
   expect({
     step,
@@ -82,7 +90,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot changes on every table layout', () =>
       await device.snapshots?.create('b');
       await device.write(0, new Uint8Array(65536).fill(0x55));
       await device.flush();
-      expectNothingFound(path, 'create');
+      await expectNothingFound(path, 'create');
       expect(snapshotNames(path)).toEqual(['a', 'b']);
       expect((await content(path, 'a')).equals(a)).toBe(true);
       expect((await content(path, 'b')).equals(now)).toBe(true);
@@ -91,14 +99,14 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot changes on every table layout', () =>
       expect((await content(path)).equals(written)).toBe(true);
 
       await device.snapshots?.apply('a');
-      expectNothingFound(path, 'apply');
+      await expectNothingFound(path, 'apply');
       expect((await content(path)).equals(a)).toBe(true);
       await device.write(1 << 20, new Uint8Array(4096).fill(0x66));
       await device.snapshots?.delete('a');
-      expectNothingFound(path, 'delete a');
+      await expectNothingFound(path, 'delete a');
       await device.snapshots?.delete('b');
       await device.close();
-      expectNothingFound(path, 'delete b');
+      await expectNothingFound(path, 'delete b');
       expect(snapshotNames(path)).toEqual([]);
       const last = Buffer.from(a);
       last.fill(0x66, 1 << 20, (1 << 20) + 4096);
@@ -134,12 +142,12 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot changes on every table layout', () =>
     await device.snapshots?.create('s');
     await device.close();
     expect((await readFile(path)).readUInt32BE(56)).toBe(2);
-    expectNothingFound(path, 'create');
+    await expectNothingFound(path, 'create');
     expect((await content(path, 's')).equals(before)).toBe(true);
     const again = await openImage(path);
     await again.snapshots?.delete('s');
     await again.close();
-    expectNothingFound(path, 'delete');
+    await expectNothingFound(path, 'delete');
     expect((await content(path)).equals(before)).toBe(true);
   });
 
@@ -159,14 +167,14 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot changes on every table layout', () =>
     for (let index = 0; index < 10; index++)
       await device.write(index * 512 * 2 ** 30, new Uint8Array(4096).fill(0x40 + index));
     await device.close();
-    expectNothingFound(path, 'create');
+    await expectNothingFound(path, 'create');
     expect(run('qemu-io', ['-f', 'qcow2', '-r', ...reads(0x40), path])).not.toMatch(/verification failed/);
     run('qemu-img', ['snapshot', '-a', 's', path]);
-    expectNothingFound(path, 'qemu reverts');
+    await expectNothingFound(path, 'qemu reverts');
     expect(run('qemu-io', ['-f', 'qcow2', '-r', ...reads(0x10), path])).not.toMatch(/verification failed/);
     const again = await openImage(path);
     await again.snapshots?.delete('s');
     await again.close();
-    expectNothingFound(path, 'delete');
+    await expectNothingFound(path, 'delete');
   });
 });

@@ -336,8 +336,14 @@ export async function commitMetadata(image: Qcow2Image, change: MetadataChange):
     await image.file.write(toBytes, copy);
     writeEntry(l1, l1Index, toBytes, true);
   }
-  if (l1Clusters > 0) await image.file.write(l1OffsetBytes, l1);
-  if (table && snapshotClusters > 0) await image.file.write(snapshotsOffsetBytes, table.bytes);
+  // Whole clusters: a reused cluster must not keep old bytes after the tables.
+  const padded = (bytes: Buffer): Buffer => {
+    const out = Buffer.alloc(clustersOf(bytes.length) * clusterSizeBytes);
+    bytes.copy(out);
+    return out;
+  };
+  if (l1Clusters > 0) await image.file.write(l1OffsetBytes, padded(l1));
+  if (table && snapshotClusters > 0) await image.file.write(snapshotsOffsetBytes, padded(table.bytes));
 
   // Refcounts of the commit's own clusters: they are used, the old table and replaced blocks are free.
   const oldTable = refcounts.tableLocation;
