@@ -4,9 +4,10 @@
 // them with one write of the header's first sector (metadata-commit.ts), so every cut must leave either
 // the old image exactly (every cluster it uses unchanged) or the new state, in that order as N grows,
 // and `qemu-img check` must find nothing at all: no corruption (COPIED flags included) and no leak.
-// Every snapshot listed, and the active image, must read as the state says. The image has small
-// clusters (several L2 tables and refcount blocks), data shared with a snapshot, data the active
-// image rewrote after it, zero and compressed clusters.
+// Every snapshot listed, and the active image, must read as the state says. The images have small
+// clusters (several L2 tables; with 512-byte clusters and 64-bit refcounts, dozens of refcount
+// blocks), data shared with a snapshot, data the active image rewrote after it, zero and compressed
+// clusters.
 
 import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
