@@ -132,6 +132,11 @@ export class RefcountManager {
     });
   }
 
+  /** No cluster below this one is free (a lower bound, qemu's free_cluster_index). */
+  get freeHint(): number {
+    return this.freeClusterHint;
+  }
+
   get tableEntryCount(): number {
     return this.table.length / 8;
   }
@@ -155,6 +160,11 @@ export class RefcountManager {
         if (tableEntryOffset(table, index) !== 0) indexes.push(index);
     }
     return indexes;
+  }
+
+  /** Copies the refcount table's bytes into the start of `target`. */
+  copyTable(target: Buffer): void {
+    this.table.copy(target);
   }
 
   /** Offset of refcount block `tableIndex`, 0 when none is allocated. */
@@ -305,7 +315,7 @@ export class RefcountManager {
   }
 
   /** Index of the first zero entry of `block` at or after `fromIndex`; entriesPerBlock when none. */
-  private nextZeroEntry(block: Buffer, fromIndex: number): number {
+  nextZeroEntry(block: Buffer, fromIndex: number): number {
     if (this.refcountOrder < 3) {
       for (let index = fromIndex; index < this.entriesPerBlock; index++)
         if (readRefcountEntry(block, index, this.refcountOrder) === 0) return index;
@@ -543,6 +553,20 @@ export class RefcountManager {
     await this.options.file.sync();
     await this.free(oldOffsetBytes / this.clusterSizeBytes, oldClusters);
     this.freeClusterHint = Math.min(this.freeClusterHint, oldOffsetBytes / this.clusterSizeBytes);
+  }
+
+  /**
+   * Switches to a refcount table already written at `offsetBytes` and named by the header (a metadata
+   * commit wrote new blocks beside the old ones): forgets the cached blocks, which may be the freed
+   * old ones, and the free-space hints. Nothing may be dirty.
+   */
+  adoptTable(table: Buffer, offsetBytes: number): void {
+    this.table = table;
+    this.tableOffsetBytes = offsetBytes;
+    this.dirtyTableIndexes.clear();
+    this.blocks.clear();
+    this.freeClusterHint = 0;
+    this.freeByteOffset = 0;
   }
 
   /** Writes dirty refcount blocks (no sync). */

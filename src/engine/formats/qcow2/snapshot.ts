@@ -1,23 +1,22 @@
 // Internal snapshots: the snapshot table (parse/serialize), list, create, revert (apply), delete, and a
-// read-only view of a snapshot. Refcounts rise before anything names the clusters and fall only after the
-// names are gone, so a crash at any point leaves leaks, never corruption. qcow2.txt "Snapshots".
+// read-only view of a snapshot. Each change is planned here (references gained and dropped, the new
+// active L1 and snapshot table) and written by metadata-commit.ts as copies switched to by one header
+// write: a crash at any point leaves the old state or the new one, never a leak or a corruption,
+// COPIED flags included. qcow2.txt "Snapshots".
 
 import type { BlockDevice, SnapshotInfo, SnapshotOperations } from '../../block-device.ts';
 import { CorruptImageError, InvalidOptionError, UnsupportedError } from '../../errors.ts';
 import {
   compressedClusterSpan,
-  l1Copied,
   l1Offset,
   OFFSET_HIGH_MASK,
   OFFSET_LOW_MASK,
   OFLAG_COMPRESSED_HIGH,
-  OFLAG_COPIED_HIGH,
-  OFLAG_ZERO_LOW,
-  writeEntry,
 } from './cluster-map.ts';
 import { QCOW2_MAX_L1_BYTES } from './header.ts';
 import type { Qcow2Image } from './image.ts';
-import { readRefcountEntry } from './refcount.ts';
+import { commitMetadata, tableReadAhead } from './metadata-commit.ts';
+import { RefcountShadow } from './refcount-shadow.ts';
 
 /** qemu's QCOW_MAX_SNAPSHOTS. */
 export const QCOW2_MAX_SNAPSHOTS = 65536;
@@ -191,49 +190,21 @@ async function readL1(image: Qcow2Image, entry: SnapshotEntry): Promise<Buffer> 
   return l1;
 }
 
-/** L2 tables read ahead of a walk over an L1 table: a pread per table in turn left the walk idle. */
-const L2_READ_AHEAD = 8;
-
 /**
- * Reads the L2 tables `l1` names, a few ahead of the one asked for: the cached copy when the cache has
- * it (it may be newer than the file), else the file. For walks that only read the tables.
+ * Adds `delta` to the new refcount (`shadow`) of every L2 table and data cluster an L1 table names, a
+ * data cluster once per L1 that reaches it, as qemu-img check counts. Entries are read as raw 32-bit
+ * halves and runs of consecutive host clusters go to the refcount blocks in one call (adjustRun): a
+ * 10 GiB image has 160 Ki entries, and an object and a cache lookup per entry was most of `snapshot
+ * -c`'s time. Rejects what decodeChecked rejects, and offsets past the file. An external data file's
+ * clusters have no refcounts; compressed ones count in every host cluster they touch.
  */
-function l2ReadAhead(image: Qcow2Image, l1: Buffer): (l1Index: number) => Promise<Buffer> {
-  const started = new Map<number, Promise<Buffer>>();
-  const start = (l1Index: number): void => {
-    if (l1Index >= l1.length / 8 || started.has(l1Index)) return;
-    const offsetBytes = l1Offset(l1, l1Index);
-    if (offsetBytes === 0 || offsetBytes % image.clusterSizeBytes !== 0) return;
-    const read = (async () => {
-      const table = Buffer.alloc(image.clusterSizeBytes);
-      await image.file.read(offsetBytes, table);
-      return table;
-    })();
-    read.catch(() => undefined); // reported when awaited
-    started.set(l1Index, read);
-  };
-  return async (l1Index) => {
-    for (let ahead = 1; ahead <= L2_READ_AHEAD; ahead++) start(l1Index + ahead);
-    const offsetBytes = l1Offset(l1, l1Index);
-    const cached = image.l2Cache.peek(offsetBytes);
-    const pending = started.get(l1Index);
-    started.delete(l1Index);
-    if (cached) return Buffer.from(cached);
-    return pending ?? Buffer.from(await image.l2Cache.get(offsetBytes));
-  };
-}
-
-/**
- * Adds `delta` to the refcount of every L2 table and data cluster an L1 table names. Entries are read
- * as raw 32-bit halves and runs of consecutive host clusters go to the refcount blocks in one call
- * (adjustRun): a 10 GiB image has 160 Ki entries, and an object and a cache lookup per entry was
- * most of `snapshot -c`'s time. Rejects what decodeChecked rejects, and offsets past the file.
- * With `clearCopied` (a new snapshot of the active tree, +1) the same walk clears COPIED in the
- * active L2 and L1 entries, as qemu's qcow2_update_snapshot_refcount does: every cluster they name
- * is shared with the snapshot now. The tables are dirty in the cache, the L1 in memory only.
- */
-async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1, clearCopied = false): Promise<void> {
-  const { clusterSizeBytes, clusterBits, refcounts } = image;
+async function adjustTree(
+  image: Qcow2Image,
+  l1: Buffer,
+  delta: 1 | -1,
+  shadow: RefcountShadow,
+): Promise<void> {
+  const { clusterSizeBytes, clusterBits } = image;
   const fileSizeBytes = await image.file.sizeBytes();
   const endBytes = fileSizeBytes + 64 * clusterSizeBytes;
   const entryBytes = image.extendedL2 ? 16 : 8;
@@ -243,7 +214,7 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1, clearCop
   const inClusterMask = (clusterSizeBytes - 1) >>> 0;
   const pastFile = (offsetBytes: number, where?: number): CorruptImageError =>
     image.corrupt(`snapshot tree names cluster offset ${offsetBytes} past the end of the file`, where);
-  const readL2 = l2ReadAhead(image, l1);
+  const readL2 = tableReadAhead(image, l1.length / 8, (index) => l1Offset(l1, index));
   for (let l1Index = 0; l1Index < l1.length / 8; l1Index++) {
     const l2OffsetBytes = l1Offset(l1, l1Index);
     if (l2OffsetBytes === 0) continue;
@@ -252,7 +223,6 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1, clearCop
       throw image.corrupt(`L2 table offset ${l2OffsetBytes} is not cluster aligned`);
     const table = await readL2(l1Index);
     const view = new DataView(table.buffer, table.byteOffset, table.length);
-    let changed = false;
     let runFirst = 0;
     let runLength = 0;
     for (let at = 0; at < tableBytes; at += entryBytes) {
@@ -263,162 +233,51 @@ async function adjustTree(image: Qcow2Image, l1: Buffer, delta: 1 | -1, clearCop
         const mapping = image.decodeChecked(table, at / entryBytes, l2OffsetBytes);
         if (mapping.hostOffsetBytes >= endBytes) throw pastFile(mapping.hostOffsetBytes, l2OffsetBytes + at);
         const { firstCluster, clusterCount } = compressedClusterSpan(mapping, image.clusterBits);
-        await refcounts.adjustRun(firstCluster, clusterCount, delta);
+        await shadow.adjustRun(firstCluster, clusterCount, delta);
         continue;
       }
+      if (image.hasDataFile) continue;
       const offsetHigh = high & OFFSET_HIGH_MASK;
       const offsetLow = (low & OFFSET_LOW_MASK) >>> 0;
-      if (
-        offsetHigh === 0 &&
-        offsetLow === 0 &&
-        // Offset 0 is unallocated or a plain zero cluster, except in an external data file (as decodeChecked).
-        !(image.hasDataFile && high & OFLAG_COPIED_HIGH && (image.extendedL2 || !(low & OFLAG_ZERO_LOW)))
-      )
-        continue;
+      // Offset 0 is unallocated or a plain zero cluster.
+      if (offsetHigh === 0 && offsetLow === 0) continue;
       const hostOffsetBytes = offsetHigh * 2 ** 32 + offsetLow;
       if ((offsetLow & inClusterMask) !== 0 || hostOffsetBytes >= endBytes) {
         // decodeChecked words the misalignment; what is left lies past the file.
         image.decodeChecked(table, at / entryBytes, l2OffsetBytes);
         throw pastFile(hostOffsetBytes, l2OffsetBytes + at);
       }
-      if (clearCopied && high & OFLAG_COPIED_HIGH) {
-        view.setUint32(at, (high & ~OFLAG_COPIED_HIGH) >>> 0);
-        changed = true;
-      }
       const clusterIndex = offsetHigh * clustersPerHighUnit + (offsetLow >>> clusterBits);
       if (runLength > 0 && clusterIndex === runFirst + runLength) {
         runLength++;
         continue;
       }
-      if (runLength > 0) await refcounts.adjustRun(runFirst, runLength, delta);
+      if (runLength > 0) await shadow.adjustRun(runFirst, runLength, delta);
       runFirst = clusterIndex;
       runLength = 1;
     }
-    if (runLength > 0) await refcounts.adjustRun(runFirst, runLength, delta);
-    if ((await refcounts.adjust(l2OffsetBytes / clusterSizeBytes, delta)) === 0)
-      image.l2Cache.drop(l2OffsetBytes);
-    if (clearCopied) {
-      if (l1Copied(l1, l1Index)) writeEntry(l1, l1Index, l2OffsetBytes, false);
-      // The walk read a copy; the cache's table (clean: the caller flushed first) takes its bytes.
-      if (changed) await installTable(image, l2OffsetBytes, table);
-    }
+    if (runLength > 0) await shadow.adjustRun(runFirst, runLength, delta);
+    await shadow.adjust(l2OffsetBytes / clusterSizeBytes, delta);
   }
 }
 
-/**
- * Sets COPIED on active L1/L2 entries exactly where the refcount is 1 (after refcounts changed), in
- * memory: changed L2 tables are dirty in the cache, the L1 table is written by the caller. Only the
- * COPIED bit changes. The caller flushed the cache first: its tables match the file.
- */
-async function syncCopiedFlags(image: Qcow2Image): Promise<void> {
-  const { clusterSizeBytes, clusterBits, refcounts } = image;
-  const entryBytes = image.extendedL2 ? 16 : 8;
-  const tableBytes = image.l2EntryCount * entryBytes;
-  const clustersPerHighUnit = 2 ** (32 - clusterBits);
-  const inClusterMask = (clusterSizeBytes - 1) >>> 0;
-  const { entriesPerBlock, refcountOrder } = refcounts;
-  let blockFirst = 0;
-  let blockEnd = 0;
-  let block: Buffer | undefined;
-  // DataView rather than Buffer's read/write calls, integer arithmetic, and the block in hand while
-  // the clusters stay inside it: the walk runs once, mostly before V8 optimizes it.
-  let blockView: DataView | undefined;
-  const readL2 = l2ReadAhead(image, image.l1);
-  for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++) {
-    const l2OffsetBytes = l1Offset(image.l1, l1Index);
-    if (l2OffsetBytes === 0) continue;
-    if (l2OffsetBytes % clusterSizeBytes !== 0) continue;
-    const l2Exclusive = (await refcounts.get(l2OffsetBytes / clusterSizeBytes)) === 1;
-    if (l1Copied(image.l1, l1Index) !== l2Exclusive)
-      writeEntry(image.l1, l1Index, l2OffsetBytes, l2Exclusive);
-    const table = await readL2(l1Index);
-    const view = new DataView(table.buffer, table.byteOffset, table.length);
-    let changed = false;
-    for (let at = 0; at < tableBytes; at += entryBytes) {
-      const high = view.getUint32(at);
-      if (high & OFLAG_COMPRESSED_HIGH) continue;
-      const offsetHigh = high & OFFSET_HIGH_MASK;
-      const offsetLow = (view.getUint32(at + 4) & OFFSET_LOW_MASK) >>> 0;
-      if ((offsetHigh === 0 && offsetLow === 0) || (offsetLow & inClusterMask) !== 0) continue;
-      const clusterIndex = offsetHigh * clustersPerHighUnit + (offsetLow >>> clusterBits);
-      if (clusterIndex < blockFirst || clusterIndex >= blockEnd) {
-        // A block evicted meanwhile still holds the right counts: nothing changes them in this walk.
-        const tableIndex = Math.floor(clusterIndex / entriesPerBlock);
-        block = await refcounts.blockAt(tableIndex);
-        blockView =
-          block && refcountOrder === 4
-            ? new DataView(block.buffer, block.byteOffset, block.length)
-            : undefined;
-        blockFirst = tableIndex * entriesPerBlock;
-        blockEnd = blockFirst + entriesPerBlock;
-      }
-      const index = clusterIndex - blockFirst;
-      const refcount = blockView
-        ? blockView.getUint16(index * 2)
-        : block
-          ? readRefcountEntry(block, index, refcountOrder)
-          : 0;
-      if ((refcount === 1) === ((high & OFLAG_COPIED_HIGH) !== 0)) continue;
-      view.setUint32(at, (high ^ OFLAG_COPIED_HIGH) >>> 0);
-      changed = true;
-    }
-    if (changed) await installTable(image, l2OffsetBytes, table);
-  }
-}
-
-/** Puts a changed copy of the L2 table at `l2OffsetBytes` into the cache, dirty (the cached one was clean). */
-async function installTable(image: Qcow2Image, l2OffsetBytes: number, table: Buffer): Promise<void> {
-  const cached = image.l2Cache.peek(l2OffsetBytes);
-  if (!cached) {
-    await image.l2Cache.create(l2OffsetBytes, table);
-    return;
-  }
-  table.copy(cached);
-  image.l2Cache.markDirty(l2OffsetBytes);
-}
-
-/**
- * Writes the active tables' COPIED changes (syncCopiedFlags) and syncs: the dirty L2 tables (after
- * the refcount blocks, by the cache's own order) and the whole L1 table.
- */
-async function writeCopiedFlags(image: Qcow2Image): Promise<void> {
-  await image.l2Cache.flush();
-  await image.file.write(image.header.l1TableOffsetBytes, image.l1);
-  await image.file.sync();
-}
-
-/**
- * Writes `entries` as a snapshot table in newly allocated clusters, not yet named by the header;
- * returns its offset (0 for no entries). Its refcounts are dirty in the cache: the caller syncs them
- * with the table before pointing the header at it (pointHeaderAt).
- */
-async function writeTable(image: Qcow2Image, entries: readonly SnapshotEntry[]): Promise<number> {
-  if (entries.length === 0) return 0;
-  const table = serializeSnapshotTable(entries);
-  const first = await image.refcounts.allocateClusters(Math.ceil(table.length / image.clusterSizeBytes));
-  const offsetBytes = first * image.clusterSizeBytes;
-  await image.file.write(offsetBytes, table);
-  return offsetBytes;
-}
-
-/** Points the header at a durable snapshot table (nb_snapshots, snapshots_offset) and syncs. */
-async function pointHeaderAt(image: Qcow2Image, offsetBytes: number, entryCount: number): Promise<void> {
-  const fields = Buffer.alloc(12);
-  fields.writeUInt32BE(entryCount, 0);
-  fields.writeBigUInt64BE(BigInt(offsetBytes), 4);
-  await image.file.write(60, fields);
-  await image.file.sync();
-  image.header.snapshotCount = entryCount;
-  image.header.snapshotsOffsetBytes = offsetBytes;
-}
-
-/** Drops the reference of a snapshot table the header no longer names (refcounts dirty in the cache). */
-async function freeTable(image: Qcow2Image, offsetBytes: number, lengthBytes: number): Promise<void> {
+/** Drops the reference to the clusters holding `lengthBytes` from `offsetBytes` (a table the change replaces). */
+async function dropClusters(
+  image: Qcow2Image,
+  shadow: RefcountShadow,
+  offsetBytes: number,
+  lengthBytes: number,
+): Promise<void> {
   if (lengthBytes > 0)
-    await image.refcounts.free(
+    await shadow.adjustRun(
       offsetBytes / image.clusterSizeBytes,
       Math.ceil(lengthBytes / image.clusterSizeBytes),
+      -1,
     );
+}
+
+function tableOf(entries: readonly SnapshotEntry[]): { bytes: Buffer; count: number } {
+  return { bytes: serializeSnapshotTable(entries), count: entries.length };
 }
 
 function findEntry(entries: SnapshotEntry[], nameOrId: string, path: string): SnapshotEntry {
@@ -467,24 +326,17 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
             format: 'qcow2',
             feature: `more than ${QCOW2_MAX_SNAPSHOTS} snapshots`,
           });
-        const clusterSizeBytes = image.clusterSizeBytes;
-        const oldTableOffsetBytes = image.header.snapshotsOffsetBytes;
-        // Three syncs, as qemu: (1) the L1 copy, the new table and every refcount they and the shared
-        // tree need; (2) COPIED cleared in the active tables, which must not claim sole ownership once
-        // the snapshot is visible; (3) the header naming the new table. A cut before (3) leaves leaks.
-        let l1OffsetBytes = 0;
-        if (image.l1.length > 0) {
-          const first = await image.refcounts.allocateClusters(Math.ceil(image.l1.length / clusterSizeBytes));
-          l1OffsetBytes = first * clusterSizeBytes;
-          await image.file.write(l1OffsetBytes, image.l1);
-        }
-        await adjustTree(image, image.l1, 1, true);
+        // The snapshot keeps the active L1 table where it is (its bytes are what qemu would copy) and
+        // the active image continues in a new copy: the tree is reached from one more L1 table.
+        const shadow = new RefcountShadow(image.refcounts, image.path);
+        await adjustTree(image, image.l1, 1, shadow);
+        await dropClusters(image, shadow, image.header.snapshotsOffsetBytes, oldTableBytes);
         const now = Date.now();
         const numericIds = entries
           .map((entry) => Number.parseInt(entry.id, 10))
           .filter((id) => Number.isFinite(id));
         const entry: SnapshotEntry = {
-          l1OffsetBytes,
+          l1OffsetBytes: image.l1.length > 0 ? image.header.l1TableOffsetBytes : 0,
           l1EntryCount: image.l1EntryCount,
           id: String(Math.max(0, ...numericIds) + 1),
           name,
@@ -496,15 +348,11 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
           // qemu-img snapshot -c zeroes its QEMUSnapshotInfo: no VM ran, so icount is 0, not -1 (unknown).
           icount: 0,
         };
-        const tableOffsetBytes = await writeTable(image, [...entries, entry]);
-        await image.refcounts.flush();
-        await image.file.sync();
-        await writeCopiedFlags(image);
-        await pointHeaderAt(image, tableOffsetBytes, entries.length + 1);
-        if (oldTableBytes > 0) {
-          await freeTable(image, oldTableOffsetBytes, oldTableBytes);
-          await image.flush();
-        }
+        await commitMetadata(image, {
+          refcounts: shadow,
+          l1: Buffer.from(image.l1),
+          snapshotTable: tableOf([...entries, entry]),
+        });
         return toSnapshotInfo(entry);
       });
     },
@@ -523,24 +371,16 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
           });
         }
         const snapshotL1 = await readL1(image, entry);
-        // The snapshot's tree gains the active image's reference (synced) before the active L1 names
-        // it, with COPIED clear: every table it names is shared with the snapshot now. The old tree
-        // loses that reference only after, and COPIED returns where it became sole owner last.
-        await adjustTree(image, snapshotL1, 1);
-        await image.refcounts.flush();
-        await image.file.sync();
-        const oldL1 = Buffer.from(image.l1);
-        image.l1.fill(0);
-        snapshotL1.copy(image.l1);
-        for (let l1Index = 0; l1Index < image.l1EntryCount; l1Index++)
-          if (l1Copied(image.l1, l1Index)) writeEntry(image.l1, l1Index, l1Offset(image.l1, l1Index), false);
-        await image.file.write(image.header.l1TableOffsetBytes, image.l1);
-        await image.file.sync();
-        await adjustTree(image, oldL1, -1);
-        await image.refcounts.flush();
-        await image.file.sync();
-        await syncCopiedFlags(image);
-        await writeCopiedFlags(image);
+        // The old active tree and L1 lose the active image's reference, the snapshot's tree gains it;
+        // the new active L1 is the snapshot's, padded with empty entries to the image's size. Dropping
+        // first keeps a shared cluster's count within narrow refcounts (2 bits) on the way.
+        const shadow = new RefcountShadow(image.refcounts, image.path);
+        await adjustTree(image, image.l1, -1, shadow);
+        await adjustTree(image, snapshotL1, 1, shadow);
+        await dropClusters(image, shadow, image.header.l1TableOffsetBytes, image.l1.length);
+        const l1 = Buffer.alloc(image.l1.length);
+        snapshotL1.copy(l1);
+        await commitMetadata(image, { refcounts: shadow, l1 });
       });
     },
 
@@ -550,28 +390,18 @@ export function snapshotOperations(host: SnapshotHost): SnapshotOperations {
         const { entries, lengthBytes: oldTableBytes } = await readSnapshotTableSized(image);
         const entry = findEntry(entries, nameOrId, image.path);
         const snapshotL1 = await readL1(image, entry);
-        const oldTableOffsetBytes = image.header.snapshotsOffsetBytes;
-        // Four syncs, as qemu: (1) the table without the entry, (2) the header naming it; only then
-        // (3) the references the snapshot held are dropped, and (4) COPIED is set where the active
-        // tables became sole owners, never before the refcounts that justify it are on disk.
-        const remaining = entries.filter((candidate) => candidate !== entry);
-        const tableOffsetBytes = await writeTable(image, remaining);
-        if (tableOffsetBytes !== 0) {
-          await image.refcounts.flush();
-          await image.file.sync();
-        }
-        await pointHeaderAt(image, tableOffsetBytes, remaining.length);
-        await freeTable(image, oldTableOffsetBytes, oldTableBytes);
-        await adjustTree(image, snapshotL1, -1);
-        if (snapshotL1.length > 0)
-          await image.refcounts.free(
-            entry.l1OffsetBytes / image.clusterSizeBytes,
-            Math.ceil(snapshotL1.length / image.clusterSizeBytes),
-          );
-        await image.refcounts.flush();
-        await image.file.sync();
-        await syncCopiedFlags(image);
-        await writeCopiedFlags(image);
+        // The snapshot's tree and L1 lose its reference; the active L1 moves to a new copy, its COPIED
+        // flags set where the active tables became sole owners.
+        const shadow = new RefcountShadow(image.refcounts, image.path);
+        await adjustTree(image, snapshotL1, -1, shadow);
+        await dropClusters(image, shadow, entry.l1OffsetBytes, snapshotL1.length);
+        await dropClusters(image, shadow, image.header.snapshotsOffsetBytes, oldTableBytes);
+        await dropClusters(image, shadow, image.header.l1TableOffsetBytes, image.l1.length);
+        await commitMetadata(image, {
+          refcounts: shadow,
+          l1: Buffer.from(image.l1),
+          snapshotTable: tableOf(entries.filter((candidate) => candidate !== entry)),
+        });
       });
     },
 

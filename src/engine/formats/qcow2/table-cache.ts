@@ -93,6 +93,13 @@ export class TableCache {
     return false;
   }
 
+  /** Forgets every table without writing any (the metadata they came from was replaced; none is dirty). */
+  clear(): void {
+    this.entries.clear();
+    this.lastEntry = undefined;
+    this.lastOffsetBytes = -1;
+  }
+
   /** Forgets a table without writing it (its cluster was freed). */
   drop(offsetBytes: number): void {
     this.forget(offsetBytes);
