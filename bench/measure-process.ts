@@ -3,7 +3,7 @@
 // polling VmHWM in /proc/<pid>/status (the kernel's own high-water mark, so a missed poll loses
 // nothing but the tail; no CPU time then). CPU time says more than wall time on a shared machine.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -118,4 +118,36 @@ export function row(cells: string[], widths: number[]): string {
   return cells
     .map((cell, index) => (index === 0 ? cell.padEnd(widths[index] ?? 0) : cell.padStart(widths[index] ?? 0)))
     .join('  ');
+}
+
+/**
+ * Seconds of the best of `repeat` warm rounds of `vdisk args` (bench/warm-run.ts: one process, a first
+ * untimed round); undefined, with a log line, when it fails.
+ */
+export function warmRun(
+  repeat: number,
+  args: string[],
+  log: (line: string) => void,
+  fresh: string[] = [],
+): number | undefined {
+  try {
+    const out = execFileSync(
+      process.execPath,
+      [
+        join(import.meta.dirname, 'warm-run.ts'),
+        `--rounds=${repeat + 1}`,
+        ...fresh.map((pair) => `--fresh=${pair}`),
+        '--',
+        ...args,
+      ],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const seconds = Number(out.trim());
+    return Number.isFinite(seconds) ? seconds : undefined;
+  } catch (err) {
+    log(
+      `bench: warm run of vdisk ${args.join(' ')} failed: ${err instanceof Error ? err.message : String(err)}`,
+    );
+    return undefined;
+  }
 }

@@ -3,7 +3,9 @@
 // on its own fresh copy of the same image in every run (the copy is not timed); qemu and vdisk runs
 // alternate, best of --repeat each. Wall time, and CPU time from `perf stat -e task-clock` (1 ms
 // precision; GNU time's 10 ms steps say nothing about a 10 ms command) in separate runs so perf's
-// own start-up stays out of the wall time. Run by bench/run.ts, or alone:
+// own start-up stays out of the wall time. The warm column times the same operation in a vdisk process
+// that has run it once already (bench/warm-run.ts): the engine's cost without Node.js start-up and V8
+// warm-up, and `warm x` its ratio to qemu-img's whole run. Run by bench/run.ts, or alone:
 // node bench/qcow2-ops.ts [--repeat=N] [--vdisk-bin=PATH (another checkout's bin/vdisk.mjs)].
 
 import { execFileSync } from 'node:child_process';
@@ -12,7 +14,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeChain, makeGuest } from './make-guest.ts';
-import { measureProcess, type ProcessCost, row } from './measure-process.ts';
+import { measureProcess, type ProcessCost, row, warmRun } from './measure-process.ts';
 
 const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 const GIB = 1024;
@@ -22,6 +24,8 @@ interface Op {
   name: string;
   /** Prepares the tool's own files (untimed) and returns the arguments of the timed command. */
   prepare: (tool: 'q' | 'v') => string[];
+  /** For the warm column (bench/warm-run.ts): the arguments, and `SRC:DST` copies made before each round. */
+  warm: () => { args: string[]; fresh: string[] };
 }
 
 function copySparse(from: string, to: string): void {
@@ -129,6 +133,10 @@ export async function qcow2OpsBench(options: {
           copySparse(path('half.qcow2'), path(`${t}-create.qcow2`));
           return ['snapshot', '-c', 's1', path(`${t}-create.qcow2`)];
         },
+        warm: () => ({
+          args: ['snapshot', '-c', 's1', path('w-create.qcow2')],
+          fresh: [`${path('half.qcow2')}:${path('w-create.qcow2')}`],
+        }),
       },
       {
         name: 'snapshot -d (10 GiB, 50%)',
@@ -136,6 +144,10 @@ export async function qcow2OpsBench(options: {
           copySparse(path('half-snap.qcow2'), path(`${t}-delete.qcow2`));
           return ['snapshot', '-d', 's1', path(`${t}-delete.qcow2`)];
         },
+        warm: () => ({
+          args: ['snapshot', '-d', 's1', path('w-delete.qcow2')],
+          fresh: [`${path('half-snap.qcow2')}:${path('w-delete.qcow2')}`],
+        }),
       },
       {
         name: `commit (2 layers, ${options.guestMib} MiB)`,
@@ -147,18 +159,40 @@ export async function qcow2OpsBench(options: {
           const top = path(`${t}/top.qcow2`);
           return ['commit', '-q', top];
         },
+        warm: () => {
+          mkdirSync(path('w'), { recursive: true });
+          return {
+            args: ['commit', '-q', path('w/top.qcow2')],
+            fresh: ['base', 'top'].map((name) => `${path(`${name}.qcow2`)}:${path(`w/${name}.qcow2`)}`),
+          };
+        },
       },
     ];
-    const widths = [30, 8, 8, 7, 8, 8, 7, 9, 9];
+    const widths = [30, 8, 8, 7, 8, 8, 7, 9, 9, 8, 7];
     const lines = [
       row(
-        ['workload', 'qemu s', 'vdisk s', 'time x', 'qemu ms', 'vdisk ms', 'cpu x', 'qemu MiB', 'vdisk MiB'],
+        [
+          'workload',
+          'qemu s',
+          'vdisk s',
+          'time x',
+          'qemu ms',
+          'vdisk ms',
+          'cpu x',
+          'qemu MiB',
+          'vdisk MiB',
+          'warm s',
+          'warm x',
+        ],
         widths,
       ),
     ];
     for (const op of ops) {
       options.log(`bench: ${op.name}`);
       const { q, v } = await best(op, options.repeat, vdiskBin);
+      // The same operation in a warm vdisk process: the engine's cost without start-up and warm-up.
+      const { args, fresh } = op.warm();
+      const warm = warmRun(options.repeat, args, options.log, fresh);
       lines.push(
         row(
           [
@@ -171,6 +205,8 @@ export async function qcow2OpsBench(options: {
             q.cpuMs !== undefined && v.cpuMs !== undefined ? (v.cpuMs / q.cpuMs).toFixed(2) : '-',
             q.wall.peakRssMib.toFixed(0),
             v.wall.peakRssMib.toFixed(0),
+            warm === undefined ? '-' : warm.toFixed(3),
+            warm === undefined ? '-' : (warm / q.wall.seconds).toFixed(2),
           ],
           widths,
         ),

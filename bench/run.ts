@@ -12,6 +12,9 @@
 // (leave the scratch folder). vdisk is measured as installed: `npm run build`'s bundle (built first),
 // which bin/vdisk.mjs runs.
 // bench/stream.ts adds convert to and from pipes (qemu-img has no such mode; its file convert for scale).
+// The `warm s` column times each command again in a vdisk process that has already run it once
+// (bench/warm-run.ts), as the operator's long-running pods do: the engine's cost without Node.js
+// start-up and V8 warm-up; `warm x` is its ratio to qemu-img's whole run.
 
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -20,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCli } from '../scripts/build-cli.ts';
 import { makeChain, makeGuest } from './make-guest.ts';
-import { bestOf, measureProcess, row } from './measure-process.ts';
+import { bestOf, measureProcess, row, warmRun } from './measure-process.ts';
 
 const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
@@ -254,9 +257,23 @@ async function main(): Promise<void> {
       maxBuffer: 0,
     });
 
-    const widths = [34, 9, 9, 7, 10, 10, 7, 7];
+    const widths = [38, 9, 9, 7, 10, 10, 7, 7, 8, 7];
     const lines = [
-      row(['workload', 'qemu s', 'vdisk s', 'time x', 'qemu MiB', 'vdisk MiB', 'rss x', 'cpu x'], widths),
+      row(
+        [
+          'workload',
+          'qemu s',
+          'vdisk s',
+          'time x',
+          'qemu MiB',
+          'vdisk MiB',
+          'rss x',
+          'cpu x',
+          'warm s',
+          'warm x',
+        ],
+        widths,
+      ),
     ];
     for (const workload of selected) {
       log(`bench: ${workload.name}`);
@@ -271,6 +288,8 @@ async function main(): Promise<void> {
         if (cost.exitCode !== 0)
           log(`bench: ${tool} ${workload.name} exited ${cost.exitCode}: ${cost.stderr.trim()}`);
       }
+      // The same command in a warm vdisk process (bench/warm-run.ts): the engine without start-up.
+      const warmSeconds = vdisk.exitCode === 0 ? warmRun(repeat, workload.args('v'), log) : undefined;
       let note = '';
       const failed = [qemu.exitCode !== 0 && 'qemu-img', vdisk.exitCode !== 0 && 'vdisk'].filter(Boolean);
       if (failed.length > 0) note = `  (${failed.join(' and ')} FAILED: no ratio)`;
@@ -297,6 +316,8 @@ async function main(): Promise<void> {
             vdisk.cpuSeconds !== undefined && qemu.cpuSeconds !== undefined && qemu.cpuSeconds >= 0.05
               ? (vdisk.cpuSeconds / qemu.cpuSeconds).toFixed(2)
               : '-',
+            warmSeconds === undefined ? '-' : warmSeconds.toFixed(3),
+            warmSeconds === undefined || failed.length > 0 ? '-' : (warmSeconds / qemu.seconds).toFixed(2),
           ],
           widths,
         ) + note,
