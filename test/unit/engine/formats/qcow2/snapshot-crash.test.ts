@@ -155,8 +155,9 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
     expect(seenNew, 'the last cut shows the new state').toBe(true);
   }
 
-  it('create, over an image that already has a snapshot (the old table is replaced)', async () => {
-    const pristine = build('create', ['old']);
+  /** Sweeps create over an image that already has snapshot `old` (the old table is replaced). */
+  async function sweepCreate(name: string, options?: string): Promise<void> {
+    const pristine = build(name, ['old'], options);
     const expected = {
       old: await content(pristine, 'old'),
       new: await content(pristine),
@@ -173,6 +174,27 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
       ],
       expected,
     );
+  }
+
+  /** Sweeps the delete of the only snapshot, `old`, named by `id` (an id or the name). */
+  async function sweepDeleteOnly(name: string, id: string, options?: string): Promise<void> {
+    const pristine = build(name, ['old'], options);
+    const expected = { old: await content(pristine, 'old'), now: await content(pristine) };
+    await sweep(
+      pristine,
+      async (device) => {
+        await device.snapshots?.delete(id);
+      },
+      [
+        { names: ['old'], active: ['now'] },
+        { names: [], active: ['now'] },
+      ],
+      expected,
+    );
+  }
+
+  it('create, over an image that already has a snapshot (the old table is replaced)', async () => {
+    await sweepCreate('create');
   }, 120_000);
 
   it('delete of one snapshot of two', async () => {
@@ -196,19 +218,7 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
   }, 120_000);
 
   it('delete of the only snapshot (COPIED comes back on the active tables)', async () => {
-    const pristine = build('delete1', ['old']);
-    const expected = { old: await content(pristine, 'old'), now: await content(pristine) };
-    await sweep(
-      pristine,
-      async (device) => {
-        await device.snapshots?.delete('1');
-      },
-      [
-        { names: ['old'], active: ['now'] },
-        { names: [], active: ['now'] },
-      ],
-      expected,
-    );
+    await sweepDeleteOnly('delete1', '1');
   }, 120_000);
 
   it('apply (revert to a snapshot)', async () => {
@@ -232,38 +242,10 @@ describe.skipIf(!HAS_QEMU)('qcow2 snapshot operations survive a crash after any 
   const manyBlocks = 'cluster_size=512,refcount_bits=64';
 
   it('create with a refcount block per 32 KiB', async () => {
-    const pristine = build('create-blocks', ['old'], manyBlocks);
-    const expected = {
-      old: await content(pristine, 'old'),
-      new: await content(pristine),
-      now: await content(pristine),
-    };
-    await sweep(
-      pristine,
-      async (device) => {
-        await device.snapshots?.create('new');
-      },
-      [
-        { names: ['old'], active: ['now'] },
-        { names: ['old', 'new'], active: ['now'] },
-      ],
-      expected,
-    );
+    await sweepCreate('create-blocks', manyBlocks);
   }, 120_000);
 
   it('delete with a refcount block per 32 KiB', async () => {
-    const pristine = build('delete-blocks', ['old'], manyBlocks);
-    const expected = { old: await content(pristine, 'old'), now: await content(pristine) };
-    await sweep(
-      pristine,
-      async (device) => {
-        await device.snapshots?.delete('old');
-      },
-      [
-        { names: ['old'], active: ['now'] },
-        { names: [], active: ['now'] },
-      ],
-      expected,
-    );
+    await sweepDeleteOnly('delete-blocks', 'old', manyBlocks);
   }, 120_000);
 });
