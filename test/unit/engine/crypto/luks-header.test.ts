@@ -79,13 +79,22 @@ describe('parseLuksHeader', () => {
     });
   }
 
-  it('refuses a cipher node:crypto has no sector mode for as VDISK_ENOTSUP', () => {
+  it('refuses a cipher vdisk has no implementation of as VDISK_ENOTSUP naming it', () => {
     const copy = Buffer.from(QEMU_PHDR);
     copy.fill(0, 8, 40);
-    copy.write('serpent', 8, 'latin1');
+    copy.write('blowfish', 8, 'latin1');
     expect(() => parseLuksHeader(copy, 'a.qcow2', 0, REGION_BYTES)).toThrow(
-      expect.objectContaining({ code: 'VDISK_ENOTSUP' }),
+      expect.objectContaining({ code: 'VDISK_ENOTSUP', message: expect.stringContaining('blowfish-') }),
     );
+  });
+
+  it('accepts the ciphers written in TypeScript (serpent, twofish, cast5)', () => {
+    for (const name of ['serpent', 'twofish']) {
+      const copy = Buffer.from(QEMU_PHDR);
+      copy.fill(0, 8, 40);
+      copy.write(name, 8, 'latin1');
+      expect(parseLuksHeader(copy, 'a.qcow2', 0, REGION_BYTES).cipherName).toBe(name);
+    }
   });
 });
 
