@@ -4,9 +4,10 @@
 // Spec: "Serpent: A Proposal for the AES" (1998), sections 2-3 and Appendix A (the S-boxes).
 
 import { type BlockCipher, readWordLE, rotl, writeWordLE } from './block-cipher.ts';
+import { serpentSbox } from './serpent-sboxes.ts';
 
-/** S0..S7 (Appendix A.5), one hex digit per input nibble 0..15. */
-const SBOX_TEXT = [
+/** S0..S7 (Appendix A.5), one hex digit per input nibble 0..15; serpent-sboxes.ts is their bitslice form. */
+export const SERPENT_SBOXES: readonly Uint8Array[] = [
   '38F1A65BED42709C',
   'FC27905A1BE86D34',
   '86793CAFD1E40B52',
@@ -15,48 +16,24 @@ const SBOX_TEXT = [
   'F52B4A9C03E8D671',
   '72C5846BE91FD3A0',
   '1DF0E82B74CA9356',
-];
-
-/**
- * A 4-bit S-box as its algebraic normal form: for each output bit, the monomials (subsets of the four
- * input bits, as a 4-bit mask) whose XOR it is. Applying it to four words at once is the bitslice form.
- */
-function algebraicNormalForm(table: Uint8Array): Uint8Array[] {
-  return [0, 1, 2, 3].map((bit) => {
-    // Moebius transform of the output bit's truth table.
-    const coefficients = Uint8Array.from(table, (value) => (value >>> bit) & 1);
-    for (let step = 1; step < 16; step <<= 1)
-      for (let mask = 0; mask < 16; mask++)
-        if (mask & step)
-          coefficients[mask] = (coefficients[mask] as number) ^ (coefficients[mask ^ step] as number);
-    return Uint8Array.from(
-      Array.from({ length: 16 }, (_, mask) => mask).filter((mask) => coefficients[mask] === 1),
-    );
-  });
-}
-
-function inverse(table: Uint8Array): Uint8Array {
-  const out = new Uint8Array(16);
-  table.forEach((value, index) => {
-    out[value] = index;
-  });
-  return out;
-}
-
-const SBOXES = SBOX_TEXT.map((text) => Uint8Array.from(text, (digit) => Number.parseInt(digit, 16)));
-const FORWARD = SBOXES.map(algebraicNormalForm);
-const BACKWARD = SBOXES.map((table) => algebraicNormalForm(inverse(table)));
+].map((text) => Uint8Array.from(text, (digit) => Number.parseInt(digit, 16)));
 
 /** The 32 rounds plus the final key: 33 subkeys of four words. */
 const SUBKEY_WORDS = 33 * 4;
 const PHI = 0x9e3779b9;
+/** serpentSbox's index of the inverse of S-box i is i + 8. */
+const INVERSE = 8;
+
+/** `word` rotated left by `bits`, as a signed 32-bit integer: the hot loops stay in V8's int32 range. */
+function rol(word: number, bits: number): number {
+  return (word << bits) | (word >>> (32 - bits));
+}
 
 export class Serpent implements BlockCipher {
   readonly blockBytes = 16;
-  private readonly subkeys = new Uint32Array(SUBKEY_WORDS);
-  /** The four words being worked on, and the 16 monomials of an S-box's input. */
-  private readonly state = new Uint32Array(4);
-  private readonly monomials = new Uint32Array(16);
+  private readonly subkeys = new Int32Array(SUBKEY_WORDS);
+  /** Where an S-box leaves its four output words. */
+  private readonly out = new Int32Array(4);
 
   constructor(key: Uint8Array) {
     if (key.length !== 16 && key.length !== 24 && key.length !== 32)
@@ -73,91 +50,84 @@ export class Serpent implements BlockCipher {
       w[i + 8] = rotl(mixed >>> 0, 11);
     }
     for (let i = 0; i < 33; i++) {
-      this.state.set(w.subarray(8 + 4 * i, 12 + 4 * i));
-      this.substitute(FORWARD[(((3 - i) % 8) + 8) % 8] as Uint8Array[]);
-      this.subkeys.set(this.state, 4 * i);
+      const at = 8 + 4 * i;
+      serpentSbox(
+        (((3 - i) % 8) + 8) % 8,
+        w[at] as number,
+        w[at + 1] as number,
+        w[at + 2] as number,
+        w[at + 3] as number,
+        this.out,
+      );
+      this.subkeys.set(this.out, 4 * i);
     }
-  }
-
-  /** Applies one S-box (in normal form) to the four state words, bit column by bit column. */
-  private substitute(form: Uint8Array[]): void {
-    const s = this.state;
-    const m = this.monomials;
-    const x0 = s[0] as number;
-    const x1 = s[1] as number;
-    const x2 = s[2] as number;
-    const x3 = s[3] as number;
-    m[0] = 0xffffffff;
-    m[1] = x0;
-    m[2] = x1;
-    m[3] = x0 & x1;
-    m[4] = x2;
-    m[5] = x0 & x2;
-    m[6] = x1 & x2;
-    m[7] = x0 & x1 & x2;
-    for (let mask = 8; mask < 16; mask++) m[mask] = (m[mask - 8] as number) & x3;
-    for (let bit = 0; bit < 4; bit++) {
-      const terms = form[bit] as Uint8Array;
-      let out = 0;
-      for (let t = 0; t < terms.length; t++) out ^= m[terms[t] as number] as number;
-      s[bit] = out;
-    }
-  }
-
-  private mixKey(round: number): void {
-    const s = this.state;
-    const k = this.subkeys;
-    for (let i = 0; i < 4; i++) s[i] = (s[i] as number) ^ (k[4 * round + i] as number);
-  }
-
-  /** The linear transformation between rounds (section 2). */
-  private linear(): void {
-    const s = this.state;
-    const x0 = rotl(s[0] as number, 13);
-    const x2 = rotl(s[2] as number, 3);
-    const x1 = rotl(((s[1] as number) ^ x0 ^ x2) >>> 0, 1);
-    const x3 = rotl(((s[3] as number) ^ x2 ^ (x0 << 3)) >>> 0, 7);
-    s[0] = rotl((x0 ^ x1 ^ x3) >>> 0, 5);
-    s[2] = rotl((x2 ^ x3 ^ (x1 << 7)) >>> 0, 22);
-    s[1] = x1;
-    s[3] = x3;
-  }
-
-  private inverseLinear(): void {
-    const s = this.state;
-    const x2 = rotl(s[2] as number, 10) ^ (s[3] as number) ^ ((s[1] as number) << 7);
-    const x0 = rotl(s[0] as number, 27) ^ (s[1] as number) ^ (s[3] as number);
-    const x3 = rotl(s[3] as number, 25);
-    const x1 = rotl(s[1] as number, 31);
-    const y3 = x3 ^ x2 ^ (x0 << 3);
-    const y1 = x1 ^ x0 ^ x2;
-    s[0] = rotl(x0 >>> 0, 19);
-    s[1] = y1;
-    s[2] = rotl(x2 >>> 0, 29);
-    s[3] = y3;
   }
 
   encryptBlock(data: Uint8Array, offset: number): void {
-    const s = this.state;
-    for (let i = 0; i < 4; i++) s[i] = readWordLE(data, offset + 4 * i);
+    const k = this.subkeys;
+    const out = this.out;
+    let x0 = readWordLE(data, offset) | 0;
+    let x1 = readWordLE(data, offset + 4) | 0;
+    let x2 = readWordLE(data, offset + 8) | 0;
+    let x3 = readWordLE(data, offset + 12) | 0;
     for (let round = 0; round < 32; round++) {
-      this.mixKey(round);
-      this.substitute(FORWARD[round % 8] as Uint8Array[]);
-      if (round < 31) this.linear();
+      const at = 4 * round;
+      serpentSbox(
+        round & 7,
+        x0 ^ (k[at] as number),
+        x1 ^ (k[at + 1] as number),
+        x2 ^ (k[at + 2] as number),
+        x3 ^ (k[at + 3] as number),
+        out,
+      );
+      x0 = out[0] as number;
+      x1 = out[1] as number;
+      x2 = out[2] as number;
+      x3 = out[3] as number;
+      if (round === 31) break;
+      // The linear transformation between rounds (section 2).
+      x0 = rol(x0, 13);
+      x2 = rol(x2, 3);
+      x1 = rol(x1 ^ x0 ^ x2, 1);
+      x3 = rol(x3 ^ x2 ^ (x0 << 3), 7);
+      x0 = rol(x0 ^ x1 ^ x3, 5);
+      x2 = rol(x2 ^ x3 ^ (x1 << 7), 22);
     }
-    this.mixKey(32);
-    for (let i = 0; i < 4; i++) writeWordLE(data, offset + 4 * i, s[i] as number);
+    writeWordLE(data, offset, x0 ^ (k[128] as number));
+    writeWordLE(data, offset + 4, x1 ^ (k[129] as number));
+    writeWordLE(data, offset + 8, x2 ^ (k[130] as number));
+    writeWordLE(data, offset + 12, x3 ^ (k[131] as number));
   }
 
   decryptBlock(data: Uint8Array, offset: number): void {
-    const s = this.state;
-    for (let i = 0; i < 4; i++) s[i] = readWordLE(data, offset + 4 * i);
-    this.mixKey(32);
+    const k = this.subkeys;
+    const out = this.out;
+    let x0 = readWordLE(data, offset) ^ (k[128] as number);
+    let x1 = readWordLE(data, offset + 4) ^ (k[129] as number);
+    let x2 = readWordLE(data, offset + 8) ^ (k[130] as number);
+    let x3 = readWordLE(data, offset + 12) ^ (k[131] as number);
     for (let round = 31; round >= 0; round--) {
-      if (round < 31) this.inverseLinear();
-      this.substitute(BACKWARD[round % 8] as Uint8Array[]);
-      this.mixKey(round);
+      if (round < 31) {
+        // The linear transformation undone, last step first.
+        x2 = rol(x2, 10) ^ x3 ^ (x1 << 7);
+        x0 = rol(x0, 27) ^ x1 ^ x3;
+        x3 = rol(x3, 25);
+        x1 = rol(x1, 31);
+        x3 = x3 ^ x2 ^ (x0 << 3);
+        x1 = x1 ^ x0 ^ x2;
+        x2 = rol(x2, 29);
+        x0 = rol(x0, 19);
+      }
+      serpentSbox((round & 7) + INVERSE, x0, x1, x2, x3, out);
+      const at = 4 * round;
+      x0 = (out[0] as number) ^ (k[at] as number);
+      x1 = (out[1] as number) ^ (k[at + 1] as number);
+      x2 = (out[2] as number) ^ (k[at + 2] as number);
+      x3 = (out[3] as number) ^ (k[at + 3] as number);
     }
-    for (let i = 0; i < 4; i++) writeWordLE(data, offset + 4 * i, s[i] as number);
+    writeWordLE(data, offset, x0);
+    writeWordLE(data, offset + 4, x1);
+    writeWordLE(data, offset + 8, x2);
+    writeWordLE(data, offset + 12, x3);
   }
 }

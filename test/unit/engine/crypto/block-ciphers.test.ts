@@ -6,7 +6,8 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { BlockCipher } from '../../../../src/engine/crypto/block-ciphers/block-cipher.ts';
 import { Cast5 } from '../../../../src/engine/crypto/block-ciphers/cast5.ts';
-import { Serpent } from '../../../../src/engine/crypto/block-ciphers/serpent.ts';
+import { SERPENT_SBOXES, Serpent } from '../../../../src/engine/crypto/block-ciphers/serpent.ts';
+import { serpentSbox } from '../../../../src/engine/crypto/block-ciphers/serpent-sboxes.ts';
 import { Twofish } from '../../../../src/engine/crypto/block-ciphers/twofish.ts';
 import { type BlockMode, BlockModeSectors } from '../../../../src/engine/crypto/block-modes.ts';
 import { parseCipherSpec, SectorCipher } from '../../../../src/engine/crypto/sector-cipher.ts';
@@ -61,6 +62,31 @@ describe('Serpent known answers (little-endian byte order, as LUKS and nettle)',
       '00112233445566778899aabbccddeeff',
       '2868b7a2d28ecd5e4fdefac3c4330074',
     ));
+});
+
+describe('Serpent bitslice S-boxes', () => {
+  it('map every input nibble as the Appendix A tables do, and the inverses undo them', () => {
+    // Bit column j of the four input words holds nibble j (bit b of j in word b), for j = 0..15.
+    const column = (bit: number): number => {
+      let word = 0;
+      for (let j = 0; j < 16; j++) word |= ((j >>> bit) & 1) << j;
+      return word;
+    };
+    const out = new Int32Array(4);
+    SERPENT_SBOXES.forEach((table, index) => {
+      for (const [box, expect16] of [
+        [index, (j: number) => table[j]],
+        [index + 8, (j: number) => table.indexOf(j)],
+      ] as const) {
+        serpentSbox(box, column(0), column(1), column(2), column(3), out);
+        for (let j = 0; j < 16; j++) {
+          let nibble = 0;
+          for (let bit = 0; bit < 4; bit++) nibble |= (((out[bit] as number) >>> j) & 1) << bit;
+          expect(nibble, `S-box ${box}, input ${j}`).toBe(expect16(j));
+        }
+      }
+    });
+  });
 });
 
 describe('CAST-128 known answers (RFC 2144, appendix B)', () => {
