@@ -30,41 +30,41 @@ function keySchedule(key: Uint8Array): Uint32Array {
       z,
       0,
       word(x, 0) ^
-        S5[x[13] as number]! ^
-        S6[x[15] as number]! ^
-        S7[x[12] as number]! ^
-        S8[x[14] as number]! ^
-        S7[x[8] as number]!,
+        (S5[x[13] as number] as number) ^
+        (S6[x[15] as number] as number) ^
+        (S7[x[12] as number] as number) ^
+        (S8[x[14] as number] as number) ^
+        (S7[x[8] as number] as number),
     );
     writeWordBE(
       z,
       4,
       word(x, 8) ^
-        S5[z[0] as number]! ^
-        S6[z[2] as number]! ^
-        S7[z[1] as number]! ^
-        S8[z[3] as number]! ^
-        S8[x[10] as number]!,
+        (S5[z[0] as number] as number) ^
+        (S6[z[2] as number] as number) ^
+        (S7[z[1] as number] as number) ^
+        (S8[z[3] as number] as number) ^
+        (S8[x[10] as number] as number),
     );
     writeWordBE(
       z,
       8,
       word(x, 12) ^
-        S5[z[7] as number]! ^
-        S6[z[6] as number]! ^
-        S7[z[5] as number]! ^
-        S8[z[4] as number]! ^
-        S5[x[9] as number]!,
+        (S5[z[7] as number] as number) ^
+        (S6[z[6] as number] as number) ^
+        (S7[z[5] as number] as number) ^
+        (S8[z[4] as number] as number) ^
+        (S5[x[9] as number] as number),
     );
     writeWordBE(
       z,
       12,
       word(x, 4) ^
-        S5[z[10] as number]! ^
-        S6[z[9] as number]! ^
-        S7[z[11] as number]! ^
-        S8[z[8] as number]! ^
-        S6[x[11] as number]!,
+        (S5[z[10] as number] as number) ^
+        (S6[z[9] as number] as number) ^
+        (S7[z[11] as number] as number) ^
+        (S8[z[8] as number] as number) ^
+        (S6[x[11] as number] as number),
     );
   };
   // One "x from z" step (the four x-word lines).
@@ -73,41 +73,41 @@ function keySchedule(key: Uint8Array): Uint32Array {
       x,
       0,
       word(z, 8) ^
-        S5[z[5] as number]! ^
-        S6[z[7] as number]! ^
-        S7[z[4] as number]! ^
-        S8[z[6] as number]! ^
-        S7[z[0] as number]!,
+        (S5[z[5] as number] as number) ^
+        (S6[z[7] as number] as number) ^
+        (S7[z[4] as number] as number) ^
+        (S8[z[6] as number] as number) ^
+        (S7[z[0] as number] as number),
     );
     writeWordBE(
       x,
       4,
       word(z, 0) ^
-        S5[x[0] as number]! ^
-        S6[x[2] as number]! ^
-        S7[x[1] as number]! ^
-        S8[x[3] as number]! ^
-        S8[z[2] as number]!,
+        (S5[x[0] as number] as number) ^
+        (S6[x[2] as number] as number) ^
+        (S7[x[1] as number] as number) ^
+        (S8[x[3] as number] as number) ^
+        (S8[z[2] as number] as number),
     );
     writeWordBE(
       x,
       8,
       word(z, 4) ^
-        S5[x[7] as number]! ^
-        S6[x[6] as number]! ^
-        S7[x[5] as number]! ^
-        S8[x[4] as number]! ^
-        S5[z[1] as number]!,
+        (S5[x[7] as number] as number) ^
+        (S6[x[6] as number] as number) ^
+        (S7[x[5] as number] as number) ^
+        (S8[x[4] as number] as number) ^
+        (S5[z[1] as number] as number),
     );
     writeWordBE(
       x,
       12,
       word(z, 12) ^
-        S5[x[10] as number]! ^
-        S6[x[9] as number]! ^
-        S7[x[11] as number]! ^
-        S8[x[8] as number]! ^
-        S6[z[3] as number]!,
+        (S5[x[10] as number] as number) ^
+        (S6[x[9] as number] as number) ^
+        (S7[x[11] as number] as number) ^
+        (S8[x[8] as number] as number) ^
+        (S6[z[3] as number] as number),
     );
   };
   // Four subkeys from bytes `b` picked at indices [a0,a1,a2,a3, extra] per line.
@@ -116,11 +116,11 @@ function keySchedule(key: Uint8Array): Uint32Array {
       const [i5, i6, i7, i8, extra] = line as [number, number, number, number, number];
       const extraBox = [S5, S6, S7, S8][index] as Uint32Array;
       k[at + index] =
-        (S5[b[i5] as number]! ^
-          S6[b[i6] as number]! ^
-          S7[b[i7] as number]! ^
-          S8[b[i8] as number]! ^
-          extraBox[b[extra] as number]!) >>>
+        ((S5[b[i5] as number] as number) ^
+          (S6[b[i6] as number] as number) ^
+          (S7[b[i7] as number] as number) ^
+          (S8[b[i8] as number] as number) ^
+          (extraBox[b[extra] as number] as number)) >>>
         0;
     });
   };
@@ -164,10 +164,10 @@ function f(type: number, data: number, masking: number, rotation: number): numbe
   if (type === 0) i = rotl((masking + data) >>> 0, rotation);
   else if (type === 1) i = rotl((masking ^ data) >>> 0, rotation);
   else i = rotl((masking - data) >>> 0, rotation);
-  const a = S1[i >>> 24]!;
-  const b = S2[(i >>> 16) & 0xff]!;
-  const c = S3[(i >>> 8) & 0xff]!;
-  const d = S4[i & 0xff]!;
+  const a = S1[i >>> 24] as number;
+  const b = S2[(i >>> 16) & 0xff] as number;
+  const c = S3[(i >>> 8) & 0xff] as number;
+  const d = S4[i & 0xff] as number;
   if (type === 0) return ((a ^ b) - c + d) >>> 0;
   if (type === 1) return ((a - b + c) ^ d) >>> 0;
   return (((a + b) ^ c) - d) >>> 0;
@@ -192,7 +192,8 @@ export class Cast5 implements BlockCipher {
     let left = readWordBE(data, offset);
     let right = readWordBE(data, offset + 4);
     for (let round = 0; round < 16; round++) {
-      const next = (left ^ f(round % 3, right, this.masking[round]!, this.rotation[round]!)) >>> 0;
+      const next =
+        (left ^ f(round % 3, right, this.masking[round] as number, this.rotation[round] as number)) >>> 0;
       left = right;
       right = next;
     }
@@ -204,7 +205,8 @@ export class Cast5 implements BlockCipher {
     let left = readWordBE(data, offset);
     let right = readWordBE(data, offset + 4);
     for (let round = 15; round >= 0; round--) {
-      const next = (left ^ f(round % 3, right, this.masking[round]!, this.rotation[round]!)) >>> 0;
+      const next =
+        (left ^ f(round % 3, right, this.masking[round] as number, this.rotation[round] as number)) >>> 0;
       left = right;
       right = next;
     }
