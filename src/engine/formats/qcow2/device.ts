@@ -705,21 +705,40 @@ export class Qcow2Device implements BlockDevice {
     });
   }
 
+  /**
+   * Per guest cluster, the serial of the newest writeCompressed issued for it and not yet finished.
+   * Compression finishes in any order; a call that finds a newer one issued for its cluster by then
+   * stores nothing, so the later of two writes to one cluster wins, as it does for plain writes.
+   */
+  private readonly newestCompressedWrite = new Map<number, number>();
+  private compressedWriteSerial = 0;
+
   /** Writes one whole cluster compressed (qemu's pwrite_compressed); the image's last cluster may be short. */
   writeCompressed?: (offsetBytes: number, data: Uint8Array) => Promise<void> = async (offsetBytes, data) => {
     this.checkWritable();
     const clusterSizeBytes = this.clusterSizeBytes;
-    let padded = data;
-    if (data.length < clusterSizeBytes) {
-      padded = new Uint8Array(clusterSizeBytes);
-      padded.set(data);
+    const guestCluster = Math.floor(offsetBytes / clusterSizeBytes);
+    const serial = ++this.compressedWriteSerial;
+    this.newestCompressedWrite.set(guestCluster, serial);
+    try {
+      let padded = data;
+      if (data.length < clusterSizeBytes) {
+        padded = new Uint8Array(clusterSizeBytes);
+        padded.set(data);
+      }
+      // Compress outside the lock so several clusters compress in parallel on the thread pool.
+      const compressed = await compressCluster(padded, this.image.header.compressionType);
+      // Superseded while compressing. (Handed on, the batches below keep order: each flushes, and
+      // queues for the lock, in the turn its clusters arrive.)
+      if (this.newestCompressedWrite.get(guestCluster) !== serial) return;
+      // Clusters that would not shrink are stored plain, joined with their neighbours of the same batch;
+      // the others go with the compressed clusters of their batch.
+      if (!compressed) return await this.incompressible.write(offsetBytes, data);
+      return await this.compressedBatch.add({ offsetBytes, lengthBytes: data.length, payload: compressed });
+    } finally {
+      if (this.newestCompressedWrite.get(guestCluster) === serial)
+        this.newestCompressedWrite.delete(guestCluster);
     }
-    // Compress outside the lock so several clusters compress in parallel on the thread pool.
-    const compressed = await compressCluster(padded, this.image.header.compressionType);
-    // Clusters that would not shrink are stored plain, joined with their neighbours of the same batch;
-    // the others go with the compressed clusters of their batch.
-    if (!compressed) return this.incompressible.write(offsetBytes, data);
-    return this.compressedBatch.add({ offsetBytes, lengthBytes: data.length, payload: compressed });
   };
 
   /**
