@@ -1,9 +1,8 @@
 // writeCompressed stores the clusters of one turn together (TurnBatch, WriteCoalescer): compressible
 // and incompressible clusters mixed, out of order, a guest cluster written twice in the same turn
 // (the later write wins, whichever compression finishes first: this failed 1 run in 5 before), over
-// clusters already mapped. The
-// guest reads back as written, qemu-img check finds nothing (not even leaks), and qemu-img reads
-// the same bytes.
+// clusters already mapped. The guest reads back as written, qemu-img check finds nothing (not even
+// leaks), and qemu-img reads the same bytes.
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
