@@ -151,3 +151,12 @@ export function warmRun(
     return undefined;
   }
 }
+
+/** The `warm s` and `warm x` cells of a row: warm seconds, and their ratio to qemu's whole run ('-' when missing). */
+export function warmCells(
+  warmSeconds: number | undefined,
+  qemuSeconds: number | undefined,
+): [string, string] {
+  if (warmSeconds === undefined) return ['-', '-'];
+  return [warmSeconds.toFixed(3), qemuSeconds === undefined ? '-' : (warmSeconds / qemuSeconds).toFixed(2)];
+}

@@ -14,7 +14,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeChain, makeGuest } from './make-guest.ts';
-import { measureProcess, type ProcessCost, row, warmRun } from './measure-process.ts';
+import { measureProcess, type ProcessCost, row, warmCells, warmRun } from './measure-process.ts';
 
 const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 const GIB = 1024;
@@ -205,8 +205,7 @@ export async function qcow2OpsBench(options: {
             q.cpuMs !== undefined && v.cpuMs !== undefined ? (v.cpuMs / q.cpuMs).toFixed(2) : '-',
             q.wall.peakRssMib.toFixed(0),
             v.wall.peakRssMib.toFixed(0),
-            warm === undefined ? '-' : warm.toFixed(3),
-            warm === undefined ? '-' : (warm / q.wall.seconds).toFixed(2),
+            ...warmCells(warm, q.wall.seconds),
           ],
           widths,
         ),

@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildCli } from '../scripts/build-cli.ts';
 import { makeChain, makeGuest } from './make-guest.ts';
-import { bestOf, measureProcess, row, warmRun } from './measure-process.ts';
+import { bestOf, measureProcess, row, warmCells, warmRun } from './measure-process.ts';
 
 const DEFAULT_VDISK_BIN = join(import.meta.dirname, '../bin/vdisk.mjs');
 
@@ -316,8 +316,7 @@ async function main(): Promise<void> {
             vdisk.cpuSeconds !== undefined && qemu.cpuSeconds !== undefined && qemu.cpuSeconds >= 0.05
               ? (vdisk.cpuSeconds / qemu.cpuSeconds).toFixed(2)
               : '-',
-            warmSeconds === undefined ? '-' : warmSeconds.toFixed(3),
-            warmSeconds === undefined || failed.length > 0 ? '-' : (warmSeconds / qemu.seconds).toFixed(2),
+            ...warmCells(warmSeconds, failed.length > 0 ? undefined : qemu.seconds),
           ],
           widths,
         ) + note,
