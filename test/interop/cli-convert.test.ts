@@ -100,24 +100,14 @@ describe.skipIf(!HAS_QEMU || !HAS_QCOW2)('vdisk convert judged by qemu-img', () 
     const { statSync } = await import('node:fs');
     const onDisk = (name: string): number => statSync(path(name)).blocks * 512;
     for (const format of ['vhdx', 'vdi', 'vpc']) {
-      mustRun('qemu-img', [
-        'convert',
-        '-f',
-        'raw',
-        '-O',
-        format,
+      // The same command for both tools, each to its own output.
+      const convertTo = (tool: 'q' | 'v'): string[] => [
+        ...['convert', '-f', 'raw', '-O', format],
         path('src.raw'),
-        path(`q-sparse.${format}`),
-      ]);
-      const result = await vdisk([
-        'convert',
-        '-f',
-        'raw',
-        '-O',
-        format,
-        path('src.raw'),
-        path(`v-sparse.${format}`),
-      ]);
+        path(`${tool}-sparse.${format}`),
+      ];
+      mustRun('qemu-img', convertTo('q'));
+      const result = await vdisk(convertTo('v'));
       expect(result.code).toBe(0);
       // (vpc rounds the size up to its CHS geometry: compare then warns of the size but still answers 0)
       expect(tool('qemu-img', ['compare', path('src.raw'), path(`v-sparse.${format}`)]).code).toBe(0);
